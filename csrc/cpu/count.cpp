@@ -1,0 +1,135 @@
+// CPU implementation of rarekit::count: per-thread private histograms, merged.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "rarekit/count_math.h"
+#include "rarekit/cpu_kernels.h"
+#include "rarekit/torch_utils.h"
+
+namespace rarekit {
+
+void raise_first_out_of_range(const at::Tensor& ids, int64_t num_bins, std::optional<int64_t> ignore_index) {
+  const at::Tensor values = ids.reshape(-1).to(at::kLong);
+  at::Tensor bad = values.lt(0).logical_or(values.ge(num_bins));
+  if (ignore_index) bad.logical_and_(values.ne(*ignore_index));
+  const at::Tensor where = bad.nonzero();
+  TORCH_CHECK(where.numel() > 0, "rarekit.count: internal error, no out-of-range id found");
+  const int64_t position = where[0][0].item<int64_t>();
+  TORCH_CHECK_VALUE(false, "rarekit.count: ids must lie in [0, num_bins=", num_bins, ")",
+                    ignore_index ? " or equal ignore_index" : "", "; found ids[", position,
+                    "] = ", values[position].item<int64_t>(), " (pass check=False to drop such ids)");
+}
+
+namespace cpu {
+namespace {
+
+// Each int32 private slot sees fewer than this many ids between merges.
+constexpr int64_t kMergeEvery = int64_t{1} << 30;
+// Private histograms of all threads stay under this many bytes.
+constexpr int64_t kPrivateHistogramBytes = int64_t{256} << 20;
+
+IdType id_type(at::ScalarType type) {
+  switch (type) {
+    case at::kByte: return kUInt8;
+    case at::kChar: return kInt8;
+    case at::kShort: return kInt16;
+    case at::kInt: return kInt32;
+    case at::kLong: return kInt64;
+    case at::kUInt16: return kUInt16;
+    case at::kUInt32: return kUInt32;
+    default: TORCH_CHECK_TYPE(false, "rarekit.count: ids must have an integer dtype, got ", type);
+  }
+}
+
+// How many private histograms pay for themselves: each thread should count at least num_bins ids.
+int64_t useful_threads(int64_t n, int64_t num_bins) {
+  const int64_t by_work = std::max<int64_t>(1, n / std::max<int64_t>(num_bins, 16384));
+  const int64_t by_memory = std::max<int64_t>(1, kPrivateHistogramBytes / (4 * std::max<int64_t>(num_bins, 1)));
+  return std::min<int64_t>({static_cast<int64_t>(at::get_num_threads()), by_work, by_memory});
+}
+
+// Returns the number of out-of-range ids.
+int64_t histogram_into(const at::Tensor& flat, int64_t num_bins, std::optional<int64_t> ignore_index,
+                       at::Tensor& counts) {
+  const HistogramFn histogram = count_kernels().histogram[id_type(flat.scalar_type())];
+  const int64_t n = flat.numel();
+  const int64_t threads = useful_threads(n, num_bins);
+  const auto* base = static_cast<const char*>(flat.const_data_ptr());
+  const int64_t item = flat.element_size();
+  at::Tensor hist = at::zeros({threads, num_bins}, flat.options().dtype(at::kInt));
+  int32_t* hist_data = hist.mutable_data_ptr<int32_t>();
+  std::vector<int64_t> out_of_range(threads, 0);
+  for (int64_t start = 0; start < n; start += kMergeEvery) {
+    const int64_t len = std::min(kMergeEvery, n - start);
+    at::parallel_for(0, threads, 1, [&](int64_t first, int64_t last) {
+      for (int64_t t = first; t < last; ++t) {
+        const int64_t lo = start + len * t / threads, hi = start + len * (t + 1) / threads;
+        out_of_range[t] += histogram(base + lo * item, hi - lo, num_bins, ignore_index.has_value(),
+                                     ignore_index.value_or(0), hist_data + t * num_bins);
+      }
+    });
+    counts.add_(hist.sum(0, /*keepdim=*/false, at::kLong));
+    if (start + len < n) hist.zero_();
+  }
+  int64_t total = 0;
+  for (int64_t value : out_of_range) total += value;
+  return total;
+}
+
+// Weighted sums, deterministic for any thread count: each thread owns a range of bins and adds
+// that range's weights in element order.
+template <typename Id, typename Weight>
+int64_t weighted_sums(const Id* ids, const Weight* weights, int64_t n, int64_t num_bins,
+                      std::optional<int64_t> ignore_index, double* sums) {
+  const int64_t grain = std::max<int64_t>(1, (num_bins + at::get_num_threads() - 1) / at::get_num_threads());
+  int64_t out_of_range = 0;
+  at::parallel_for(0, num_bins, grain, [&](int64_t lo, int64_t hi) {
+    int64_t dropped = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t bin = bin_of(ids[i], num_bins, ignore_index.has_value(), ignore_index.value_or(0));
+      if (bin >= lo && bin < hi) sums[bin] += static_cast<double>(weights[i]);
+      dropped += bin == kOutOfRangeId;
+    }
+    if (lo == 0) out_of_range = dropped;
+  });
+  return out_of_range;
+}
+
+at::Tensor count_cpu(const at::Tensor& ids, int64_t num_bins, std::optional<int64_t> ignore_index,
+                     const std::optional<at::Tensor>& weights, bool check) {
+  TORCH_CHECK_VALUE(num_bins >= 0, "rarekit.count: num_bins must be >= 0, got ", num_bins);
+  const at::Tensor flat = ids.contiguous().view(-1);
+  at::Tensor result;
+  int64_t out_of_range = 0;
+  if (num_bins == 0) {  // every id that is not ignored is out of range
+    result = at::zeros({0}, ids.options().dtype(weights ? result_dtype(*weights) : at::kLong));
+    out_of_range = ignore_index ? flat.ne(*ignore_index).sum().item<int64_t>() : flat.numel();
+  } else if (!weights) {
+    result = at::zeros({num_bins}, ids.options().dtype(at::kLong));
+    if (flat.numel() > 0) out_of_range = histogram_into(flat, num_bins, ignore_index, result);
+  } else {
+    const at::Tensor flat_weights = weights->contiguous().view(-1);
+    TORCH_CHECK_VALUE(flat_weights.numel() == flat.numel(), "rarekit.count: weights must have one value per id");
+    at::Tensor sums = at::zeros({num_bins}, ids.options().dtype(at::kDouble));
+    RAREKIT_DISPATCH_ID_TYPES(flat.scalar_type(), "rarekit_count_ids", [&] {
+      using Id = scalar_t;
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, flat_weights.scalar_type(), "rarekit_count_weights", [&] {
+        out_of_range = weighted_sums(flat.const_data_ptr<Id>(), flat_weights.const_data_ptr<scalar_t>(), flat.numel(),
+                                     num_bins, ignore_index, sums.mutable_data_ptr<double>());
+      });
+    });
+    result = sums.to(result_dtype(flat_weights));
+  }
+  if (check && out_of_range > 0) raise_first_out_of_range(flat, num_bins, ignore_index);
+  return result;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rarekit, CPU, m) { m.impl("count", &count_cpu); }
+
+}  // namespace cpu
+}  // namespace rarekit

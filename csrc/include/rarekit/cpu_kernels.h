@@ -1,0 +1,49 @@
+// Raw-pointer CPU kernels compiled once per ISA (csrc/cpu/isa/*.cpp, see setup.py) and chosen at
+// run time by csrc/cpu/isa_dispatch.cpp. Each kernel family is a table of function pointers; each
+// ISA object defines one table per family, named <family>_<isa>.
+#pragma once
+#include <cstdint>
+
+#define RAREKIT_CAT_(a, b) a##_##b
+#define RAREKIT_CAT(a, b) RAREKIT_CAT_(a, b)
+
+namespace rarekit::cpu {
+
+// The integer id dtypes rarekit::count accepts, in the order of the tables below.
+enum IdType { kUInt8, kInt8, kInt16, kInt32, kInt64, kUInt16, kUInt32, kNumIdTypes };
+
+// Adds the ids in [0, n) to `hist` (num_bins int32 slots; the caller keeps n < 2^31) and returns
+// how many ids were out of [0, num_bins) and not ignore_index.
+using HistogramFn = int64_t (*)(const void* ids, int64_t n, int64_t num_bins, bool has_ignore,
+                                int64_t ignore_index, int32_t* hist);
+
+struct CountKernels {
+  HistogramFn histogram[kNumIdTypes];
+};
+
+#define RAREKIT_DECLARE_ISA_TABLES(Family)   \
+  extern const Family RAREKIT_CAT(Family, baseline); \
+  extern const Family RAREKIT_CAT(Family, avx2);     \
+  extern const Family RAREKIT_CAT(Family, avx512);
+
+RAREKIT_DECLARE_ISA_TABLES(CountKernels)
+
+// The ISAs this binary holds, best last, and the one in use (set_cpu_isa overrides the choice).
+enum class Isa { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
+Isa active_isa();
+const char* isa_name(Isa isa);
+bool isa_supported(Isa isa);
+void set_active_isa(Isa isa);
+
+template <typename Family>
+const Family& pick(const Family& baseline, const Family& avx2, const Family& avx512) {
+  switch (active_isa()) {
+    case Isa::kAvx512: return avx512;
+    case Isa::kAvx2: return avx2;
+    default: return baseline;
+  }
+}
+
+const CountKernels& count_kernels();
+
+}  // namespace rarekit::cpu

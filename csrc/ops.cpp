@@ -1,0 +1,54 @@
+// Every rarekit operator schema, in one place. Backends register implementations in
+// csrc/cpu/*.cpp and csrc/cuda/*.cu; fake (meta) kernels and autograd live in rarekit/ops/.
+#include <torch/extension.h>
+
+#include "rarekit/cpu_kernels.h"
+
+TORCH_LIBRARY(rarekit, m) {
+  // Histogram of integer ids over [0, num_bins): int64 counts, or float sums of `weights`.
+  m.def("count(Tensor ids, int num_bins, int? ignore_index, Tensor? weights, bool check) -> Tensor");
+}
+
+namespace {
+
+std::string build_info() {
+  std::string info = "compiler=";
+#if defined(__clang__)
+  info += "clang " __clang_version__;
+#elif defined(__GNUC__)
+  info += "gcc " __VERSION__;
+#endif
+#if defined(RAREKIT_WITH_CUDA)
+  info += ";cuda=1";
+#else
+  info += ";cuda=0";
+#endif
+  return info;
+}
+
+void set_cpu_isa(const std::string& name) {
+  using rarekit::cpu::Isa;
+  for (Isa isa : {Isa::kBaseline, Isa::kAvx2, Isa::kAvx512}) {
+    if (name == rarekit::cpu::isa_name(isa)) return rarekit::cpu::set_active_isa(isa);
+  }
+  throw std::invalid_argument("set_cpu_isa: unknown ISA '" + name + "'; expected baseline, avx2 or avx512");
+}
+
+std::vector<std::string> supported_cpu_isas() {
+  using rarekit::cpu::Isa;
+  std::vector<std::string> names;
+  for (Isa isa : {Isa::kBaseline, Isa::kAvx2, Isa::kAvx512}) {
+    if (rarekit::cpu::isa_supported(isa)) names.emplace_back(rarekit::cpu::isa_name(isa));
+  }
+  return names;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.def("build_info", &build_info, "compiler and CUDA flags of this build");
+  module.def("cpu_isa", [] { return std::string(rarekit::cpu::isa_name(rarekit::cpu::active_isa())); },
+             "the CPU kernel ISA in use");
+  module.def("supported_cpu_isas", &supported_cpu_isas, "the CPU kernel ISAs this CPU can run");
+  module.def("set_cpu_isa", &set_cpu_isa, "use the CPU kernels compiled for this ISA");
+}

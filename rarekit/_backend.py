@@ -1,0 +1,69 @@
+"""Which implementation serves each device: the compiled kernels (``rarekit._C``) or the references.
+
+``import rarekit`` loads ``rarekit._C`` when it was built; otherwise every op falls back to
+:mod:`rarekit.reference` with one warning. ``RAREKIT_FORCE_REFERENCE=1`` in the environment, or
+:func:`set_backend("reference") <set_backend>`, forces the reference path.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+try:
+    from rarekit import _C
+    _IMPORT_ERROR: Exception | None = None
+except ImportError as error:  # not built: the references serve every op
+    _C = None
+    _IMPORT_ERROR = error
+
+_force_reference = os.environ.get("RAREKIT_FORCE_REFERENCE", "0") not in ("", "0")
+
+if _C is None and not _force_reference:
+    warnings.warn(
+        f"rarekit: the compiled kernels are not built ({_IMPORT_ERROR}); using the pure-PyTorch "
+        "references. Build them with `pip install --no-build-isolation -e .`.",
+        RuntimeWarning, stacklevel=2)
+
+
+def _build_flags() -> dict[str, str]:
+    return dict(item.split("=", 1) for item in _C.build_info().split(";")) if _C is not None else {}
+
+
+def set_backend(name: str) -> None:
+    """Serve every op from ``"native"`` kernels (where built) or the ``"reference"`` path."""
+    global _force_reference
+    if name not in ("native", "reference"):
+        raise ValueError(f"set_backend: name must be 'native' or 'reference', got {name!r}")
+    _force_reference = name == "reference"
+
+
+def native(device: torch.device) -> bool:
+    """True when the compiled kernels serve tensors on ``device``."""
+    if _C is None or _force_reference:
+        return False
+    if device.type == "cpu":
+        return True
+    return device.type == "cuda" and _build_flags().get("cuda") == "1"
+
+
+def backend_info() -> dict:
+    """The path serving CPU and CUDA, the CPU kernel ISA, and the torch, CUDA and compiler versions."""
+    flags = _build_flags()
+    cuda_path = "unavailable"
+    if torch.cuda.is_available():
+        cuda_path = "native" if native(torch.device("cuda")) else "reference"
+    return {
+        "cpu": "native" if native(torch.device("cpu")) else "reference",
+        "cuda": cuda_path,
+        "cpu_isa": _C.cpu_isa() if _C is not None else None,
+        "cpu_isas_supported": list(_C.supported_cpu_isas()) if _C is not None else [],
+        "extension_built": _C is not None,
+        "extension_has_cuda": flags.get("cuda") == "1",
+        "extension_error": None if _IMPORT_ERROR is None else str(_IMPORT_ERROR),
+        "compiler": flags.get("compiler"),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "threads": torch.get_num_threads(),
+    }

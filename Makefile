@@ -1,0 +1,50 @@
+# The two commands: `make demo` and `make test` set everything up on a fresh machine
+# (Python 3.10+ and a C++ compiler): a .venv, torch, the dependencies, rarekit built from source.
+# PYTHON=/path/to/python uses that environment instead of .venv.
+VENV ?= .venv
+ifdef PYTHON
+PY := $(PYTHON)
+else
+PY := $(VENV)/bin/python
+endif
+# CUDA kernels are built where a GPU is visible; RAREKIT_CUDA=1/0 forces or skips them.
+RAREKIT_CUDA ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo auto || echo 0)
+export RAREKIT_CUDA
+GPU_RESULTS ?= ./gpu-results
+PYTEST_ARGS ?=
+STAMP := build/.installed-$(shell echo "$(abspath $(PY))" | cksum | cut -d' ' -f1)
+SOURCES := setup.py pyproject.toml $(shell find csrc -type f)
+
+.PHONY: install test demo bench gpu-check wheel clean
+
+install: $(STAMP)
+
+$(VENV)/bin/python:
+	python3 -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+
+# Build isolation would compile against a different torch from the one installed here, so the
+# build dependencies go in first and rarekit is installed with --no-build-isolation.
+$(STAMP): $(if $(PYTHON),,$(VENV)/bin/python) $(SOURCES)
+	$(PY) -m pip install --quiet "torch>=2.4" setuptools wheel ninja numpy
+	$(PY) -m pip install --quiet --no-build-isolation -e ".[test]"
+	@mkdir -p build && touch $@
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: install
+	$(PY) -m rarekit demo
+
+bench: install
+	$(PY) -m rarekit bench
+
+wheel: install
+	$(PY) -m pip wheel --no-build-isolation --no-deps -w dist .
+
+# On a GPU machine with no network: uses the active Python, installs only rarekit itself.
+gpu-check:
+	bash benchmarks/gpu_check.sh "$(GPU_RESULTS)"
+
+clean:
+	rm -rf build dist rarekit/_C*.so rarekit.egg-info

@@ -1,0 +1,48 @@
+"""rarekit.count against torch.bincount, numpy.bincount and a read-bandwidth floor (torch.sum).
+
+5e7 Zipf-distributed int64 ids (2^28 on CUDA) into V=128256 and V=64 bins.
+Targets: CPU >= 3x torch.bincount at V=128256 and <= 2.5x the torch.sum floor;
+H200 >= 70 % of read bandwidth and >= 3x torch.bincount.
+"""
+import numpy as np
+import torch
+
+import rarekit
+from common import median_seconds, parse_args, report
+
+
+def zipf_ids(n: int, vocab: int, seed: int = 0) -> torch.Tensor:
+    return torch.from_numpy((np.random.default_rng(seed).zipf(1.2, n) - 1) % vocab).long()
+
+
+def main() -> None:
+    args = parse_args(__doc__)
+    device = torch.device(args.device)
+    n = 2**28 if device.type == "cuda" else 50_000_000
+    if args.quick:
+        n //= 100
+    cases = []
+    for vocab in (128256, 64):
+        ids = zipf_ids(n, vocab).to(device)
+        times = {
+            "rarekit.count": median_seconds(lambda: rarekit.count(ids, vocab, check=False), device, args.repeat),
+            "torch.bincount": median_seconds(lambda: torch.bincount(ids, minlength=vocab), device, args.repeat),
+            "torch.sum (read floor)": median_seconds(lambda: ids.sum(), device, args.repeat),
+        }
+        if device.type == "cpu":
+            ids_np = ids.numpy()
+            times["numpy.bincount"] = median_seconds(lambda: np.bincount(ids_np, minlength=vocab), device, args.repeat)
+        rarekit_s = times["rarekit.count"]
+        ratios = {f"speed-up vs {name}": seconds / rarekit_s for name, seconds in times.items()
+                  if name not in ("rarekit.count", "torch.sum (read floor)")}
+        ratios["rarekit / read floor"] = rarekit_s / times["torch.sum (read floor)"]
+        case = {"case": f"{n} zipf int64 ids, V={vocab}", "median_ms": {k: v * 1e3 for k, v in times.items()},
+                "ratios": ratios}
+        if device.type == "cuda":
+            case["read_bandwidth_GBps"] = ids.numel() * ids.element_size() / rarekit_s / 1e9
+        cases.append(case)
+    report("count", device, cases, args.out)
+
+
+if __name__ == "__main__":
+    main()

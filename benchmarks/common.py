@@ -1,0 +1,76 @@
+"""Shared by the benchmarks: median timing, the machine's description, JSON output."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--out", default="benchmarks/out", help="folder for the JSON results")
+    parser.add_argument("--repeat", type=int, default=7, help="timed runs per case (median reported)")
+    parser.add_argument("--quick", action="store_true", help="smaller inputs (smoke test)")
+    return parser.parse_args()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(fn, device: torch.device, repeat: int, warmup: int = 2) -> float:
+    """Median wall time of fn() over `repeat` runs, after `warmup` untimed runs."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def machine() -> dict:
+    import rarekit
+
+    info = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "rarekit_backend": rarekit.backend_info(),
+    }
+    try:
+        with open("/proc/cpuinfo") as handle:
+            info["cpu"] = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def report(job: str, device: torch.device, cases: list[dict], out_dir: str) -> str:
+    """Prints each case's medians and ratios, writes <out_dir>/<job>-<device>.json, returns its path."""
+    for case in cases:
+        print(f"\n{job} [{device.type}] {case['case']}")
+        for name, seconds in case["median_ms"].items():
+            print(f"  {name:<28} {seconds:10.3f} ms")
+        for name, ratio in case.get("ratios", {}).items():
+            print(f"  {name:<40} {ratio:8.2f}x")
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"{job}-{device.type}.json")
+    with open(path, "w") as handle:
+        json.dump({"job": job, "device": device.type, "machine": machine(), "cases": cases}, handle, indent=2)
+    print(f"\nwrote {path}")
+    return path

@@ -1,0 +1,202 @@
+"""rarekit.count against the reference and torch.bincount, on fresh random inputs."""
+import pytest
+import torch
+
+import rarekit
+from rarekit import _backend, reference
+
+ID_DTYPES = [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint16, torch.uint32]
+needs_native = pytest.mark.skipif(_backend._C is None, reason="compiled extension not built")
+
+
+def random_ids(gen, shape, num_bins, dtype, device):
+    high = min(num_bins, torch.iinfo(dtype).max + 1)
+    return torch.randint(0, max(high, 1), shape, generator=gen).to(dtype).to(device)
+
+
+def bincount(ids, num_bins, weights=None):
+    """Independent check: torch.bincount over the kept ids."""
+    flat = ids.reshape(-1).long().cpu()
+    keep = (flat >= 0) & (flat < num_bins)
+    w = None if weights is None else weights.reshape(-1).cpu().double()[keep]
+    return torch.bincount(flat[keep], weights=w, minlength=num_bins)
+
+
+@pytest.mark.parametrize("dtype", ID_DTYPES)
+@pytest.mark.parametrize("shape,num_bins", [((1000,), 37), ((64, 33), 200), ((5, 7, 11), 1), ((3000,), 128256)])
+def test_matches_bincount_and_reference(device, gen, dtype, shape, num_bins):
+    ids = random_ids(gen, shape, num_bins, dtype, device)
+    counts = rarekit.count(ids, num_bins)
+    assert counts.dtype == torch.int64 and counts.shape == (num_bins,) and counts.device == ids.device
+    assert torch.equal(counts.cpu(), bincount(ids, num_bins))
+    assert torch.equal(counts, reference.count(ids, num_bins))
+
+
+def test_large_zipf_input_uses_all_threads(device, gen):
+    ids = (torch.distributions.Geometric(probs=torch.tensor(0.01)).sample((2_000_000,)).long() % 5000).to(device)
+    assert torch.equal(rarekit.count(ids, 5000).cpu(), bincount(ids, 5000))
+
+
+def test_non_contiguous_views(device, gen):
+    base = torch.randint(0, 50, (40, 30), generator=gen).to(device)
+    for view in (base.t(), base[::3, 1::2], base.unsqueeze(0).expand(4, 40, 30)):
+        assert not view.is_contiguous()
+        assert torch.equal(rarekit.count(view, 50).cpu(), bincount(view, 50))
+
+
+def test_empty_and_all_ignored(device):
+    empty = torch.empty(0, dtype=torch.int64, device=device)
+    assert torch.equal(rarekit.count(empty, 4).cpu(), torch.zeros(4, dtype=torch.int64))
+    assert rarekit.count(empty).shape == (0,)
+    ignored = torch.full((100,), -100, device=device)
+    assert torch.equal(rarekit.count(ignored, 3, ignore_index=-100).cpu(), torch.zeros(3, dtype=torch.int64))
+    assert rarekit.count(ignored, ignore_index=-100).shape == (0,)
+
+
+def test_ignore_index_inside_range_is_skipped(device, gen):
+    ids = torch.randint(0, 10, (5000,), generator=gen).to(device)
+    counts = rarekit.count(ids, 10, ignore_index=3)
+    expected = bincount(ids, 10)
+    expected[3] = 0
+    assert torch.equal(counts.cpu(), expected)
+
+
+def test_num_bins_none_takes_max_plus_one(device, gen):
+    ids = torch.randint(0, 77, (500,), generator=gen).to(device)
+    ids[0] = 80
+    assert rarekit.count(ids).shape == (81,)
+    padded = torch.cat([ids, torch.full((9,), -100, device=device)])
+    assert torch.equal(rarekit.count(padded, ignore_index=-100).cpu(), bincount(ids, 81))
+
+
+@pytest.mark.parametrize("weight_dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_weighted_sums(device, gen, weight_dtype):
+    ids = torch.randint(-3, 60, (7, 300), generator=gen).to(device)
+    weights = torch.rand(7, 300, generator=gen).to(weight_dtype).to(device)
+    sums = rarekit.count(ids, 50, weights=weights, check=False)
+    assert sums.dtype == (torch.float64 if weight_dtype == torch.float64 else torch.float32)
+    expected = bincount(ids, 50, weights.float())
+    torch.testing.assert_close(sums.cpu().double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_weighted_sums_do_not_depend_on_thread_count(gen):
+    ids = torch.randint(0, 1000, (200_000,), generator=gen)
+    weights = torch.randn(200_000, generator=gen)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = rarekit.count(ids, 1000, weights=weights)
+        torch.set_num_threads(max(threads, 2))
+        many = rarekit.count(ids, 1000, weights=weights)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, many)
+
+
+def test_weight_gradient(device, gen):
+    ids = torch.randint(-2, 12, (200,), generator=gen).to(device)
+    weights = torch.rand(200, generator=gen, dtype=torch.float64).to(device).requires_grad_()
+    probe = torch.randn(10, generator=gen, dtype=torch.float64).to(device)
+    (rarekit.count(ids, 10, ignore_index=5, weights=weights, check=False) * probe).sum().backward()
+    ref_weights = weights.detach().clone().requires_grad_()
+    (reference.count(ids, 10, 5, ref_weights) * probe).sum().backward()
+    torch.testing.assert_close(weights.grad, ref_weights.grad)
+
+
+def test_out_of_range_raises_value_error_naming_the_value(device):
+    ids = torch.tensor([1, 2, 9, 3, -4], device=device)
+    with pytest.raises(ValueError, match=r"ids\[2\] = 9"):
+        rarekit.count(ids, 5)
+    with pytest.raises(ValueError, match=r"ids\[0\] = -1"):
+        rarekit.count(torch.tensor([-1, 0], device=device), 3)
+
+
+def test_check_false_drops_bad_ids_without_writing_out_of_bounds(device):
+    ids = torch.tensor([0, 1, 2**40, -(2**40), 4, 5, 1], device=device)
+    counts = rarekit.count(ids, 5, check=False)
+    assert torch.equal(counts.cpu(), torch.tensor([1, 2, 0, 0, 1]))
+    assert torch.equal(rarekit.count(ids, 0, check=False).cpu(), torch.zeros(0, dtype=torch.int64))
+
+
+def test_input_is_not_mutated(device, gen):
+    ids = torch.randint(0, 9, (100,), generator=gen).to(device)
+    before = ids.clone()
+    rarekit.count(ids, 9, ignore_index=4)
+    assert torch.equal(ids, before)
+
+
+@pytest.mark.parametrize("bad,error,match", [
+    (torch.rand(4), TypeError, "integer dtype"),
+    (torch.tensor([True, False]), TypeError, "integer dtype"),
+    ("text", TypeError, "ids must be"),
+])
+def test_bad_ids(bad, error, match):
+    with pytest.raises(error, match=match):
+        rarekit.count(bad, 3)
+
+
+def test_bad_arguments():
+    ids = torch.tensor([0, 1, 2])
+    with pytest.raises(ValueError, match="num_bins"):
+        rarekit.count(ids, -1)
+    with pytest.raises(ValueError, match="one value per id"):
+        rarekit.count(ids, 3, weights=torch.ones(4))
+    with pytest.raises(TypeError, match="weights"):
+        rarekit.count(ids, 3, weights=torch.ones(3, dtype=torch.int64))
+
+
+def test_lists_and_numpy_arrays_are_accepted():
+    np = pytest.importorskip("numpy")
+    assert torch.equal(rarekit.count([0, 2, 2], 3), torch.tensor([1, 0, 2]))
+    assert torch.equal(rarekit.count(np.array([1, 1, 0], dtype=np.uint16), 2), torch.tensor([1, 2]))
+
+
+@needs_native
+def test_every_cpu_isa_agrees(gen):
+    ids = torch.randint(-5, 3000, (100_003,), generator=gen)
+    expected = bincount(ids, 2900)
+    active = _backend._C.cpu_isa()
+    try:
+        for isa in _backend._C.supported_cpu_isas():
+            _backend._C.set_cpu_isa(isa)
+            assert torch.equal(rarekit.count(ids, 2900, check=False), expected), isa
+    finally:
+        _backend._C.set_cpu_isa(active)
+
+
+def test_forced_reference_path_matches(gen):
+    ids = torch.randint(0, 40, (999,), generator=gen)
+    native = rarekit.count(ids, 40)
+    rarekit.set_backend("reference")
+    try:
+        assert rarekit.backend_info()["cpu"] == "reference"
+        assert torch.equal(rarekit.count(ids, 40), native)
+        with pytest.raises(ValueError, match=r"ids\[\d+\] = 40"):
+            rarekit.count(torch.cat([ids, torch.tensor([40])]), 40)
+    finally:
+        rarekit.set_backend("native")
+
+
+@needs_native
+@pytest.mark.parametrize("weighted", [False, True])
+def test_opcheck(device, gen, weighted):
+    ids = torch.randint(-1, 20, (300,), generator=gen).to(device)
+    weights = torch.rand(300, generator=gen, dtype=torch.float64).to(device).requires_grad_() if weighted else None
+    torch.library.opcheck(torch.ops.rarekit.count.default, (ids, 20, -1, weights, False))
+
+
+@needs_native
+def test_compiles_without_graph_breaks(device, gen):
+    torch._dynamo.reset()
+    ids = torch.randint(0, 30, (4, 64), generator=gen).to(device)
+    weights = torch.rand(4, 64, generator=gen).to(device)
+
+    def histogram_and_mass(ids, weights):
+        return rarekit.count(ids, 30, check=False) * 2, rarekit.count(ids, 30, weights=weights, check=False).sum()
+
+    explanation = torch._dynamo.explain(histogram_and_mass)(ids, weights)
+    assert explanation.graph_break_count == 0
+    compiled = torch.compile(histogram_and_mass, fullgraph=True)
+    counts, mass = compiled(ids, weights)
+    assert torch.equal(counts.cpu(), 2 * bincount(ids, 30))
+    torch.testing.assert_close(mass, weights.sum())

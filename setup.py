@@ -81,6 +81,9 @@ def missing_library_headers(cuda_home, build_dir):
 
 
 def extension_modules():
+    cuda_home = resolve_cuda_home()
+    if cuda_home:  # cpp_extension reads CUDA_HOME once, at import
+        os.environ["CUDA_HOME"] = cuda_home
     import torch
     from torch.utils import cpp_extension
 

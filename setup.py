@@ -122,7 +122,7 @@ def build_ext_class():
             for source in sorted(glob.glob(os.path.join(ROOT, "csrc", "cpu", "isa", "*.cpp"))):
                 for isa, flags in CPU_ISAS.items():
                     obj = os.path.join(out_dir, f"{os.path.basename(source)[:-4]}.{isa}.o")
-                    cmd = [compiler, "-O3", "-std=c++17", "-fPIC", "-fno-math-errno", "-fno-trapping-math",
+                    cmd = [compiler, "-O3", "-std=c++17", "-fPIC", "-fno-math-errno", "-fno-trapping-math", "-Wno-psabi",
                            f"-DRAREKIT_ISA={isa}", "-I", os.path.join(ROOT, "csrc", "include"),
                            *flags, "-c", source, "-o", obj]
                     print(" ".join(cmd), flush=True)

@@ -7,6 +7,21 @@
 TORCH_LIBRARY(rarekit, m) {
   // Histogram of integer ids over [0, num_bins): int64 counts, or float sums of `weights`.
   m.def("count(Tensor ids, int num_bins, int? ignore_index, Tensor? weights, bool check) -> Tensor");
+  // Cross-entropy family (csrc/include/rarekit/cross_entropy_math.h): per-row losses of (rows, classes)
+  // logits and the per-row terms the backward needs (lse and three gradient coefficients).
+  m.def(
+      "cross_entropy_forward(Tensor logits, Tensor target, Tensor? weight, Tensor? logit_adjustment, "
+      "int ignore_index, float label_smoothing, bool target_weighted, float focal_gamma, float z_loss, "
+      "bool check) -> (Tensor losses, Tensor row_terms)");
+  // The same, also overwriting logits with grad_scale * d(losses.sum())/d(logits) (inplace_backward).
+  m.def(
+      "cross_entropy_forward_inplace(Tensor(a!) logits, Tensor target, Tensor? weight, Tensor? logit_adjustment, "
+      "Tensor grad_scale, int ignore_index, float label_smoothing, bool target_weighted, float focal_gamma, "
+      "float z_loss, bool check) -> (Tensor losses, Tensor row_terms)");
+  m.def(
+      "cross_entropy_backward(Tensor grad_losses, Tensor logits, Tensor target, Tensor? weight, "
+      "Tensor? logit_adjustment, Tensor row_terms, int ignore_index, float label_smoothing, "
+      "bool target_weighted, float focal_gamma, float z_loss) -> Tensor");
 }
 
 namespace {

@@ -26,3 +26,50 @@ def count(ids: torch.Tensor, num_bins: int, ignore_index: int | None = None,
         values = weights.reshape(-1).to(torch.float64 if weights.dtype == torch.float64 else torch.float32)
     totals = torch.zeros(num_bins + 1, dtype=values.dtype, device=ids.device)
     return totals.scatter_add_(0, bins, values)[:num_bins]
+
+
+def cross_entropy_rows(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+                       logit_adjustment: torch.Tensor | None = None, ignore_index: int = -100,
+                       label_smoothing: float = 0.0, target_weighted: bool = False, focal_gamma: float = 0.0,
+                       z_loss: float = 0.0) -> torch.Tensor:
+    """Per-row loss of the cross-entropy family for (rows, C) logits, in float32; 0 on ignored rows.
+
+    With z' = z + a, lse = log Σ_k exp z'_k and p = softmax(z')::
+
+        B    = (1-ε) w_y (lse - z'_y) + (ε/C) Σ_k v_k (lse - z'_k)
+               v_k = w_k (torch's label smoothing) or w_y (``target_weighted``)
+        loss = (1 - p_y)^γ B + ζ w_y lse²
+
+    (focal loss: Lin et al. 2017; logit adjustment: Menon et al. 2021; z-loss: Chowdhery et al. 2022).
+    """
+    z = logits.float()
+    if logit_adjustment is not None:
+        z = z + logit_adjustment.float()
+    classes = z.shape[1]
+    valid = target != ignore_index
+    safe_target = torch.where(valid, target, 0).long()
+    class_weight = weight.float() if weight is not None else z.new_ones(classes)
+    w_y = class_weight[safe_target]
+    lse = torch.logsumexp(z, dim=1)
+    log_p = z - lse[:, None]
+    nll = -log_p.gather(1, safe_target[:, None]).squeeze(1)
+    loss = (1 - label_smoothing) * w_y * nll
+    if label_smoothing > 0:
+        smooth = -log_p.sum(1) * w_y if target_weighted else -(log_p * class_weight).sum(1)
+        loss = loss + (label_smoothing / classes) * smooth
+    if focal_gamma != 0:
+        loss = (-torch.expm1(-nll)).pow(focal_gamma) * loss
+    if z_loss != 0:
+        loss = loss + z_loss * w_y * lse.square()
+    return torch.where(valid, loss, 0.0)
+
+
+def soft_target_cross_entropy_rows(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+                                   label_smoothing: float = 0.0) -> torch.Tensor:
+    """Per-row loss for class-probability targets, as torch: ``-Σ_k w_k q_k log p_k`` with
+    ``q = (1-ε) target + ε/C``."""
+    log_p = torch.log_softmax(logits.float(), dim=1)
+    q = target.float() * (1 - label_smoothing) + label_smoothing / logits.shape[1]
+    if weight is not None:
+        q = q * weight.float()
+    return -(q * log_p).sum(1)

@@ -72,5 +72,6 @@ void set_active_isa(Isa isa) {
 #endif
 
 const CountKernels& count_kernels() { return RAREKIT_PICK(CountKernels); }
+const CrossEntropyKernels& cross_entropy_kernels() { return RAREKIT_PICK(CrossEntropyKernels); }
 
 }  // namespace rarekit::cpu

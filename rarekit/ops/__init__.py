@@ -3,5 +3,6 @@ tensor's device, and the reference otherwise. Arguments are validated by the use
 (``rarekit.counting``, ...), not here; fake kernels and autograd are registered next to each op.
 """
 from rarekit.ops.count import count
+from rarekit.ops.cross_entropy import cross_entropy_inplace, cross_entropy_rows
 
-__all__ = ["count"]
+__all__ = ["count", "cross_entropy_inplace", "cross_entropy_rows"]

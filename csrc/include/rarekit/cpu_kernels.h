@@ -4,6 +4,8 @@
 #pragma once
 #include <cstdint>
 
+#include "rarekit/cross_entropy_math.h"
+
 #define RAREKIT_CAT_(a, b) a##_##b
 #define RAREKIT_CAT(a, b) RAREKIT_CAT_(a, b)
 
@@ -21,12 +23,39 @@ struct CountKernels {
   HistogramFn histogram[kNumIdTypes];
 };
 
+// Logit dtypes of the cross-entropy kernels, in the order of the tables below.
+enum FloatType { kFloat32, kBFloat16, kFloat16, kNumFloatTypes };
+
+// Contiguous (rows, num_classes) logits; fp32 weight, adjust (nullable), row_terms, losses.
+struct CrossEntropyArgs {
+  CrossEntropyConfig config;
+  const void* logits;
+  const int64_t* target;
+  const float* weight;
+  const float* adjust;
+  float* losses;             // forward: per-row loss
+  float* row_terms;          // forward writes, backward reads: kRowTermCount floats per row
+  void* grad;                // forward: the inplace gradient (may alias logits) or null; backward: output
+  const float* grad_scale;   // forward with grad: one scale for every row
+  const float* grad_losses;  // backward: upstream gradient per row
+};
+
+// Returns the first row whose target is out of range and not ignore_index, or -1.
+using CrossEntropyForwardFn = int64_t (*)(const CrossEntropyArgs& args, int64_t begin, int64_t end);
+using CrossEntropyBackwardFn = void (*)(const CrossEntropyArgs& args, int64_t begin, int64_t end);
+
+struct CrossEntropyKernels {
+  CrossEntropyForwardFn forward[kNumFloatTypes];
+  CrossEntropyBackwardFn backward[kNumFloatTypes];
+};
+
 #define RAREKIT_DECLARE_ISA_TABLES(Family)   \
   extern const Family RAREKIT_CAT(Family, baseline); \
   extern const Family RAREKIT_CAT(Family, avx2);     \
   extern const Family RAREKIT_CAT(Family, avx512);
 
 RAREKIT_DECLARE_ISA_TABLES(CountKernels)
+RAREKIT_DECLARE_ISA_TABLES(CrossEntropyKernels)
 
 // The ISAs this binary holds, best last, and the one in use (set_cpu_isa overrides the choice).
 enum class Isa { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
@@ -45,5 +74,6 @@ const Family& pick(const Family& baseline, const Family& avx2, const Family& avx
 }
 
 const CountKernels& count_kernels();
+const CrossEntropyKernels& cross_entropy_kernels();
 
 }  // namespace rarekit::cpu

@@ -1,0 +1,176 @@
+// Cross-entropy row kernels, compiled once per ISA (see setup.py). One pass per row for the
+// statistics (online max and sum-exp over L1-sized blocks), one pass for the gradient.
+#include <cmath>
+#include <limits>
+
+#include "rarekit/cpu_kernels.h"
+#include "rarekit/cpu_vector_math.h"
+#include "rarekit/cross_entropy_math.h"
+
+namespace rarekit::cpu {
+namespace {
+
+constexpr int64_t kBlock = 2048;  // logits per block: stays in L1/L2 between the block's two passes
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// logits[k] + adjust[k] for 16 classes (adjust may be null), and the same for one class
+template <typename T>
+Floats16 load_adjusted16(const T* logits, const float* adjust, int64_t k) {
+  return adjust ? load16(logits + k) + load16(adjust + k) : load16(logits + k);
+}
+
+template <typename T>
+float load_adjusted(const T* logits, const float* adjust, int64_t k) {
+  return to_float(logits[k]) + (adjust ? adjust[k] : 0.0f);
+}
+
+// max ignoring NaN (a NaN still poisons the sum of exponentials, as in torch)
+template <typename T>
+float block_max(const T* logits, const float* adjust, int64_t begin, int64_t end) {
+  Floats16 lanes = broadcast16(kNegInf);
+  int64_t k = begin;
+  for (; k + kFloats16 <= end; k += kFloats16) {
+    const Floats16 v = load_adjusted16(logits, adjust, k);
+    lanes = v > lanes ? v : lanes;
+  }
+  float best = kNegInf;
+  for (; k < end; ++k) best = load_adjusted(logits, adjust, k) > best ? load_adjusted(logits, adjust, k) : best;
+  for (int lane = 0; lane < kFloats16; ++lane) best = lanes[lane] > best ? lanes[lane] : best;
+  return best;
+}
+
+template <typename T>
+float block_sum_exp(const T* logits, const float* adjust, int64_t begin, int64_t end, float shift) {
+  Floats16 lanes{};
+  int64_t k = begin;
+  for (; k + kFloats16 <= end; k += kFloats16) lanes += exp16(load_adjusted16(logits, adjust, k) - shift);
+  float total = horizontal_sum(lanes);
+  for (; k < end; ++k) total += exp_scalar(load_adjusted(logits, adjust, k) - shift);
+  return total;
+}
+
+// Σ_k v'_k (z'_k - shift), v' = weight or 1
+template <typename T>
+float block_smooth_sum(const T* logits, const float* adjust, const float* weight, int64_t begin, int64_t end,
+                       float shift) {
+  Floats16 lanes{};
+  int64_t k = begin;
+  for (; k + kFloats16 <= end; k += kFloats16) {
+    const Floats16 centered = load_adjusted16(logits, adjust, k) - shift;
+    lanes += weight ? load16(weight + k) * centered : centered;
+  }
+  float total = horizontal_sum(lanes);
+  for (; k < end; ++k) total += (weight ? weight[k] : 1.0f) * (load_adjusted(logits, adjust, k) - shift);
+  return total;
+}
+
+// Loss and gradient terms of one row whose target is in range: one pass over the row in blocks,
+// each block read twice while it is in cache (online softmax across blocks).
+template <typename T>
+float row_loss(const T* row, int64_t target, const CrossEntropyArgs& args, CrossEntropyRowTerms* terms) {
+  const CrossEntropyConfig& config = args.config;
+  const int64_t classes = config.num_classes;
+  const float* smooth_weight = per_class_smoothing(config) ? args.weight : nullptr;
+  const bool smoothing = config.label_smoothing > 0.0f;
+  float max = kNegInf, sum_exp = 0.0f, smooth_sum = 0.0f, shift = 0.0f;
+  for (int64_t start = 0; start < classes; start += kBlock) {
+    const int64_t end = classes - start < kBlock ? classes : start + kBlock;
+    const float block_best = block_max(row, args.adjust, start, end);
+    if (start == 0 && std::isfinite(block_best)) shift = block_best;
+    if (block_best > max) {  // rescale what was summed against the old max
+      if (max != kNegInf) sum_exp *= exp_scalar(max - block_best);
+      max = block_best;
+    }
+    sum_exp += block_sum_exp(row, args.adjust, start, end, max == kNegInf ? 0.0f : max);
+    if (smoothing) smooth_sum += block_smooth_sum(row, args.adjust, smooth_weight, start, end, shift);
+  }
+  const float lse = (max == kNegInf ? 0.0f : max) + std::log(sum_exp);
+  const float w_y = args.weight ? args.weight[target] : 1.0f;
+  return cross_entropy_row(config, lse, load_adjusted(row, args.adjust, target), smooth_sum, shift, w_y, terms);
+}
+
+// out_k = scale (coef_p p_k - coef_v v'_k - [k = target] coef_y); out may alias row.
+template <typename T>
+void row_gradient(const T* row, int64_t target, const CrossEntropyRowTerms& terms, float scale,
+                  const CrossEntropyArgs& args, T* out) {
+  const int64_t classes = args.config.num_classes;
+  const float* smooth_weight = per_class_smoothing(args.config) ? args.weight : nullptr;
+  const float coef_p = terms.coef_p * scale, coef_v = terms.coef_v * scale, lse = terms.lse;
+  const float target_grad = coef_p * exp_scalar(load_adjusted(row, args.adjust, target) - lse) -
+                            coef_v * (smooth_weight ? smooth_weight[target] : 1.0f) - terms.coef_y * scale;
+  int64_t k = 0;
+  for (; k + kFloats16 <= classes; k += kFloats16) {
+    const Floats16 smooth = smooth_weight ? coef_v * load16(smooth_weight + k) : broadcast16(coef_v);
+    store16(out + k, coef_p * exp16(load_adjusted16(row, args.adjust, k) - lse) - smooth);
+  }
+  for (; k < classes; ++k) {
+    store(out + k, coef_p * exp_scalar(load_adjusted(row, args.adjust, k) - lse) -
+                       coef_v * (smooth_weight ? smooth_weight[k] : 1.0f));
+  }
+  store(out + target, target_grad);  // computed before the row was overwritten (out may alias row)
+}
+
+template <typename T>
+void zero_row(T* out, int64_t classes) {
+  for (int64_t k = 0; k < classes; ++k) store(out + k, 0.0f);
+}
+
+template <typename T>
+int64_t forward_rows(const CrossEntropyArgs& args, int64_t begin, int64_t end) {
+  const CrossEntropyConfig& config = args.config;
+  const T* logits = static_cast<const T*>(args.logits);
+  int64_t first_bad_row = -1;
+  for (int64_t i = begin; i < end; ++i) {
+    const T* row = logits + i * config.num_classes;
+    const int64_t target = args.target[i];
+    CrossEntropyRowTerms terms{0.0f, 0.0f, 0.0f, 0.0f};
+    float loss = 0.0f;
+    const bool ignored = target == config.ignore_index;
+    const bool in_range = target >= 0 && target < config.num_classes;
+    if (!ignored && in_range) {
+      loss = row_loss(row, target, args, &terms);
+    } else if (!ignored) {  // reported by the caller; NaN keeps the row from passing silently
+      loss = std::numeric_limits<float>::quiet_NaN();
+      if (first_bad_row < 0) first_bad_row = i;
+    }
+    args.losses[i] = loss;
+    float* saved = args.row_terms + i * kRowTermCount;
+    saved[0] = terms.lse, saved[1] = terms.coef_p, saved[2] = terms.coef_y, saved[3] = terms.coef_v;
+    if (args.grad != nullptr) {  // inplace_backward: the gradient overwrites the logits row
+      T* out = static_cast<T*>(args.grad) + i * config.num_classes;
+      if (!ignored && in_range) {
+        row_gradient(row, target, terms, args.grad_scale[0], args, out);
+      } else {
+        zero_row(out, config.num_classes);
+      }
+    }
+  }
+  return first_bad_row;
+}
+
+template <typename T>
+void backward_rows(const CrossEntropyArgs& args, int64_t begin, int64_t end) {
+  const CrossEntropyConfig& config = args.config;
+  const T* logits = static_cast<const T*>(args.logits);
+  for (int64_t i = begin; i < end; ++i) {
+    T* out = static_cast<T*>(args.grad) + i * config.num_classes;
+    const int64_t target = args.target[i];
+    if (target == config.ignore_index || target < 0 || target >= config.num_classes) {
+      zero_row(out, config.num_classes);
+      continue;
+    }
+    const float* saved = args.row_terms + i * kRowTermCount;
+    const CrossEntropyRowTerms terms{saved[0], saved[1], saved[2], saved[3]};
+    row_gradient(logits + i * config.num_classes, target, terms, args.grad_losses[i], args, out);
+  }
+}
+
+}  // namespace
+
+extern const CrossEntropyKernels RAREKIT_CAT(CrossEntropyKernels, RAREKIT_ISA);
+const CrossEntropyKernels RAREKIT_CAT(CrossEntropyKernels, RAREKIT_ISA) = {
+    {forward_rows<float>, forward_rows<BFloat16Bits>, forward_rows<HalfBits>},
+    {backward_rows<float>, backward_rows<BFloat16Bits>, backward_rows<HalfBits>},
+};
+
+}  // namespace rarekit::cpu

@@ -1,0 +1,140 @@
+// Host-only scalar helpers written so that loops over them vectorize at -O3 for whatever ISA the
+// translation unit is compiled for (no -ffast-math: NaN and inf keep their IEEE meaning).
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+namespace rarekit::cpu {
+
+struct BFloat16Bits { uint16_t bits; };  // layout of at::BFloat16
+struct HalfBits { uint16_t bits; };      // layout of at::Half
+
+static inline float bits_to_float(uint32_t bits) {
+  float value;
+  std::memcpy(&value, &bits, sizeof(value));
+  return value;
+}
+
+static inline uint32_t float_to_bits(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  return bits;
+}
+
+// GCC/Clang vector extensions: 16 floats, compiled to one AVX-512 register, two AVX2 or four SSE
+// registers by the ISA flags of the translation unit. Unaligned loads go through memcpy.
+typedef float Floats16 __attribute__((vector_size(64)));
+typedef int32_t Ints16 __attribute__((vector_size(64)));
+typedef uint16_t Halfwords16 __attribute__((vector_size(32)));
+constexpr int kFloats16 = 16;
+
+static inline Floats16 load16(const float* values) {
+  Floats16 vector;
+  std::memcpy(&vector, values, sizeof(vector));
+  return vector;
+}
+
+static inline Floats16 broadcast16(float value) { return Floats16{} + value; }
+
+static inline float horizontal_sum(Floats16 vector) {
+  float total = 0.0f;
+  for (int lane = 0; lane < kFloats16; ++lane) total += vector[lane];
+  return total;
+}
+
+// exp(x) within ~2 ulp for finite x; exp(NaN) = NaN, exp(-inf) = 0, saturates at exp(88).
+// Cody-Waite reduction x = n ln2 + r, then the Cephes expf polynomial on |r| <= ln2/2.
+// One template for a float and for Floats16, so the scalar tails compute exactly what the vectors do.
+template <typename V>
+static inline V exp_reduced(V x, V* n) {
+  const V clamped = x < -87.5f ? -87.5f + V{} : (x > 88.0f ? 88.0f + V{} : x);  // NaN passes through
+  *n = (clamped * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln2)
+  const V r = (clamped - *n * 0.693359375f) - *n * -2.12194440e-4f;
+  V p = 1.9875691500e-4f + V{};
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  return p * r * r + r + 1.0f;
+}
+
+static inline Floats16 exp16(Floats16 x) {
+  Floats16 n;
+  const Floats16 p = exp_reduced(x, &n);
+  Ints16 exponent = (__builtin_convertvector(n, Ints16) + 127) << 23;
+  Floats16 scale;
+  std::memcpy(&scale, &exponent, sizeof(scale));
+  return x < -87.5f ? Floats16{} : p * scale;
+}
+
+static inline float exp_scalar(float x) {
+  float n;
+  const float p = exp_reduced(x, &n);
+  const float scale = bits_to_float(static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23);
+  return x < -87.5f ? 0.0f : p * scale;
+}
+
+static inline float to_float(float value) { return value; }
+static inline float to_float(BFloat16Bits value) { return bits_to_float(static_cast<uint32_t>(value.bits) << 16); }
+static inline float to_float(HalfBits value) {
+  const uint32_t magnitude = static_cast<uint32_t>(value.bits & 0x7fffu) << 13;
+  // multiplying by 2^112 moves the exponent bias from 15 to 127 (subnormals included)
+  uint32_t bits = float_to_bits(bits_to_float(magnitude) * 0x1p112f);
+  if ((value.bits & 0x7c00u) == 0x7c00u) bits = magnitude | 0x7f800000u;  // inf, NaN
+  return bits_to_float(bits | (static_cast<uint32_t>(value.bits & 0x8000u) << 16));
+}
+
+// Round to nearest even, as at::BFloat16 and at::Half do.
+static inline void store(float* out, float value) { *out = value; }
+static inline void store(BFloat16Bits* out, float value) {
+  const uint32_t bits = float_to_bits(value);
+  out->bits = value != value ? 0x7fc0u : static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
+static inline void store(HalfBits* out, float value) {
+  uint32_t bits = float_to_bits(value);
+  const uint32_t sign = bits & 0x80000000u;
+  bits ^= sign;
+  uint32_t half;
+  if (bits >= 0x47800000u) {  // >= 65536: inf, or NaN
+    half = bits > 0x7f800000u ? 0x7e00u : 0x7c00u;
+  } else if (bits < 0x38800000u) {  // below 2^-14: subnormal or zero, rounded by a float add
+    half = float_to_bits(bits_to_float(bits) + 0.5f) - 0x3f000000u;
+  } else {
+    bits += (static_cast<uint32_t>(15 - 127) << 23) + 0xfffu + ((bits >> 13) & 1u);
+    half = bits >> 13;
+  }
+  out->bits = static_cast<uint16_t>(half | (sign >> 16));
+}
+
+// 16 logits as floats, and back (round to nearest even for the 16-bit types).
+static inline Floats16 load16(const BFloat16Bits* values) {
+  Halfwords16 bits;
+  std::memcpy(&bits, values, sizeof(bits));
+  const Ints16 wide = __builtin_convertvector(bits, Ints16) << 16;
+  Floats16 vector;
+  std::memcpy(&vector, &wide, sizeof(vector));
+  return vector;
+}
+
+static inline Floats16 load16(const HalfBits* values) {
+  Floats16 vector;
+  for (int lane = 0; lane < kFloats16; ++lane) vector[lane] = to_float(values[lane]);
+  return vector;
+}
+
+static inline void store16(float* out, Floats16 vector) { std::memcpy(out, &vector, sizeof(vector)); }
+
+static inline void store16(BFloat16Bits* out, Floats16 vector) {
+  Ints16 bits;
+  std::memcpy(&bits, &vector, sizeof(bits));
+  const Ints16 rounded = (bits + 0x7fff + ((bits >> 16) & 1)) >> 16;
+  const Halfwords16 narrow = __builtin_convertvector(vector != vector ? 0x7fc0 + Ints16{} : rounded, Halfwords16);
+  std::memcpy(out, &narrow, sizeof(narrow));
+}
+
+static inline void store16(HalfBits* out, Floats16 vector) {
+  for (int lane = 0; lane < kFloats16; ++lane) store(out + lane, vector[lane]);
+}
+
+}  // namespace rarekit::cpu

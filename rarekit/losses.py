@@ -1,0 +1,203 @@
+"""Losses for imbalanced classes on the fused cross-entropy kernels.
+
+:func:`cross_entropy` is ``torch.nn.functional.cross_entropy`` with the same semantics, plus
+imbalance-aware extras: focal loss, logit adjustment, z-loss, target-weighted smoothing and an
+inplace backward. The modules are thin wrappers around it.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rarekit import ops
+
+REDUCTIONS = ("mean", "sum", "none")
+SMOOTHING_MODES = ("pytorch", "target_weighted")
+
+
+def _class_vector(value, name: str, logits: torch.Tensor) -> torch.Tensor | None:
+    if value is None:
+        return None
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor of shape ({logits.shape[1]},), got "
+                        f"{value.dtype if isinstance(value, torch.Tensor) else type(value).__name__}")
+    if value.shape != (logits.shape[1],):
+        raise ValueError(f"{name} must have shape ({logits.shape[1]},) (one value per class), got {tuple(value.shape)}")
+    if value.device != logits.device:
+        raise ValueError(f"{name} is on {value.device} but logits are on {logits.device}")
+    return value
+
+
+def _rows_view(logits: torch.Tensor, target: torch.Tensor):
+    """(rows, C) logits and (rows,) targets for (C,), (N, C) or (N, C, d1, ...) inputs; the shape of
+    a ``reduction="none"`` result."""
+    if logits.dim() == 1:
+        if target.dim() != 0:
+            raise ValueError(f"target must be a scalar class index for unbatched (C,) logits, got shape {tuple(target.shape)}")
+        return logits.unsqueeze(0), target.reshape(1), ()
+    expected = (logits.shape[0],) + tuple(logits.shape[2:])
+    if tuple(target.shape) != expected:
+        raise ValueError(f"target must have shape {expected} for logits of shape {tuple(logits.shape)}, "
+                         f"got {tuple(target.shape)}")
+    if logits.dim() == 2:
+        return logits, target, expected
+    classes = logits.shape[1]
+    return logits.movedim(1, -1).reshape(-1, classes), target.reshape(-1), expected
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None, *,
+                  ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
+                  smoothing_mode: str = "pytorch", focal_gamma: float = 0.0,
+                  logit_adjustment: torch.Tensor | None = None, z_loss: float = 0.0,
+                  inplace_backward: bool = False, check: bool = True) -> torch.Tensor:
+    """Fused weighted cross-entropy with ``torch.nn.functional.cross_entropy`` semantics.
+
+    For each non-ignored row with logits z (plus ``logit_adjustment`` a: z' = z + a), target y,
+    class weights w, smoothing ε over C classes, lse = log Σ_k exp z'_k and p = softmax(z')::
+
+        B    = (1-ε) w_y (lse - z'_y) + (ε/C) Σ_k v_k (lse - z'_k)
+        loss = (1 - p_y)^γ · B + ζ · w_y · lse²
+
+    * ``smoothing_mode="pytorch"``: v_k = w_k, as torch, so up-weighted rare classes also attract
+      smoothing mass from every row (pytorch/pytorch#104776). ``"target_weighted"``: v_k = w_y, i.e.
+      the whole smoothed row loss is scaled by its target's weight.
+    * ``focal_gamma`` γ: focal loss (Lin et al. 2017); ``logit_adjustment``: e.g. τ log π (Menon et
+      al. 2021); ``z_loss`` ζ: PaLM's z-loss (Chowdhery et al. 2022), scaled by w_y like the row.
+    * ``reduction="mean"`` divides by Σ w_y over the non-ignored targets, exactly as torch (NaN when
+      every target is ignored); ``"sum"`` adds the rows; ``"none"`` returns them (0 where ignored).
+
+    Accumulates in float32 whatever the logits dtype (bf16/fp16 logits with an fp32 weight work) and
+    returns the loss in the logits dtype. Probability targets (same shape as the logits) follow
+    torch's semantics but are not fused. ``inplace_backward=True`` writes the gradient into the
+    logits during the forward (no second (N, C) buffer); autograd raises if anything else saved the
+    logits. Targets outside [0, C) other than ``ignore_index`` raise ``IndexError``; on CUDA that
+    check synchronizes once, and ``check=False`` skips it (such rows then give NaN).
+    """
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+        raise TypeError(f"logits must be a floating-point tensor, got "
+                        f"{logits.dtype if isinstance(logits, torch.Tensor) else type(logits).__name__}")
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a tensor, got {type(target).__name__}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if smoothing_mode not in SMOOTHING_MODES:
+        raise ValueError(f"smoothing_mode must be one of {SMOOTHING_MODES}, got {smoothing_mode!r}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    if focal_gamma < 0 or z_loss < 0:
+        raise ValueError(f"focal_gamma and z_loss must be >= 0, got focal_gamma={focal_gamma}, z_loss={z_loss}")
+    if logits.dim() == 0:
+        raise ValueError("logits must have a class dimension, got a scalar")
+    if target.is_floating_point():
+        return _soft_target_cross_entropy(logits, target, weight, reduction, label_smoothing,
+                                          focal_gamma, logit_adjustment, z_loss, inplace_backward)
+    if target.dtype == torch.bool:
+        raise TypeError("target must hold integer class indices (or class probabilities), got torch.bool")
+    rows_logits, rows_target, none_shape = _rows_view(logits, target)
+    weight = _class_vector(weight, "weight", rows_logits)
+    logit_adjustment = _class_vector(logit_adjustment, "logit_adjustment", rows_logits)
+    config = (int(ignore_index), float(label_smoothing), smoothing_mode == "target_weighted",
+              float(focal_gamma), float(z_loss))
+    divisor = None
+    if reduction == "mean":  # Σ w_y over the non-ignored targets, kept on the device
+        valid = rows_target != ignore_index
+        divisor = (weight.float()[torch.where(valid, rows_target, 0).long().clamp(0, rows_logits.shape[1] - 1)] * valid
+                   ).sum() if weight is not None else valid.sum().float()
+    if inplace_backward:
+        if rows_logits.data_ptr() != logits.data_ptr() or not logits.is_contiguous():
+            raise ValueError("inplace_backward=True needs contiguous (N, C) logits")
+        scale = (1.0 / divisor).reshape(1) if divisor is not None else logits.new_ones(1, dtype=torch.float32)
+        loss = ops.cross_entropy_inplace(rows_logits, rows_target, weight, logit_adjustment, scale, reduction,
+                                         config, check)
+        return (loss.reshape(none_shape) if reduction == "none" else loss).to(logits.dtype)
+    losses = ops.cross_entropy_rows(rows_logits, rows_target, weight, logit_adjustment, *config, check)
+    if reduction == "none":
+        return losses.reshape(none_shape).to(logits.dtype)
+    total = losses.sum()
+    return (total if reduction == "sum" else total / divisor).to(logits.dtype)
+
+
+def _soft_target_cross_entropy(logits, target, weight, reduction, label_smoothing, focal_gamma,
+                               logit_adjustment, z_loss, inplace_backward):
+    from rarekit import reference
+
+    if focal_gamma or logit_adjustment is not None or z_loss or inplace_backward:
+        raise ValueError("probability targets support weight, reduction and label_smoothing only; "
+                         "focal_gamma, logit_adjustment, z_loss and inplace_backward need class-index targets")
+    if target.shape != logits.shape:
+        raise ValueError(f"probability targets must have the shape of the logits {tuple(logits.shape)}, "
+                         f"got {tuple(target.shape)}")
+    flat_logits = logits.unsqueeze(0) if logits.dim() == 1 else logits.movedim(1, -1).reshape(-1, logits.shape[1])
+    flat_target = target.unsqueeze(0) if target.dim() == 1 else target.movedim(1, -1).reshape(-1, target.shape[1])
+    weight = _class_vector(weight, "weight", flat_logits)
+    losses = reference.soft_target_cross_entropy_rows(flat_logits, flat_target, weight, label_smoothing)
+    if reduction == "none":
+        return losses.reshape(logits.shape[:1] + logits.shape[2:] if logits.dim() > 1 else ()).to(logits.dtype)
+    total = losses.sum()
+    return (total if reduction == "sum" else total / losses.numel()).to(logits.dtype)
+
+
+class CrossEntropyLoss(nn.CrossEntropyLoss):
+    """Drop-in for ``torch.nn.CrossEntropyLoss`` (same keywords, ``weight`` buffer, state_dict) on
+    the fused kernels; ``**extras`` are :func:`cross_entropy`'s keywords (``focal_gamma``,
+    ``smoothing_mode``, ``z_loss``, ``inplace_backward``, ``check``, ...)."""
+
+    def __init__(self, weight: torch.Tensor | None = None, size_average=None, ignore_index: int = -100,
+                 reduce=None, reduction: str = "mean", label_smoothing: float = 0.0, **extras):
+        super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
+        unknown = set(extras) - {"smoothing_mode", "focal_gamma", "logit_adjustment", "z_loss",
+                                 "inplace_backward", "check"}
+        if unknown:
+            raise TypeError(f"unexpected keyword arguments: {sorted(unknown)}")
+        logit_adjustment = extras.pop("logit_adjustment", None)
+        self.register_buffer("logit_adjustment", logit_adjustment, persistent=logit_adjustment is not None)
+        self.extras = extras
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return cross_entropy(input, target, self.weight, ignore_index=self.ignore_index, reduction=self.reduction,
+                             label_smoothing=self.label_smoothing, logit_adjustment=self.logit_adjustment,
+                             **self.extras)
+
+
+class FocalLoss(CrossEntropyLoss):
+    """FL = -α_y (1 - p_y)^γ log p_y (Lin et al. 2017, "Focal Loss for Dense Object Detection").
+
+    ``alpha``: per-class weights α (the ``weight`` buffer), or None. The mean divides by Σ α_y."""
+
+    def __init__(self, gamma: float = 2.0, alpha: torch.Tensor | None = None, ignore_index: int = -100,
+                 reduction: str = "mean", label_smoothing: float = 0.0, **extras):
+        super().__init__(alpha, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+                         focal_gamma=gamma, **extras)
+        self.gamma = gamma
+
+
+def log_prior(class_counts) -> torch.Tensor:
+    """log π_k = log(n_k / Σ n); classes never seen count as 1, so the offset stays finite."""
+    counts = torch.as_tensor(class_counts, dtype=torch.float64)
+    if counts.dim() != 1 or counts.numel() == 0 or bool((counts < 0).any()):
+        raise ValueError(f"class_counts must be a non-empty 1-D sequence of non-negative counts, got {class_counts!r}")
+    counts = counts.clamp(min=1)
+    return (counts / counts.sum()).log().float()
+
+
+class LogitAdjustedLoss(CrossEntropyLoss):
+    """Cross-entropy on logits + τ log π (Menon et al. 2021, "Long-tail learning via logit
+    adjustment"); τ = 1 is Balanced Softmax (Ren et al. 2020). π is the training class prior."""
+
+    def __init__(self, class_counts, tau: float = 1.0, weight: torch.Tensor | None = None, **kwargs):
+        super().__init__(weight, logit_adjustment=tau * log_prior(class_counts), **kwargs)
+        self.tau = tau
+
+
+class ClassBalancedLoss(CrossEntropyLoss):
+    """Class-balanced loss (Cui et al. 2019): weights (1-β)/(1-β^n_y), normalized to mean 1, on
+    cross-entropy (``loss="ce"``) or focal loss (``loss="focal"``, with ``gamma``)."""
+
+    def __init__(self, class_counts, beta: float = 0.999, loss: str = "ce", gamma: float = 2.0, **kwargs):
+        from rarekit.weights import class_weights
+
+        if loss not in ("ce", "focal"):
+            raise ValueError(f"loss must be 'ce' or 'focal', got {loss!r}")
+        weight = class_weights(torch.as_tensor(class_counts), "effective_number", beta=beta).float()
+        super().__init__(weight, focal_gamma=gamma if loss == "focal" else 0.0, **kwargs)
+        self.beta, self.loss = beta, loss

@@ -1,6 +1,10 @@
 """rarekit: fused PyTorch kernels and tools for class imbalance and rare tokens."""
 from rarekit._backend import backend_info, set_backend
-from rarekit.counting import count
+from rarekit.counting import TokenCounter, count, rare_ids
+from rarekit.losses import ClassBalancedLoss, CrossEntropyLoss, FocalLoss, LogitAdjustedLoss, cross_entropy
+from rarekit.plots import plot_frequencies
+from rarekit.weights import class_weights
 
-__all__ = ["backend_info", "count", "set_backend"]
+__all__ = ["ClassBalancedLoss", "CrossEntropyLoss", "FocalLoss", "LogitAdjustedLoss", "cross_entropy",
+           "TokenCounter", "backend_info", "class_weights", "count", "plot_frequencies", "rare_ids", "set_backend"]
 __version__ = "0.1.0"

@@ -1,0 +1,220 @@
+"""The ``rarekit`` command line (also ``python -m rarekit``).
+
+``rarekit count FILE...`` counts the ids of ``.npy`` arrays, raw ``.bin`` token files or whitespace-split
+``.txt`` files; ``rarekit demo`` runs it on the sample corpus shipped in the package. Each subcommand
+is registered by an ``add_*_command`` function that sets its ``run`` callable.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.resources
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from rarekit.counting import count, max_id, rare_ids
+from rarekit.plots import plot_frequencies
+from rarekit.weights import SCHEMES, class_weights
+
+FORMATS = ("npy", "bin", "txt")
+BIN_DTYPES = ("uint16", "uint32")
+CHUNK_IDS = 1 << 22  # ids per rarekit.count call: files of any size are read a chunk at a time
+PROGRESS_MIN_BYTES = 1 << 26  # inputs of 64 MiB and more show a progress bar
+TOP_IDS = 10  # the most frequent ids listed in the summary
+DEMO_RARE_MAX_COUNT = 2  # the demo corpus is a few KB: rare = seen once or twice
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs ``rarekit COMMAND ...`` and returns its exit status (1 on bad input, with the reason on stderr)."""
+    parser = argparse.ArgumentParser(prog="rarekit", description="Tools for class imbalance and rare tokens.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_count_command(commands)
+    add_demo_command(commands)
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, TypeError, OSError) as error:
+        print(f"rarekit {args.command}: error: {error}", file=sys.stderr)
+        return 1
+
+
+def add_count_command(commands) -> None:
+    command = commands.add_parser(
+        "count", help="count token ids and write counts, a summary, class weights and a Zipf plot",
+        description="Count the ids in FILEs and write counts.npy, summary.json, weights.json "
+                    "(and vocab.json for text) and zipf.png into --out.")
+    command.add_argument("files", nargs="+", type=Path, metavar="FILE", help=".npy, .bin or .txt files of one format")
+    command.add_argument("--format", choices=FORMATS,
+                         help="npy: integer id arrays; bin: raw token files (see --dtype); txt: whitespace-split "
+                              "text, counted over a vocabulary built in order of first appearance "
+                              "(default: from the file suffix)")
+    command.add_argument("--vocab-size", type=positive_int, metavar="V",
+                         help="count ids in [0, V) and drop the others (default: the largest id + 1)")
+    command.add_argument("--dtype", choices=BIN_DTYPES, default="uint16",
+                         help="id type of .bin files, like nanoGPT's train.bin (default: uint16)")
+    command.add_argument("--out", type=Path, default=Path("rarekit-count"), metavar="DIR",
+                         help="output folder (default: ./rarekit-count)")
+    command.add_argument("--scheme", choices=SCHEMES, default="inverse",
+                         help="class weight scheme of weights.json (default: inverse)")
+    command.add_argument("--rare-max-count", type=positive_int, default=10, metavar="K",
+                         help="seen ids counted at most K times are rare (default: 10)")
+    command.set_defaults(run=run_count)
+
+
+def add_demo_command(commands) -> None:
+    command = commands.add_parser("demo", help="run rarekit count on the sample corpus shipped with rarekit",
+                                  description="Count the words of a short English text shipped with rarekit.")
+    command.add_argument("--out", type=Path, default=Path("rarekit-demo"), metavar="DIR",
+                         help="output folder (default: ./rarekit-demo)")
+    command.set_defaults(run=run_demo)
+
+
+def run_count(args: argparse.Namespace) -> int:
+    formats = {args.format or path.suffix.lstrip(".").lower() for path in args.files}
+    unknown = sorted(formats - set(FORMATS))
+    if unknown:
+        raise ValueError(f"cannot tell the format of files ending in {unknown}; pass --format npy|bin|txt")
+    if len(formats) > 1:
+        raise ValueError(f"FILEs must share one format, got {sorted(formats)}")
+    (file_format,) = formats
+    if file_format == "txt" and args.vocab_size is not None:
+        raise ValueError(f"--vocab-size {args.vocab_size} does not apply to txt files: their vocabulary is built")
+    return count_and_report(args.files, file_format, args.out, vocab_size=args.vocab_size, dtype=args.dtype,
+                            scheme=args.scheme, rare_max_count=args.rare_max_count)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    corpus = importlib.resources.files("rarekit") / "data" / "corpus.txt"
+    with importlib.resources.as_file(corpus) as path:
+        return count_and_report([path], "txt", args.out, rare_max_count=DEMO_RARE_MAX_COUNT)
+
+
+def count_and_report(paths: list[Path], file_format: str, out: Path, *, vocab_size: int | None = None,
+                     dtype: str = "uint16", scheme: str = "inverse", rare_max_count: int = 10) -> int:
+    """Counts ``paths``, writes the outputs into ``out`` and prints the summary."""
+    counts, ids_read, vocab = count_files(paths, file_format, vocab_size, dtype)
+    total = int(counts.sum())
+    if total == 0:
+        raise ValueError(f"no ids counted in {', '.join(map(str, paths))} ({ids_read} read, all dropped)"
+                         if ids_read else f"no ids in {', '.join(map(str, paths))}")
+    rare = rare_ids(counts, min_count=1, max_count=rare_max_count)
+    top_counts, top_ids = counts.topk(min(TOP_IDS, int((counts > 0).sum())))
+    summary = {
+        "files": [str(path) for path in paths],
+        "format": file_format,
+        "total": total,
+        "dropped": ids_read - total,
+        "vocab_size": counts.numel(),
+        "distinct": int((counts > 0).sum()),
+        "singletons": int((counts == 1).sum()),
+        "rare_max_count": rare_max_count,
+        "rare": rare.numel(),
+        "rare_share": int(counts[rare].sum()) / total,
+        "top": [[i if vocab is None else vocab[i], c] for i, c in zip(top_ids.tolist(), top_counts.tolist())],
+    }
+    weights = class_weights(counts, scheme)
+
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "counts.npy", counts.numpy())
+    write_json(out / "summary.json", summary, indent=1)
+    write_json(out / "weights.json", {"scheme": scheme, "normalize": "mean", "zero_count": "max",
+                                      "weights": weights.tolist()})
+    written = ["counts.npy", "summary.json", "weights.json"]
+    if vocab is not None:
+        write_json(out / "vocab.json", vocab)
+        written.append("vocab.json")
+    try:
+        plot_frequencies(counts, out / "zipf.png", rare=rare_max_count)
+        written.append("zipf.png")
+    except ImportError as error:
+        print(f"rarekit: skipped zipf.png: {error}", file=sys.stderr)
+    print_summary(summary, out, written)
+    return 0
+
+
+def count_files(paths: list[Path], file_format: str, vocab_size: int | None,
+                dtype: str) -> tuple[torch.Tensor, int, list[str] | None]:
+    """The int64 counts over all ``paths``, the number of ids read, and the words of txt files in id order."""
+    vocab = {} if file_format == "txt" else None
+    sizes = [os.path.getsize(path) for path in paths]
+    counts = torch.zeros(vocab_size or 0, dtype=torch.int64)
+    ids_read = 0
+    with tqdm(total=sum(sizes), unit="B", unit_scale=True, desc="counting",
+              disable=sum(sizes) < PROGRESS_MIN_BYTES) as progress:
+        for path, size in zip(paths, sizes):
+            chunks = text_chunks(path, vocab) if vocab is not None else id_chunks(path, file_format, dtype)
+            bytes_done = 0
+            try:
+                for ids, n_bytes in chunks:
+                    num_bins = vocab_size if vocab_size is not None else max(max_id(ids) + 1, counts.numel())
+                    chunk_counts = count(ids, num_bins, check=False)
+                    chunk_counts[:counts.numel()] += counts
+                    counts = chunk_counts
+                    ids_read += ids.numel()
+                    progress.update(n_bytes)
+                    bytes_done += n_bytes
+            except (ValueError, TypeError) as error:
+                raise ValueError(f"{path}: {error}") from error
+            progress.update(size - bytes_done)  # file headers
+    return counts, ids_read, None if vocab is None else list(vocab)
+
+
+def id_chunks(path: Path, file_format: str, dtype: str):
+    """Yields ``(int64 ids, bytes)``, ``CHUNK_IDS`` ids at a time, from a memory-mapped .npy or raw token file."""
+    if file_format == "npy":
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        if not np.issubdtype(array.dtype, np.integer):
+            raise TypeError(f"ids must have an integer dtype, got {array.dtype}")
+        ids = array.ravel(order="K")
+    else:
+        size, itemsize = os.path.getsize(path), np.dtype(dtype).itemsize
+        if size % itemsize:
+            raise ValueError(f"{size} bytes is not a whole number of {dtype} ids; check --dtype")
+        ids = np.memmap(path, dtype=dtype, mode="r") if size else np.empty(0, dtype=dtype)
+    for start in range(0, ids.size, CHUNK_IDS):
+        chunk = ids[start:start + CHUNK_IDS]
+        yield torch.from_numpy(chunk.astype(np.int64)), chunk.nbytes
+
+
+def text_chunks(path: Path, vocab: dict[str, int]):
+    """Yields ``(int64 ids, bytes)`` of the whitespace-split words of a UTF-8 text file, adding new words to
+    ``vocab`` (word -> id, in order of first appearance)."""
+    ids: list[int] = []
+    n_bytes = 0
+    with open(path, "rb") as handle:
+        for line in handle:
+            ids += [vocab.setdefault(word, len(vocab)) for word in line.decode("utf-8").split()]
+            n_bytes += len(line)
+            if len(ids) >= CHUNK_IDS:
+                yield torch.tensor(ids, dtype=torch.int64), n_bytes
+                ids, n_bytes = [], 0
+    yield torch.tensor(ids, dtype=torch.int64), n_bytes
+
+
+def print_summary(summary: dict, out: Path, written: list[str]) -> None:
+    top = ", ".join(f"{label} ({count:,})" for label, count in summary["top"])
+    dropped = f" ({summary['dropped']:,} ids outside the vocabulary dropped)" if summary["dropped"] else ""
+    print(f"files       {', '.join(summary['files'])} ({summary['format']})\n"
+          f"total       {summary['total']:,} tokens{dropped}\n"
+          f"distinct    {summary['distinct']:,} of {summary['vocab_size']:,} ids\n"
+          f"singletons  {summary['singletons']:,}\n"
+          f"rare        {summary['rare']:,} ids counted at most {summary['rare_max_count']} times, "
+          f"{summary['rare_share']:.2%} of tokens\n"
+          f"top         {top}\n"
+          f"wrote       {', '.join(str(out / name) for name in written)}")
+
+
+def write_json(path: Path, value, indent: int | None = None) -> None:
+    path.write_text(json.dumps(value, indent=indent, ensure_ascii=False) + "\n")
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value

@@ -1,0 +1,185 @@
+"""`rarekit count` and `rarekit demo` against numpy and collections.Counter."""
+import collections
+import importlib.resources
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from rarekit import cli
+
+
+def skewed_ids(gen, size, vocab):
+    """Ids with a long tail: a few frequent, many rare."""
+    return (torch.rand(size, generator=gen) ** 4 * vocab).long().numpy()
+
+
+def read_outputs(out):
+    return (np.load(out / "counts.npy"), json.loads((out / "summary.json").read_text()),
+            json.loads((out / "weights.json").read_text()))
+
+
+def expected_summary(counts, rare_max_count):
+    """The summary fields computed with numpy from the expected counts."""
+    rare = (counts >= 1) & (counts <= rare_max_count)
+    return {"total": int(counts.sum()), "vocab_size": counts.size, "distinct": int((counts > 0).sum()),
+            "singletons": int((counts == 1).sum()), "rare": int(rare.sum()),
+            "rare_share": pytest.approx(counts[rare].sum() / counts.sum())}
+
+
+def test_count_npy_in_chunks(tmp_path, gen, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "CHUNK_IDS", 97)
+    ids = skewed_ids(gen, (60, 50), 700).astype(np.int32)
+    np.save(tmp_path / "ids.npy", ids)
+    out = tmp_path / "out"
+    assert cli.main(["count", str(tmp_path / "ids.npy"), "--out", str(out), "--rare-max-count", "3"]) == 0
+    counts, summary, weights = read_outputs(out)
+    expected = np.bincount(ids.ravel())
+    np.testing.assert_array_equal(counts, expected)
+    assert summary == {**summary, **expected_summary(expected, 3), "dropped": 0, "format": "npy", "rare_max_count": 3}
+    assert [count for _, count in summary["top"]] == sorted(expected, reverse=True)[:cli.TOP_IDS]
+    assert all(expected[i] == count for i, count in summary["top"])
+    seen = expected > 0
+    inverse = 1 / expected[seen]
+    assert weights["scheme"] == "inverse" and len(weights["weights"]) == expected.size
+    np.testing.assert_allclose(np.array(weights["weights"])[seen], inverse / inverse.mean(), rtol=1e-5)
+    np.testing.assert_allclose(np.array(weights["weights"])[~seen], (inverse / inverse.mean()).max(), rtol=1e-5)
+    assert (out / "zipf.png").stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert f"total       {expected.sum():,} tokens" in printed and str(out / "zipf.png") in printed
+
+
+@pytest.mark.parametrize("dtype, vocab", [("uint16", 50_000), ("uint32", 200_000)])
+def test_count_raw_token_files(tmp_path, gen, monkeypatch, dtype, vocab):
+    monkeypatch.setattr(cli, "CHUNK_IDS", 1000)
+    parts = [skewed_ids(gen, 2500, vocab).astype(dtype), skewed_ids(gen, 1800, vocab).astype(dtype)]
+    for index, part in enumerate(parts):
+        part.tofile(tmp_path / f"train{index}.bin")
+    out = tmp_path / "out"
+    args = ["count", str(tmp_path / "train0.bin"), str(tmp_path / "train1.bin"), "--out", str(out), "--dtype", dtype]
+    assert cli.main(args) == 0
+    counts, summary, _ = read_outputs(out)
+    expected = np.bincount(np.concatenate(parts).astype(np.int64))
+    np.testing.assert_array_equal(counts, expected)
+    assert summary == {**summary, **expected_summary(expected, 10), "format": "bin"}
+
+
+def test_vocab_size_drops_ids_outside(tmp_path, gen, capsys):
+    ids = skewed_ids(gen, 3000, 400)
+    ids[::7] = -100
+    np.save(tmp_path / "labels.npy", ids)
+    vocab_size = int(torch.randint(50, 300, (1,), generator=gen))
+    out = tmp_path / "out"
+    assert cli.main(["count", str(tmp_path / "labels.npy"), "--vocab-size", str(vocab_size), "--out", str(out)]) == 0
+    counts, summary, weights = read_outputs(out)
+    kept = ids[(ids >= 0) & (ids < vocab_size)]
+    np.testing.assert_array_equal(counts, np.bincount(kept, minlength=vocab_size))
+    assert summary["dropped"] == ids.size - kept.size and len(weights["weights"]) == vocab_size
+    assert f"({ids.size - kept.size:,} ids outside the vocabulary dropped)" in capsys.readouterr().out
+
+
+def test_negative_ids_are_dropped_without_vocab_size(tmp_path):
+    np.save(tmp_path / "labels.npy", np.array([[3, -100, 1], [-100, 3, 0]]))
+    assert cli.main(["count", str(tmp_path / "labels.npy"), "--out", str(tmp_path / "out")]) == 0
+    counts, summary, _ = read_outputs(tmp_path / "out")
+    assert counts.tolist() == [1, 1, 0, 2] and summary["dropped"] == 2
+
+
+def test_count_text_builds_a_vocabulary(tmp_path, gen, monkeypatch):
+    monkeypatch.setattr(cli, "CHUNK_IDS", 50)
+    words = ["the", "sea", "wind", "cormorant", "brass", "naïve", "fog", "gale", "x"]
+    split = [words[i] for i in (torch.rand(600, generator=gen) ** 3 * len(words)).long().tolist()]
+    separators = ["  ", "\n", "\t", " \n "]
+    for name, part in (("a.txt", split[:250]), ("b.txt", split[250:])):
+        text = "".join(word + separators[i % 4] for i, word in enumerate(part))
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    out = tmp_path / "out"
+    assert cli.main(["count", str(tmp_path / "a.txt"), str(tmp_path / "b.txt"), "--out", str(out)]) == 0
+    counts, summary, _ = read_outputs(out)
+    vocab = json.loads((out / "vocab.json").read_text(encoding="utf-8"))
+    assert vocab == list(dict.fromkeys(split))
+    assert dict(zip(vocab, counts.tolist())) == collections.Counter(split)
+    assert summary["top"][0] == list(collections.Counter(split).most_common(1)[0])
+
+
+def test_progress_bar_on_large_inputs(tmp_path, monkeypatch, capsys):
+    np.arange(1000, dtype=np.uint16).tofile(tmp_path / "train.bin")
+    args = ["count", str(tmp_path / "train.bin"), "--out", str(tmp_path / "out")]
+    assert cli.main(args) == 0
+    assert "counting" not in capsys.readouterr().err
+    monkeypatch.setattr(cli, "PROGRESS_MIN_BYTES", 1000)
+    assert cli.main(args) == 0
+    assert "counting" in capsys.readouterr().err
+
+
+def test_plot_is_skipped_without_matplotlib(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    np.save(tmp_path / "ids.npy", np.array([0, 1, 1, 2]))
+    assert cli.main(["count", str(tmp_path / "ids.npy"), "--out", str(tmp_path / "out")]) == 0
+    error = capsys.readouterr().err
+    assert "skipped zipf.png" in error and "pip install rarekit[plot]" in error
+    assert not (tmp_path / "out" / "zipf.png").exists() and (tmp_path / "out" / "counts.npy").exists()
+
+
+def write_bad_inputs(tmp_path):
+    np.save(tmp_path / "floats.npy", np.array([0.5, 1.5]))
+    np.save(tmp_path / "empty.npy", np.zeros(0, dtype=np.int64))
+    (tmp_path / "odd.bin").write_bytes(b"\x01\x00\x02")
+    (tmp_path / "ids.csv").write_text("1,2,3")
+    (tmp_path / "words.txt").write_text("a b c")
+    (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
+    np.save(tmp_path / "ids.npy", np.array([1, 2]))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["floats.npy"], "floats.npy: ids must have an integer dtype, got float64"),
+    (["empty.npy"], "no ids in"),
+    (["odd.bin"], "odd.bin: 3 bytes is not a whole number of uint16 ids"),
+    (["ids.csv"], r"cannot tell the format of files ending in \['csv'\]; pass --format"),
+    (["ids.npy", "words.txt"], r"FILEs must share one format, got \['npy', 'txt'\]"),
+    (["words.txt", "--vocab-size", "10"], "--vocab-size 10 does not apply to txt"),
+    (["latin1.txt"], "latin1.txt: 'utf-8' codec can't decode"),
+    (["missing.npy"], "No such file"),
+    (["ids.npy", "--vocab-size", "1"], r"no ids counted in .* \(2 read, all dropped\)"),
+])
+def test_count_errors_name_the_problem(tmp_path, monkeypatch, capsys, args, message):
+    write_bad_inputs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["count", *args, "--out", "out"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("rarekit count: error: ")
+    assert re.search(message, error), error
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args", [[], ["count"], ["count", "a.npy", "--vocab-size", "0"],
+                                  ["count", "a.bin", "--dtype", "int8"], ["count", "a.npy", "--format", "csv"],
+                                  ["frobnicate"]])
+def test_bad_command_lines_exit_with_usage(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(args)
+    assert exit_info.value.code == 2 and "usage: rarekit" in capsys.readouterr().err
+
+
+def test_demo_counts_the_shipped_corpus(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--out", str(out)]) == 0
+    words = (importlib.resources.files("rarekit") / "data" / "corpus.txt").read_text(encoding="utf-8").split()
+    assert len(words) > 500
+    counts, summary, _ = read_outputs(out)
+    vocab = json.loads((out / "vocab.json").read_text(encoding="utf-8"))
+    assert dict(zip(vocab, counts.tolist())) == collections.Counter(words)
+    assert summary == {**summary, **expected_summary(counts, cli.DEMO_RARE_MAX_COUNT)}
+    assert (out / "zipf.png").exists() and "singletons" in capsys.readouterr().out
+
+
+def test_python_m_rarekit(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "rarekit", "demo", "--out", str(tmp_path / "demo")],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "total" in result.stdout and (tmp_path / "demo" / "counts.npy").exists()

@@ -8,6 +8,7 @@
 
 #include "rarekit/cpu_kernels.h"
 #include "rarekit/cross_entropy_op.h"
+#include "rarekit/torch_utils.h"
 
 namespace rarekit::cpu {
 namespace {
@@ -92,6 +93,7 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_losses, const at::T
   const CrossEntropyInputs inputs = prepare_cross_entropy(logits, target, weight, logit_adjustment, ignore_index,
                                                           label_smoothing, target_weighted, focal_gamma, z_loss);
   at::Tensor grad = at::empty_like(inputs.logits);
+  advise_huge_pages(grad);
   const at::Tensor upstream = grad_losses.to(at::kFloat).contiguous();
   const at::Tensor terms = row_terms.contiguous();
   CrossEntropyArgs args = make_args(inputs);

@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <limits>
 #include <tuple>
 
 #include "rarekit/cross_entropy_op.h"
@@ -67,6 +68,20 @@ __device__ __forceinline__ float adjusted(float logit, const float* adjust, int6
   return adjust ? logit + adjust[k] : logit;
 }
 
+// The max of the first blockDim logits (0 if not finite): the reference point of the smoothing sum,
+// so Σ v (z - shift) does not cancel catastrophically for large or masked (-1e9) logits.
+template <typename T>
+__device__ float leading_max(const T* row, const float* adjust, int64_t classes) {
+  __shared__ float warp_max[1024 / kWarp];
+  float best = threadIdx.x < classes ? adjusted(static_cast<float>(row[threadIdx.x]), adjust, threadIdx.x) : -INFINITY;
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) best = fmaxf(best, __shfl_xor_sync(0xffffffffu, best, offset));
+  if (threadIdx.x % kWarp == 0) warp_max[threadIdx.x / kWarp] = best;
+  __syncthreads();
+  best = -INFINITY;
+  for (int w = 0; w < static_cast<int>(blockDim.x / kWarp); ++w) best = fmaxf(best, warp_max[w]);
+  return isfinite(best) ? best : 0.0f;
+}
+
 // Visits (class index, logit as float) of a row with 16-byte loads when the row is aligned.
 template <typename T, typename Visit>
 __device__ __forceinline__ void for_each_logit(const T* row, int64_t classes, Visit visit) {
@@ -123,8 +138,7 @@ __global__ void forward_kernel(const T* logits, const int64_t* targets, const fl
   if (config.has_weight) config.weight_total = *weight_total;
   const float* smooth_weight = per_class_smoothing(config) ? weight : nullptr;
   const bool smoothing = config.label_smoothing > 0.0f;
-  float shift = adjusted(static_cast<float>(row[0]), adjust, 0);
-  shift = isfinite(shift) ? shift : 0.0f;
+  const float shift = leading_max(row, adjust, classes);
   SoftmaxState state{-INFINITY, 0.0f};
   float smooth_sum = 0.0f;
   for_each_logit(row, classes, [&](int64_t k, float logit) {
@@ -133,7 +147,8 @@ __global__ void forward_kernel(const T* logits, const int64_t* targets, const fl
     if (smoothing) smooth_sum += (smooth_weight ? smooth_weight[k] : 1.0f) * (z - shift);
   });
   block_reduce(state, smooth_sum);
-  const float lse = (state.max == -INFINITY ? 0.0f : state.max) + __logf(state.sum);
+  // sum >= 1 when the max is finite; log1pf keeps full precision (fast-math turns logf into __logf)
+  const float lse = (state.max == -INFINITY ? 0.0f : state.max) + log1pf(state.sum - 1.0f);
   CrossEntropyRowTerms terms;
   const float w_y = weight ? weight[target] : 1.0f;
   const float loss = cross_entropy_row(config, lse, adjusted(static_cast<float>(row[target]), adjust, target),
@@ -176,7 +191,9 @@ std::tuple<at::Tensor, at::Tensor> forward(const CrossEntropyInputs& inputs, con
   at::Tensor losses = at::empty({rows}, inputs.logits.options().dtype(at::kFloat));
   at::Tensor row_terms = at::empty({rows, kRowTermCount}, inputs.logits.options().dtype(at::kFloat));
   at::Tensor first_bad_row = at::full({1}, rows, inputs.logits.options().dtype(at::kLong));
-  const at::Tensor scale = grad.defined() ? grad_scale.to(at::kFloat).contiguous() : at::Tensor();
+  TORCH_CHECK_VALUE(rows <= std::numeric_limits<int32_t>::max(), "rarekit.cross_entropy: at most 2^31-1 rows on CUDA, got ", rows);
+  const at::Tensor scale =
+      grad.defined() ? grad_scale.to(inputs.logits.device(), at::kFloat).contiguous() : at::Tensor();
   if (rows > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, inputs.logits.scalar_type(), "rarekit_ce_forward", [&] {
       forward_kernel<scalar_t><<<rows, threads_for(inputs.config.num_classes), 0, at::cuda::getCurrentCUDAStream()>>>(
@@ -188,11 +205,9 @@ std::tuple<at::Tensor, at::Tensor> forward(const CrossEntropyInputs& inputs, con
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
-  if (check) {  // the one documented synchronization
-    const int64_t bad = first_bad_row.item<int64_t>();
-    TORCH_CHECK_INDEX(bad == rows, "rarekit.cross_entropy: target[", bad, "] = ",
-                      bad < rows ? inputs.target[bad].item<int64_t>() : 0, " is out of range for ",
-                      inputs.config.num_classes, " classes (and is not ignore_index=", inputs.config.ignore_index, ")");
+  // the one documented synchronization, with check=true only
+  if (check && first_bad_row.item<int64_t>() < rows) {
+    check_targets(inputs.target, inputs.config.num_classes, inputs.config.ignore_index);
   }
   return {losses, row_terms};
 }
@@ -211,9 +226,10 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_forward_inplace_cuda(
     const std::optional<at::Tensor>& logit_adjustment, const at::Tensor& grad_scale, int64_t ignore_index,
     double label_smoothing, bool target_weighted, double focal_gamma, double z_loss, bool check) {
   TORCH_CHECK_VALUE(logits.is_contiguous(), "rarekit.cross_entropy: inplace_backward needs contiguous logits");
-  return forward(prepare_cross_entropy(logits, target, weight, logit_adjustment, ignore_index, label_smoothing,
-                                       target_weighted, focal_gamma, z_loss),
-                 logits, grad_scale, check);
+  const CrossEntropyInputs inputs = prepare_cross_entropy(logits, target, weight, logit_adjustment, ignore_index,
+                                                          label_smoothing, target_weighted, focal_gamma, z_loss);
+  if (check) check_targets(inputs.target, inputs.config.num_classes, ignore_index);  // before the overwrite
+  return forward(inputs, logits, grad_scale, false);
 }
 
 at::Tensor cross_entropy_backward_cuda(const at::Tensor& grad_losses, const at::Tensor& logits,
@@ -228,6 +244,7 @@ at::Tensor cross_entropy_backward_cuda(const at::Tensor& grad_losses, const at::
   const at::Tensor upstream = grad_losses.to(at::kFloat).contiguous();
   const at::Tensor terms = row_terms.contiguous();
   const int64_t rows = inputs.logits.size(0);
+  TORCH_CHECK_VALUE(rows <= std::numeric_limits<int32_t>::max(), "rarekit.cross_entropy: at most 2^31-1 rows on CUDA, got ", rows);
   if (rows > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, inputs.logits.scalar_type(), "rarekit_ce_backward", [&] {
       backward_kernel<scalar_t><<<rows, threads_for(inputs.config.num_classes), 0, at::cuda::getCurrentCUDAStream()>>>(

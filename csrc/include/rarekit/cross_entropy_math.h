@@ -59,8 +59,10 @@ RAREKIT_HOST_DEVICE float cross_entropy_row(const CrossEntropyConfig& config, fl
   const float base = (eps > 0.0f ? u * -log_p_target + eps_per_class * smooth : u * -log_p_target);
   float focal = 1.0f, focal_slope = 0.0f;
   if (config.focal_gamma != 0.0f) {
-    const float p_target = expf(log_p_target);
-    const float one_minus_p = -expm1f(log_p_target);
+    // log p_y <= 0; an approximate log can overshoot, and pow of a negative base is NaN (NaN stays)
+    const float log_p = log_p_target > 0.0f ? 0.0f : log_p_target;
+    const float p_target = expf(log_p);
+    const float one_minus_p = -expm1f(log_p);
     focal = powf(one_minus_p, config.focal_gamma);
     focal_slope = one_minus_p > 0.0f ? config.focal_gamma * powf(one_minus_p, config.focal_gamma - 1.0f) * p_target : 0.0f;
   }

@@ -1,0 +1,569 @@
+"""Augmented variants of texts for rare classes and rare tokens: :class:`RareAugmenter`,
+:func:`augment_minority`, :func:`augment_rare_tokens`.
+
+Duplicating the samples of a rare class teaches a model little; variants put its words, and rare
+tokens, in new contexts. The methods (``RareAugmenter(method=...)``):
+
+==================  ===========================================================================
+``"contextual"``    a masked language model substitutes (or inserts) words: rarekit's batched
+                    implementation on transformers 4.x or 5.x (bert, distilbert, roberta, any local
+                    folder; see :mod:`rarekit._nlpaug_compat` for why not nlpaug's)
+``"synonym"``       WordNet synonyms (nlpaug ``SynonymAug``; needs nltk and its WordNet data)
+``"random_swap"``   swaps neighbouring words (nlpaug ``RandomWordAug(action="swap")``)
+``"random_delete"`` deletes words (nlpaug ``RandomWordAug(action="delete")``)
+``"spelling"``      common misspellings (nlpaug ``SpellingAug``, dictionary shipped with nlpaug)
+``"keyboard"``      keyboard-distance typos (nlpaug ``KeyboardAug``)
+``"ocr"``           OCR confusions such as ``0``/``O`` (nlpaug ``OcrAug``)
+an nlpaug augmenter any ``nlpaug`` text augmenter, used as it is
+==================  ===========================================================================
+
+Only ``"contextual"`` needs a model, and only ``"synonym"`` data beyond the packages; nothing is ever
+downloaded during a run except a model named by hub id. Needs ``pip install rarekit[augment]`` (nlpaug
+and transformers), imported on first use.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import importlib
+import itertools
+import math
+import numbers
+import random
+import re
+import sys
+from collections import Counter
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from rarekit._nlpaug_compat import (WORD_RE, MaskedLM, contextual_word_embs_aug, import_optional,
+                                    sort_spelling_dictionary)
+from rarekit.counting import is_real_number
+
+__all__ = ["RareAugmenter", "augment_minority", "augment_rare_tokens", "contextual_word_embs_aug"]
+
+METHODS = ("contextual", "synonym", "random_swap", "random_delete", "spelling", "keyboard", "ocr")
+ACTIONS = ("substitute", "insert")
+MAX_ROUNDS = 5  # generation rounds per augment() call: the first, then retries of missing or rejected variants
+MAX_WORDS = 10  # words changed per variant at most (nlpaug's aug_max)
+SPECIAL_TOKENS = ("[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]", "<s>", "</s>", "<pad>", "<unk>", "<mask>",
+                  "<|endoftext|>")
+FRAGMENT = "##"  # a WordPiece continuation such as "##ing"
+AUGMENT_CHUNK = 256  # texts per RareAugmenter.augment call in augment_minority (the progress bar's step)
+PROTECTION_CACHE = 64  # nlpaug augmenters kept per RareAugmenter, one per protect set
+WORDNET_DATA = (("corpora/wordnet",), ("corpora/omw-1.4",),
+                ("taggers/averaged_perceptron_tagger_eng", "taggers/averaged_perceptron_tagger"))
+WORDNET_INSTALL = ("pip install nltk\n    python -m nltk.downloader wordnet omw-1.4 averaged_perceptron_tagger_eng\n"
+                   "(on a machine without network, copy an nltk_data folder and set NLTK_DATA to it)")
+TOKEN_RE = re.compile(r"\w+|[^\w\s]")  # what "the same text" compares: words and punctuation, not spacing
+NLPAUG_TOKEN_RE = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")  # nlpaug's tokens, but "don't" stays one word
+
+
+class Edit(NamedTuple):
+    """One change of a contextual variant: ``original`` (``text[start:end]``) is substituted, or, when
+    ``original`` is None, a word is inserted at ``start`` (before the word there if ``before_word``,
+    else after the word that ends there)."""
+    start: int
+    end: int
+    original: str | None
+    before_word: bool = False
+
+
+class RareAugmenter:
+    """Makes augmented variants of texts, batched and reproducible.
+
+    Args:
+        method: one of :data:`METHODS` (see the module docstring) or an nlpaug augmenter instance.
+        model_path: the masked language model of ``"contextual"``: a local folder (nothing is
+            downloaded) or a hub name.
+        action: ``"substitute"`` replaces words, ``"insert"`` inserts new ones (``"contextual"`` only).
+        aug_p: the share of words changed per variant (at least 1, at most :data:`MAX_WORDS`).
+        device: where the masked language model runs; ``"cuda"`` batches its inference on the GPU;
+            ``None`` takes ``"cuda"`` when available.
+        batch_size: texts per forward pass of the masked language model.
+        top_k: contextual words are drawn among the ``top_k`` most likely whole words.
+        seed: makes the variants reproducible: two augmenters with one seed give the same variants for
+            the same calls. The global ``random``, numpy and torch generators, which nlpaug draws from,
+            are seeded for each call and restored after it (so not thread-safe).
+
+    :meth:`augment` guarantees, for every method:
+
+    - the words of ``protect`` are never changed (nlpaug's ``stopwords``, and a check of each variant);
+    - no special token (``[SEP]``, ``[UNK]``, ``<s>``, ``<mask>``, ... and the model's own) and no ``##``
+      word-piece fragment appears in a variant unless the text had it. ``"contextual"`` draws whole
+      words only and changes nothing else of the text, so words its model does not know stay as they
+      are; rejected variants are drawn again;
+    - the variants of a text differ from each other and from the text (compared on words and
+      punctuation) wherever the method can manage it within :data:`MAX_ROUNDS` rounds of draws. It
+      cannot for a text with nothing to change: a single word for ``"random_swap"`` or
+      ``"random_delete"``, no word in the spelling dictionary, every word protected, an empty text,
+      or fewer distinct variants than ``n``. Such a text gets repeats of its variants, or copies of
+      itself, so that every text always has exactly ``n``.
+
+    A user-given nlpaug augmenter is used as it is: ``protect`` and the special-token rule are then
+    enforced only by rejecting variants, and its own outputs decide what can be reached.
+    """
+
+    def __init__(self, method="contextual", *, model_path: str = "bert-base-uncased", action: str = "substitute",
+                 aug_p: float = 0.15, device="cpu", batch_size: int = 32, top_k: int | None = 100,
+                 seed: int | None = None):
+        if isinstance(method, str):
+            if method not in METHODS:
+                raise ValueError(f"method must be one of {METHODS} or an nlpaug augmenter, got {method!r}")
+        elif not _is_nlpaug_augmenter(method):
+            raise TypeError(f"method must be one of {METHODS} or an nlpaug augmenter, got {type(method).__name__}")
+        if action not in ACTIONS:
+            raise ValueError(f"action must be one of {ACTIONS}, got {action!r}")
+        if not is_real_number(aug_p) or not 0 < aug_p <= 1:
+            raise ValueError(f"aug_p must be a number in (0, 1], got {aug_p!r}")
+        if not _is_int(batch_size) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if top_k is not None and (not _is_int(top_k) or top_k < 1):
+            raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+        if seed is not None and not _is_int(seed):
+            raise TypeError(f"seed must be an integer or None, got {seed!r}")
+        self.method = method
+        self.model_path = model_path
+        self.action = action
+        self.aug_p = float(aug_p)
+        self.device = str(torch.device(device)) if device is not None else \
+            ("cuda" if torch.cuda.is_available() else "cpu")
+        self.batch_size = int(batch_size)
+        self.top_k = top_k
+        self.seed = seed
+        self._rng = random.Random(seed)
+        self._augmenters: dict[frozenset, object] = {}
+        self._masked_lm: MaskedLM | None = None
+        special = SPECIAL_TOKENS
+        if method == "contextual":
+            self._masked_lm = MaskedLM(model_path, device=self.device, top_k=top_k, batch_size=self.batch_size)
+            special += self._masked_lm.special_tokens
+        elif isinstance(method, str):
+            self._nlpaug_augmenter(frozenset())  # fail now on a missing package or missing WordNet data
+        self._forbidden = tuple(dict.fromkeys(special + (FRAGMENT,)))
+
+    def __repr__(self) -> str:
+        method = self.method if isinstance(self.method, str) else type(self.method).__name__
+        model = f", model_path={self.model_path!r}, action={self.action!r}, device={self.device!r}" \
+            if self._masked_lm is not None else ""
+        return f"RareAugmenter({method!r}{model}, aug_p={self.aug_p}, seed={self.seed})"
+
+    def augment(self, texts, n: int = 1, protect=None) -> list[list[str]]:
+        """``n`` variants of each text of ``texts`` (a sequence of strings): ``result[i]`` lists those of
+        ``texts[i]``. ``protect`` is a set of words (or phrases) never changed; a word matches whole
+        words of the text, case-sensitively. See the class docstring for what is guaranteed."""
+        texts = _as_texts(texts)
+        if not _is_int(n) or n < 0:
+            raise ValueError(f"n must be a non-negative integer, got {n!r}")
+        protect = _as_protect(protect)
+        literal = {token for token in self._forbidden if any(token in text for text in texts)}
+        protection = _protection(protect | literal)  # special tokens written in a text stay as they are
+        variants: list[list[str]] = [[] for _ in texts]
+        spare: list[list[str]] = [[] for _ in texts]  # valid, distinct from the text, repeating another variant
+        seen = [{_comparison_key(text)} for text in texts]
+        for _ in range(MAX_ROUNDS):
+            pending = [i for i, text in enumerate(texts) if text.strip() for _ in range(n - len(variants[i]))]
+            if not pending:
+                break
+            outputs = self._generate([texts[i] for i in pending], protection)
+            for i, output in zip(pending, outputs):
+                if not isinstance(output, str) or not self._acceptable(texts[i], output, protection):
+                    continue
+                key = _comparison_key(output)
+                if key not in seen[i]:
+                    seen[i].add(key)
+                    variants[i].append(output)
+                elif key != _comparison_key(texts[i]):
+                    spare[i].append(output)
+        for text, found, extra in zip(texts, variants, spare):
+            found += (extra + [text] * n)[:n - len(found)]
+        return variants
+
+    # generation
+
+    def _generate(self, texts: list[str], protection: Protection) -> list[str]:
+        seed = self._rng.getrandbits(63)
+        if self._masked_lm is not None:
+            return self._contextual(texts, protection, random.Random(seed), torch.Generator().manual_seed(seed))
+        augmenter = self.method if not isinstance(self.method, str) else self._nlpaug_augmenter(protection.phrases)
+        on_cuda = "cuda" in str(getattr(augmenter, "device", "")) and torch.cuda.is_available()
+        with _seeded_globals(seed, range(torch.cuda.device_count()) if on_cuda else ()):
+            outputs = augmenter.augment(list(texts))
+        if not isinstance(outputs, list) or len(outputs) != len(texts):
+            raise RuntimeError(f"{type(augmenter).__name__}.augment returned "
+                               f"{len(outputs) if isinstance(outputs, list) else type(outputs).__name__} outputs "
+                               f"for {len(texts)} texts; RareAugmenter needs one text out per text in")
+        return outputs
+
+    def _acceptable(self, text: str, output: str, protection: Protection) -> bool:
+        """No special token or fragment the text did not have; every protected word as often as in the text."""
+        if any(output.count(token) > text.count(token) for token in self._forbidden):
+            return False
+        return not protection.phrases or protection.counts(output) == protection.counts(text)
+
+    def _nlpaug_augmenter(self, protect: frozenset):
+        """The nlpaug augmenter of a built-in method with ``protect`` as its stopwords (cached per set)."""
+        if protect not in self._augmenters:
+            if len(self._augmenters) >= PROTECTION_CACHE:
+                del self._augmenters[next(iter(self._augmenters))]
+            self._augmenters[protect] = self._build_nlpaug(_stopwords(protect))
+        return self._augmenters[protect]
+
+    def _build_nlpaug(self, stopwords: set | None):
+        purpose = f"RareAugmenter(method={self.method!r})"
+        if self.method == "synonym":
+            check_wordnet()
+        common = {"stopwords": stopwords, "tokenizer": NLPAUG_TOKEN_RE.findall}
+        if self.method in ("keyboard", "ocr"):
+            nac = import_optional("nlpaug.augmenter.char", purpose)
+            make = nac.KeyboardAug if self.method == "keyboard" else nac.OcrAug
+            return make(aug_word_p=self.aug_p, **common)
+        naw = import_optional("nlpaug.augmenter.word", purpose)
+        if self.method == "synonym":
+            return naw.SynonymAug(aug_src="wordnet", aug_p=self.aug_p, **common)
+        if self.method == "spelling":
+            augmenter = naw.SpellingAug(aug_p=self.aug_p, **common)
+            sort_spelling_dictionary(augmenter)
+            return augmenter
+        action = {"random_swap": "swap", "random_delete": "delete"}[self.method]
+        return naw.RandomWordAug(action=action, aug_p=self.aug_p, **common)
+
+    # contextual: rarekit's masked-LM augmentation
+
+    def _contextual(self, texts: list[str], protection: Protection, rng: random.Random,
+                    generator: torch.Generator) -> list[str]:
+        """Picks the edits of every text, masks them all at once, fills every mask in one batched pass
+        (each mask independently), and writes the words into the original text."""
+        lm = self._masked_lm
+        plans = [self._plan(text, protection, rng) for text in texts]
+        todo = [i for i, plan in enumerate(plans) if plan]
+        masked = [self._render(texts[i], plans[i], None) for i in todo]
+        exclude = [[lm.ids_of_word(edit.original) if edit.original is not None else [] for edit in plans[i]]
+                   for i in todo]
+        outputs = list(texts)
+        for i, masks in zip(todo, lm.sample(masked, exclude, 1, generator)):
+            fills = [lm.words[ids[0]] if ids else None for ids in masks]
+            outputs[i] = self._render(texts[i], plans[i], fills + [None] * (len(plans[i]) - len(fills)))
+        return outputs
+
+    def _plan(self, text: str, protection: Protection, rng: random.Random) -> list[Edit]:
+        """The edits of one variant: ``ceil(aug_p · words)`` (1 to MAX_WORDS) words to substitute, or
+        places to insert at, drawn among the words the model sees, never in a protected word or phrase
+        or a special token."""
+        limit = self._char_limit(text)
+        words = [match for match in WORD_RE.finditer(text) if match.end() <= limit]
+        if not words:
+            return []
+        blocked = protection.spans(text) + [(match.start(), match.end()) for token in self._forbidden
+                                            for match in re.finditer(re.escape(token), text)]
+        count = min(MAX_WORDS, max(1, math.ceil(self.aug_p * len(words))))
+        if self.action == "substitute":
+            options = [Edit(match.start(), match.end(), match.group()) for match in words
+                       if any(c.isalpha() for c in match.group())
+                       and not any(start < match.end() and match.start() < end for start, end in blocked)]
+        else:
+            options = [Edit(match.start(), match.start(), None, True) for match in words
+                       if not any(start < match.start() < end for start, end in blocked)]
+            options.append(Edit(words[-1].end(), words[-1].end(), None, False))
+        return sorted(rng.sample(options, min(count, len(options))))
+
+    def _char_limit(self, text: str) -> int:
+        """The end of the part of ``text`` that fits the model with room for the masks (all of it when short)."""
+        lm = self._masked_lm
+        budget = lm.max_tokens - 2 - MAX_WORDS
+        if 2 * len(text.encode("utf-8")) <= budget:  # no tokenizer makes more tokens than that
+            return len(text)
+        try:
+            encoded = lm.tokenizer(text, add_special_tokens=False, truncation=True, max_length=budget,
+                                   return_offsets_mapping=True)
+        except NotImplementedError:  # a slow tokenizer: masks past the model's length simply stay unfilled
+            return len(text)
+        if len(encoded["input_ids"]) < budget:
+            return len(text)
+        return encoded["offset_mapping"][-1][1]
+
+    def _render(self, text: str, plan: list[Edit], fills: list[str | None] | None) -> str:
+        """``text`` with the edits of ``plan``: the model's input with mask tokens (``fills=None``; a mask
+        token already in the text becomes the unknown token), or the variant with the drawn words (a
+        substitution without a word keeps the original, an insertion without one is dropped)."""
+        lm = self._masked_lm
+        escape = (lambda part: part.replace(lm.mask_token, lm.tokenizer.unk_token or " ")) if fills is None else str
+        pieces, position = [], 0
+        for index, edit in enumerate(plan):
+            pieces.append(escape(text[position:edit.start]))
+            word = lm.mask_token if fills is None else fills[index]
+            if edit.original is not None:  # a substitution
+                pieces.append(edit.original if word is None else word if fills is None else _match_case(edit.original, word))
+            elif word is not None:  # an insertion
+                pieces.append(f"{word} " if edit.before_word else f" {word}")
+            position = edit.end
+        pieces.append(escape(text[position:]))
+        rendered = "".join(pieces)
+        # A mask stands for a whole word, leading space included (roberta's Ġ): no separate space token.
+        return rendered.replace(" " + lm.mask_token, lm.mask_token) if fills is None else rendered
+
+    def _reseeded(self, seed: int) -> RareAugmenter:
+        """This augmenter (sharing its model and nlpaug augmenters) with a fresh generator seeded by ``seed``."""
+        clone = copy.copy(self)
+        clone.seed = seed
+        clone._rng = random.Random(seed)
+        return clone
+
+
+class Protection:
+    """The protected words and phrases of one ``augment`` call: single words (``WORD_RE``) match whole
+    words; other phrases match as substrings not inside a longer word."""
+
+    def __init__(self, phrases: frozenset):
+        self.phrases = phrases
+        self.words = {phrase for phrase in phrases if WORD_RE.fullmatch(phrase)}
+        others = sorted(phrases - self.words, key=lambda phrase: (-len(phrase), phrase))
+        self.pattern = re.compile("|".join(_bounded(phrase) for phrase in others)) if others else None
+
+    def matches(self, text: str) -> list[re.Match]:
+        found = [match for match in WORD_RE.finditer(text) if match.group() in self.words] if self.words else []
+        return found + (list(self.pattern.finditer(text)) if self.pattern is not None else [])
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        return [match.span() for match in self.matches(text)]
+
+    def counts(self, text: str) -> Counter:
+        return Counter(match.group() for match in self.matches(text))
+
+
+@functools.lru_cache(maxsize=PROTECTION_CACHE)
+def _protection(phrases: frozenset) -> Protection:
+    return Protection(phrases)
+
+
+def _bounded(phrase: str) -> str:
+    left = r"(?<!\w)" if re.match(r"\w", phrase[0]) else ""
+    right = r"(?!\w)" if re.match(r"\w", phrase[-1]) else ""
+    return left + re.escape(phrase) + right
+
+
+def _stopwords(protect: frozenset) -> set | None:
+    """nlpaug's stopwords for ``protect``: the tokens of each phrase, split as the built-in methods split
+    text (:data:`NLPAUG_TOKEN_RE`)."""
+    return {token for phrase in protect for token in NLPAUG_TOKEN_RE.findall(phrase)} or None
+
+
+def _match_case(original: str, word: str) -> str:
+    if len(original) > 1 and original.isupper():
+        return word.upper()
+    if original[0].isupper():
+        return word[0].upper() + word[1:]
+    return word
+
+
+def _comparison_key(text: str) -> tuple:
+    return tuple(TOKEN_RE.findall(text))
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_nlpaug_augmenter(value) -> bool:
+    base = sys.modules.get("nlpaug.base_augmenter")  # an nlpaug augmenter exists only if nlpaug was imported
+    return base is not None and isinstance(value, base.Augmenter)
+
+
+def _as_texts(texts, name: str = "texts") -> list[str]:
+    if isinstance(texts, str):
+        raise TypeError(f"{name} must be a sequence of strings, got one str (wrap it in a list)")
+    try:
+        texts = list(texts)
+    except TypeError as error:
+        raise TypeError(f"{name} must be a sequence of strings, got {type(texts).__name__}") from error
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"{name}[{index}] must be a str, got {type(text).__name__}")
+    return texts
+
+
+def _as_protect(protect) -> frozenset:
+    if protect is None:
+        return frozenset()
+    if isinstance(protect, str):
+        raise TypeError(f"protect must be a set of words, got one str (wrap it: {{{protect!r}}})")
+    try:
+        phrases = list(protect)
+    except TypeError as error:
+        raise TypeError(f"protect must be a set of words, got {type(protect).__name__}") from error
+    for phrase in phrases:
+        if not isinstance(phrase, str) or not phrase.strip():
+            raise ValueError(f"protect must hold non-empty strings, got {phrase!r}")
+    return frozenset(phrase.strip() for phrase in phrases)
+
+
+@contextlib.contextmanager
+def _seeded_globals(seed: int, cuda_devices=()):
+    """Seeds Python's ``random``, numpy's and torch's global generators (nlpaug draws from them) and
+    restores their states afterwards."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=list(cuda_devices)):
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            torch.manual_seed(seed)
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+
+
+def check_wordnet() -> None:
+    """Raises unless nltk and the data ``"synonym"`` reads (WordNet, the Open Multilingual Wordnet, the
+    POS tagger) are installed. It looks with ``nltk.data.find`` and never downloads: nlpaug would
+    download them on the fly, inside a training job."""
+    try:
+        nltk = importlib.import_module("nltk")
+    except ImportError as error:
+        raise ImportError(f"RareAugmenter(method='synonym') needs nltk and its WordNet data; install them with\n"
+                          f"    {WORDNET_INSTALL}") from error
+    missing = []
+    for names in WORDNET_DATA:
+        for name in names:
+            try:
+                nltk.data.find(name)
+                break
+            except LookupError:
+                continue
+        else:
+            missing.append(names[0])
+    if missing:
+        raise LookupError(f"RareAugmenter(method='synonym') needs nltk data that is not installed: "
+                          f"{', '.join(missing)}. rarekit does not download it during a run; install it once with\n"
+                          f"    {WORDNET_INSTALL}")
+
+
+def _as_augmenter(augmenter, seed: int | None) -> RareAugmenter:
+    if augmenter is None:
+        return RareAugmenter(seed=seed)
+    if isinstance(augmenter, RareAugmenter):
+        return augmenter if seed is None else augmenter._reseeded(seed)
+    return RareAugmenter(augmenter, seed=seed)  # a method name or an nlpaug augmenter
+
+
+def augment_minority(texts, labels, sampling_strategy="auto", augmenter=None, *, seed: int | None = None,
+                     progress: bool = True):
+    """Over-samples ``texts`` with augmented variants: each class targeted by ``sampling_strategy`` gains
+    exactly the samples ``RandomOverSampler(sampling_strategy)`` would add (``"auto"``: up to the
+    majority count; every form of :mod:`rarekit.strategy`), but as variants of its own texts instead
+    of duplicates.
+
+    Args:
+        texts: a sequence of strings.
+        labels: one label per text (list, numpy array, tensor; ints, strings, ...).
+        sampling_strategy: as imbalanced-learn's (``"auto"``, ``"minority"``, ``"not majority"``,
+            ``"all"``, a float for binary labels, a dict ``{class: count}``, a callable).
+        augmenter: a :class:`RareAugmenter`, a method name, or an nlpaug augmenter; ``None`` is
+            ``RareAugmenter()`` (``"contextual"`` with ``bert-base-uncased``).
+        seed: seeds the augmenter (a given RareAugmenter is copied, not changed) and the choice of texts.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        ``(texts_res, labels_res)``: the original texts and labels first, in order, then the variants
+        class by class (sorted), each after its source text's other variants. A class of ``m`` texts
+        gaining ``k`` gets ``k // m`` variants of each text and one more of ``k % m`` texts drawn at
+        random. ``labels_res`` has the type of ``labels`` (a list for other sequences).
+    """
+    from rarekit.strategy import encode_labels, resolve_sampling_strategy, strategy_input
+
+    texts = _as_texts(texts)
+    if len(labels) != len(texts):
+        raise ValueError(f"texts and labels must have the same length, got {len(texts)} and {len(labels)}")
+    codes, classes = encode_labels(labels, "labels")
+    values, counts = torch.unique(codes.cpu(), return_counts=True)
+    class_labels = values.tolist() if classes is None else classes[values.numpy()].tolist()
+    targets = resolve_sampling_strategy(sampling_strategy, dict(zip(class_labels, counts.tolist())), "over",
+                                        y=strategy_input(labels))
+    augmenter = _as_augmenter(augmenter, seed)
+    chooser = random.Random(augmenter._rng.getrandbits(63))
+    new_texts, sources = [], []
+    with tqdm(total=sum(targets.values()), desc="augmenting", unit="text", disable=not progress) as bar:
+        for label, value in zip(class_labels, values.tolist()):
+            gain = targets.get(label, 0)
+            if gain == 0:
+                continue
+            members = (codes.cpu() == value).nonzero().flatten().tolist()
+            per_text, extra = divmod(gain, len(members))
+            lucky = set(chooser.sample(range(len(members)), extra))
+            made: dict[int, list[str]] = {}
+            for n in (per_text + 1, per_text):
+                group = [index for position, index in enumerate(members) if (position in lucky) == (n > per_text)]
+                for start in range(0, len(group) if n else 0, AUGMENT_CHUNK):
+                    chunk = group[start:start + AUGMENT_CHUNK]
+                    for index, variants in zip(chunk, augmenter.augment([texts[i] for i in chunk], n=n)):
+                        made[index] = variants
+                    bar.update(n * len(chunk))
+            for index in members:
+                new_texts += made.get(index, [])
+                sources += [index] * len(made.get(index, []))
+    return texts + new_texts, _append_labels(labels, sources)
+
+
+def _append_labels(labels, sources: list[int]):
+    """``labels`` followed by ``labels[sources]``, in the type of ``labels``."""
+    if isinstance(labels, torch.Tensor):
+        return torch.cat([labels, labels[torch.tensor(sources, dtype=torch.long, device=labels.device)]])
+    if isinstance(labels, np.ndarray):
+        return np.concatenate([labels, labels[np.asarray(sources, dtype=np.int64)]])
+    pandas = sys.modules.get("pandas")
+    if pandas is not None and isinstance(labels, pandas.Series):
+        return pandas.concat([labels, labels.iloc[sources]], ignore_index=True)
+    labels = list(labels)
+    return labels + [labels[index] for index in sources]
+
+
+def augment_rare_tokens(texts, rare_tokens, n: int = 1, augmenter=None, *, seed: int | None = None) -> list[str]:
+    """Variants of the texts that contain rare tokens, with every rare token kept intact and its context
+    changed: ``n`` variants of each such text, in the order of ``texts`` (the texts themselves are not
+    included; texts without a rare token give none).
+
+    ``rare_tokens`` are words, e.g. from word-level counts::
+
+        counter = rarekit.TokenCounter(len(vocab)).update(word_ids)
+        rare = [vocab[i] for i in rarekit.rare_ids(counter.counts, min_count=1, max_count=5).tolist()]
+        extra = augment_rare_tokens(texts, rare, n=2, augmenter=RareAugmenter("contextual", model_path=...))
+
+    A rare token matches, case-insensitively, a word of the text (``\\w+`` with inner apostrophes) or a
+    whitespace-separated token (as ``rarekit count`` splits text); the tokens found are ``protect`` ed.
+    ``augmenter`` is as in :func:`augment_minority`.
+    """
+    texts = _as_texts(texts)
+    rare = _as_rare_tokens(rare_tokens)
+    augmenter = _as_augmenter(augmenter, seed)
+    selected, protect = [], set()
+    for text in texts:
+        found = {token for token in itertools.chain(WORD_RE.findall(text), text.split()) if token.lower() in rare}
+        if found:
+            selected.append(text)
+            protect |= found
+    variants = []
+    for start in range(0, len(selected), AUGMENT_CHUNK):
+        for text_variants in augmenter.augment(selected[start:start + AUGMENT_CHUNK], n=n, protect=protect):
+            variants += text_variants
+    return variants
+
+
+def _as_rare_tokens(rare_tokens) -> set[str]:
+    if isinstance(rare_tokens, str):
+        raise TypeError(f"rare_tokens must be a collection of words, got one str (wrap it: [{rare_tokens!r}])")
+    if isinstance(rare_tokens, (torch.Tensor, np.ndarray)) and not (
+            isinstance(rare_tokens, np.ndarray) and rare_tokens.dtype.kind in "UO"):
+        raise TypeError("rare_tokens must be words, got an array of ids; map them to words first, e.g. "
+                        "[vocab[i] for i in rarekit.rare_ids(counts, max_count=5).tolist()]")
+    try:
+        tokens = list(rare_tokens)
+    except TypeError as error:
+        raise TypeError(f"rare_tokens must be a collection of words, got {type(rare_tokens).__name__}") from error
+    for token in tokens:
+        if not isinstance(token, str) or not token.strip():
+            raise ValueError(f"rare_tokens must hold non-empty strings, got {token!r}")
+    return {token.strip().lower() for token in tokens}

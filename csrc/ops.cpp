@@ -32,6 +32,10 @@ TORCH_LIBRARY(rarekit, m) {
   m.def(
       "draw_from_buckets(Tensor order, Tensor offsets, Tensor draw_counts, int total, int seed, "
       "bool replacement) -> Tensor");
+  // The same written into `out` (total = out.numel()), e.g. the tail of a buffer that holds other indices too.
+  m.def(
+      "draw_from_buckets_into(Tensor order, Tensor offsets, Tensor draw_counts, int seed, bool replacement, "
+      "Tensor(a!) out) -> ()");
 }
 
 namespace {

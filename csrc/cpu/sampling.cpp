@@ -29,7 +29,7 @@ void check_bucket_arguments(const at::Tensor& codes, int64_t num_classes) {
 }
 
 void check_draw_arguments(const at::Tensor& order, const at::Tensor& offsets, const at::Tensor& draw_counts,
-                          int64_t total) {
+                          const at::Tensor& out) {
   const auto check_index_tensor = [&](const at::Tensor& tensor, const char* name) {
     TORCH_CHECK_VALUE(tensor.dim() == 1 && tensor.scalar_type() == at::kLong, "rarekit.draw_from_buckets: ", name,
                       " must be a 1-D int64 tensor, got ", tensor.scalar_type(), " of shape ", tensor.sizes());
@@ -39,9 +39,10 @@ void check_draw_arguments(const at::Tensor& order, const at::Tensor& offsets, co
   check_index_tensor(order, "order");
   check_index_tensor(offsets, "offsets");
   check_index_tensor(draw_counts, "draw_counts");
+  check_index_tensor(out, "out");
+  TORCH_CHECK_VALUE(out.is_contiguous(), "rarekit.draw_from_buckets: out must be contiguous");
   TORCH_CHECK_VALUE(offsets.numel() == draw_counts.numel() + 1, "rarekit.draw_from_buckets: offsets must have one "
                     "entry more than draw_counts (", draw_counts.numel(), " buckets), got ", offsets.numel());
-  TORCH_CHECK_VALUE(total >= 0, "rarekit.draw_from_buckets: total must be >= 0, got ", total);
 }
 
 namespace cpu {
@@ -125,8 +126,8 @@ std::vector<int64_t> checked_draw_ends(const at::Tensor& order, const int64_t* o
     drawn += draw_counts[b];
     ends[b] = drawn;
   }
-  TORCH_CHECK_VALUE(drawn == total, "rarekit.draw_from_buckets: total must equal draw_counts.sum() = ", drawn,
-                    ", got ", total);
+  TORCH_CHECK_VALUE(drawn == total, "rarekit.draw_from_buckets: draw_counts.sum() = ", drawn,
+                    " must equal the number of outputs, ", total);
   return ends;
 }
 
@@ -164,22 +165,29 @@ void draw_without_replacement(const int64_t* order, const int64_t* offsets, cons
   });
 }
 
-at::Tensor draw_from_buckets_cpu(const at::Tensor& order, const at::Tensor& offsets, const at::Tensor& draw_counts,
-                                 int64_t total, int64_t seed, bool replacement) {
-  check_draw_arguments(order, offsets, draw_counts, total);
+void draw_from_buckets_into_cpu(const at::Tensor& order, const at::Tensor& offsets, const at::Tensor& draw_counts,
+                                int64_t seed, bool replacement, const at::Tensor& out) {
+  check_draw_arguments(order, offsets, draw_counts, out);
   const at::Tensor order_c = order.contiguous(), offsets_c = offsets.contiguous(), counts_c = draw_counts.contiguous();
   const int64_t* offsets_data = offsets_c.const_data_ptr<int64_t>();
   const int64_t* counts_data = counts_c.const_data_ptr<int64_t>();
   const std::vector<int64_t> ends =
-      checked_draw_ends(order_c, offsets_data, counts_data, counts_c.numel(), total, replacement);
-  at::Tensor out = at::empty({total}, order.options());
+      checked_draw_ends(order_c, offsets_data, counts_data, counts_c.numel(), out.numel(), replacement);
+  int64_t* out_data = out.mutable_data_ptr<int64_t>();
   if (replacement) {
-    draw_with_replacement(order_c.const_data_ptr<int64_t>(), offsets_data, ends, stream_base(seed), total,
-                          out.mutable_data_ptr<int64_t>());
+    draw_with_replacement(order_c.const_data_ptr<int64_t>(), offsets_data, ends, stream_base(seed), out.numel(),
+                          out_data);
   } else {
     draw_without_replacement(order_c.const_data_ptr<int64_t>(), offsets_data, counts_data, ends, stream_base(seed),
-                             out.mutable_data_ptr<int64_t>());
+                             out_data);
   }
+}
+
+at::Tensor draw_from_buckets_cpu(const at::Tensor& order, const at::Tensor& offsets, const at::Tensor& draw_counts,
+                                 int64_t total, int64_t seed, bool replacement) {
+  TORCH_CHECK_VALUE(total >= 0, "rarekit.draw_from_buckets: total must be >= 0, got ", total);
+  at::Tensor out = at::empty({total}, order.options());
+  draw_from_buckets_into_cpu(order, offsets, draw_counts, seed, replacement, out);
   return out;
 }
 
@@ -188,6 +196,7 @@ at::Tensor draw_from_buckets_cpu(const at::Tensor& order, const at::Tensor& offs
 TORCH_LIBRARY_IMPL(rarekit, CPU, m) {
   m.impl("class_buckets", &class_buckets_cpu);
   m.impl("draw_from_buckets", &draw_from_buckets_cpu);
+  m.impl("draw_from_buckets_into", &draw_from_buckets_into_cpu);
 }
 
 }  // namespace cpu

@@ -88,14 +88,13 @@ std::tuple<at::Tensor, at::Tensor> class_buckets_cuda(const at::Tensor& codes, i
   return {order, offsets};
 }
 
-at::Tensor draw_from_buckets_cuda(const at::Tensor& order, const at::Tensor& offsets, const at::Tensor& draw_counts,
-                                  int64_t total, int64_t seed, bool replacement) {
-  check_draw_arguments(order, offsets, draw_counts, total);
+void draw_from_buckets_into_cuda(const at::Tensor& order, const at::Tensor& offsets, const at::Tensor& draw_counts,
+                                 int64_t seed, bool replacement, const at::Tensor& out) {
+  check_draw_arguments(order, offsets, draw_counts, out);
   const c10::cuda::CUDAGuard guard(order.device());
   const at::Tensor order_c = order.contiguous(), offsets_c = offsets.contiguous(), counts_c = draw_counts.contiguous();
-  const int64_t n = order_c.numel(), buckets = counts_c.numel();
-  at::Tensor out = at::empty({total}, order.options());
-  if (total == 0) return out;
+  const int64_t n = order_c.numel(), buckets = counts_c.numel(), total = out.numel();
+  if (total == 0) return;
   const at::Tensor ends = at::cumsum(counts_c, 0);
   const uint64_t base = stream_base(seed);
   const auto stream = at::cuda::getCurrentCUDAStream();
@@ -104,7 +103,7 @@ at::Tensor draw_from_buckets_cuda(const at::Tensor& order, const at::Tensor& off
         order_c.const_data_ptr<int64_t>(), n, offsets_c.const_data_ptr<int64_t>(), ends.const_data_ptr<int64_t>(),
         buckets, base, total, out.mutable_data_ptr<int64_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-    return out;
+    return;
   }
   at::Tensor keys = at::empty({n}, order.options());
   if (n > 0) {
@@ -113,13 +112,21 @@ at::Tensor draw_from_buckets_cuda(const at::Tensor& order, const at::Tensor& off
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   const at::Tensor by_key = std::get<1>(at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false));
-  const at::Tensor bucket_of_position = at::searchsorted(offsets_c.slice(0, 1), by_key, /*out_int32=*/false, /*right=*/true);
-  const at::Tensor ranked =
-      by_key.index_select(0, std::get<1>(at::sort(bucket_of_position, /*stable=*/true, /*dim=*/0, /*descending=*/false)));
+  const at::Tensor bucket_of_position =
+      at::searchsorted(offsets_c.slice(0, 1), by_key, /*out_int32=*/false, /*right=*/true);
+  const at::Tensor ranked = by_key.index_select(
+      0, std::get<1>(at::sort(bucket_of_position, /*stable=*/true, /*dim=*/0, /*descending=*/false)));
   draw_without_replacement_kernel<<<grid_size(total), kThreads, 0, stream>>>(
       order_c.const_data_ptr<int64_t>(), n, offsets_c.const_data_ptr<int64_t>(), counts_c.const_data_ptr<int64_t>(),
       ends.const_data_ptr<int64_t>(), buckets, ranked.const_data_ptr<int64_t>(), total, out.mutable_data_ptr<int64_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+at::Tensor draw_from_buckets_cuda(const at::Tensor& order, const at::Tensor& offsets, const at::Tensor& draw_counts,
+                                  int64_t total, int64_t seed, bool replacement) {
+  TORCH_CHECK_VALUE(total >= 0, "rarekit.draw_from_buckets: total must be >= 0, got ", total);
+  at::Tensor out = at::empty({total}, order.options());
+  draw_from_buckets_into_cuda(order, offsets, draw_counts, seed, replacement, out);
   return out;
 }
 
@@ -128,6 +135,7 @@ at::Tensor draw_from_buckets_cuda(const at::Tensor& order, const at::Tensor& off
 TORCH_LIBRARY_IMPL(rarekit, CUDA, m) {
   m.impl("class_buckets", &class_buckets_cuda);
   m.impl("draw_from_buckets", &draw_from_buckets_cuda);
+  m.impl("draw_from_buckets_into", &draw_from_buckets_into_cuda);
 }
 
 }  // namespace rarekit::cuda

@@ -17,6 +17,10 @@ if _backend._C is not None:
     def _draw_from_buckets_fake(order, offsets, draw_counts, total, seed, replacement):
         return order.new_empty((total,))
 
+    @torch.library.register_fake("rarekit::draw_from_buckets_into")
+    def _draw_from_buckets_into_fake(order, offsets, draw_counts, seed, replacement, out):
+        return None
+
 
 def class_buckets(codes: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(order, offsets)``: the positions of ``codes`` stably sorted by code, and the bucket starts."""
@@ -31,3 +35,12 @@ def draw_from_buckets(order: torch.Tensor, offsets: torch.Tensor, draw_counts: t
     if _backend.native(order.device):
         return torch.ops.rarekit.draw_from_buckets(order, offsets, draw_counts, total, seed, replacement)
     return reference.draw_from_buckets(order, offsets, draw_counts, total, seed, replacement)
+
+
+def draw_from_buckets_into(order: torch.Tensor, offsets: torch.Tensor, draw_counts: torch.Tensor, seed: int,
+                           replacement: bool, out: torch.Tensor) -> None:
+    """:func:`draw_from_buckets` written into the contiguous int64 ``out`` (``out.numel()`` draws)."""
+    if _backend.native(order.device):
+        torch.ops.rarekit.draw_from_buckets_into(order, offsets, draw_counts, seed, replacement, out)
+    else:
+        out.copy_(reference.draw_from_buckets(order, offsets, draw_counts, out.numel(), seed, replacement))

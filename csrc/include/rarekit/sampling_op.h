@@ -8,8 +8,9 @@ namespace rarekit {
 // rarekit::class_buckets: 1-D integer codes, num_classes >= 0.
 void check_bucket_arguments(const at::Tensor& codes, int64_t num_classes);
 
-// rarekit::draw_from_buckets: 1-D int64 order, offsets (B + 1) and draw_counts (B) on one device, total >= 0.
+// rarekit::draw_from_buckets_into: 1-D int64 order, offsets (B + 1), draw_counts (B) and contiguous out,
+// all on one device.
 void check_draw_arguments(const at::Tensor& order, const at::Tensor& offsets, const at::Tensor& draw_counts,
-                          int64_t total);
+                          const at::Tensor& out);
 
 }  // namespace rarekit

@@ -1,5 +1,6 @@
 """rarekit: fused PyTorch kernels and tools for class imbalance and rare tokens."""
 from rarekit._backend import backend_info, set_backend
+from rarekit.augment import RareAugmenter, augment_minority, augment_rare_tokens
 from rarekit.counting import TokenCounter, count, rare_ids
 from rarekit.losses import ClassBalancedLoss, CrossEntropyLoss, FocalLoss, LogitAdjustedLoss, cross_entropy
 from rarekit.plots import plot_frequencies
@@ -11,5 +12,5 @@ from rarekit.weights import class_weights
 __all__ = ["ClassBalancedLoss", "CrossEntropyLoss", "FocalLoss", "LogitAdjustedLoss", "cross_entropy",
            "TokenCounter", "backend_info", "class_weights", "count", "plot_frequencies", "rare_ids", "set_backend",
            "BalancedSampler", "RandomOverSampler", "RandomUnderSampler", "oversample_indices", "resolve_sampling_strategy",
-           "sequence_weights", "undersample_indices"]
+           "sequence_weights", "undersample_indices", "RareAugmenter", "augment_minority", "augment_rare_tokens"]
 __version__ = "0.1.0"

@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from rarekit._nlpaug_compat import (WORD_RE, MaskedLM, contextual_word_embs_aug, import_optional,
                                     sort_spelling_dictionary)
 from rarekit.counting import is_real_number
+from rarekit.strategy import encode_labels, resolve_sampling_strategy, strategy_input
 
 __all__ = ["RareAugmenter", "augment_minority", "augment_rare_tokens", "contextual_word_embs_aug"]
 
@@ -473,8 +474,6 @@ def augment_minority(texts, labels, sampling_strategy="auto", augmenter=None, *,
         gaining ``k`` gets ``k // m`` variants of each text and one more of ``k % m`` texts drawn at
         random. ``labels_res`` has the type of ``labels`` (a list for other sequences).
     """
-    from rarekit.strategy import encode_labels, resolve_sampling_strategy, strategy_input
-
     texts = _as_texts(texts)
     if len(labels) != len(texts):
         raise ValueError(f"texts and labels must have the same length, got {len(texts)} and {len(labels)}")

@@ -95,7 +95,8 @@ class RareAugmenter:
 
     - the words of ``protect`` are never changed (nlpaug's ``stopwords``, and a check of each variant);
     - no special token (``[SEP]``, ``[UNK]``, ``<s>``, ``<mask>``, ... and the model's own) and no ``##``
-      word-piece fragment appears in a variant unless the text had it. ``"contextual"`` draws whole
+      word-piece fragment appears in a variant unless the text had it (then it is kept as it is,
+      like a protected word). ``"contextual"`` draws whole
       words only and changes nothing else of the text, so words its model does not know stay as they
       are; rejected variants are drawn again;
     - the variants of a text differ from each other and from the text (compared on words and
@@ -104,6 +105,11 @@ class RareAugmenter:
       ``"random_delete"``, no word in the spelling dictionary, every word protected, an empty text,
       or fewer distinct variants than ``n``. Such a text gets repeats of its variants, or copies of
       itself, so that every text always has exactly ``n``.
+
+    ``"contextual"`` masks the chosen words of a variant together and fills every mask of a batch in
+    one forward pass (nlpaug fills one position per pass), each drawn from the model's probabilities
+    among the ``top_k`` most likely whole words, never the word it replaces. Only the head of a text
+    longer than the model's maximum length is changed.
 
     A user-given nlpaug augmenter is used as it is: ``protect`` and the special-token rule are then
     enforced only by rejecting variants, and its own outputs decide what can be reached.
@@ -165,7 +171,8 @@ class RareAugmenter:
         protection = _protection(protect | literal)  # special tokens written in a text stay as they are
         variants: list[list[str]] = [[] for _ in texts]
         spare: list[list[str]] = [[] for _ in texts]  # valid, distinct from the text, repeating another variant
-        seen = [{_comparison_key(text)} for text in texts]
+        keys = [_comparison_key(text) for text in texts]
+        seen = [{key} for key in keys]
         for _ in range(MAX_ROUNDS):
             pending = [i for i, text in enumerate(texts) if text.strip() for _ in range(n - len(variants[i]))]
             if not pending:
@@ -178,7 +185,7 @@ class RareAugmenter:
                 if key not in seen[i]:
                     seen[i].add(key)
                     variants[i].append(output)
-                elif key != _comparison_key(texts[i]):
+                elif key != keys[i]:
                     spare[i].append(output)
         for text, found, extra in zip(texts, variants, spare):
             found += (extra + [text] * n)[:n - len(found)]
@@ -260,7 +267,7 @@ class RareAugmenter:
         if not words:
             return []
         blocked = protection.spans(text) + [(match.start(), match.end()) for token in self._forbidden
-                                            for match in re.finditer(re.escape(token), text)]
+                                            if token in text for match in re.finditer(re.escape(token), text)]
         count = min(MAX_WORDS, max(1, math.ceil(self.aug_p * len(words))))
         if self.action == "substitute":
             options = [Edit(match.start(), match.end(), match.group()) for match in words

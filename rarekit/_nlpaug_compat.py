@@ -7,12 +7,12 @@ with ``tokenizer.convert_tokens_to_ids`` only when the tokenizer's class name co
 names its fast tokenizers ``BertTokenizer``, ``RobertaTokenizer``, ... and has no such private method, so
 building the augmenter raises ``AttributeError: BertTokenizer has no attribute _convert_token_to_id``.
 The ``fill-mask`` pipeline path (``use_custom_api=False``) runs, but it is not batched, it lets special
-tokens (``[SEP]``, ``<unk>``) and single characters through as substitutes, and it re-decodes the whole
-text, so any word the model's vocabulary lacks (a rare word, a protected word) comes back as ``[UNK]``.
+tokens (``[SEP]``, ``<unk>``) through as substitutes, and it re-decodes the whole text, so any word the
+model's vocabulary lacks (a rare word, a protected word) comes back as ``[UNK]``.
 nlpaug also guesses the model type from the model's *name* (a local folder need not contain "bert"),
 and its ``DistilBert``/``Roberta`` wrappers drop all but the last batch of their predictions.
 
-**The layer.**
+**The layer** (tested on transformers 4.57 and 5.24 with bert, distilbert and roberta models).
 
 - :class:`MaskedLM` loads a masked language model (a local folder or a hub name) with public
   transformers API only (``AutoTokenizer``, ``AutoModelForMaskedLM``, ``__call__``, ``batch_decode``,
@@ -198,8 +198,9 @@ class MaskedLM:
             return "roberta"
         if not any(token.startswith("▁") for token in tokens):
             return "bert"
-        raise ValueError(f"{self.model_path}: nlpaug's ContextualWordEmbsAug supports WordPiece (bert) and byte-level "
-                         "BPE (roberta) vocabularies, not SentencePiece; use rarekit.augment.RareAugmenter('contextual')")
+        raise ValueError(f"{self.model_path}: nlpaug's ContextualWordEmbsAug supports WordPiece (bert) and "
+                         "byte-level BPE (roberta) vocabularies, not SentencePiece; use "
+                         "rarekit.augment.RareAugmenter('contextual')")
 
     UNKNOWN_TOKEN = "[UNK]"
 

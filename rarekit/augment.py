@@ -304,10 +304,12 @@ class RareAugmenter:
         for index, edit in enumerate(plan):
             pieces.append(escape(text[position:edit.start]))
             word = lm.mask_token if fills is None else fills[index]
-            if edit.original is not None:  # a substitution
-                pieces.append(edit.original if word is None else word if fills is None else _match_case(edit.original, word))
-            elif word is not None:  # an insertion
-                pieces.append(f"{word} " if edit.before_word else f" {word}")
+            if edit.original is None:  # an insertion
+                pieces.append("" if word is None else f"{word} " if edit.before_word else f" {word}")
+            elif fills is None:  # a substitution, masked
+                pieces.append(word)
+            else:
+                pieces.append(edit.original if word is None else _match_case(edit.original, word))
             position = edit.end
         pieces.append(escape(text[position:]))
         rendered = "".join(pieces)

@@ -48,8 +48,9 @@ def build_wordpiece_model(folder, model_type):
         model = transformers.BertForMaskedLM(small_config(transformers.BertConfig, len(vocab)))
         tokenizer = transformers.BertTokenizerFast.from_pretrained(folder)
     else:
-        config = small_config(transformers.DistilBertConfig, len(vocab), hidden_size="dim", num_hidden_layers="n_layers",
-                              num_attention_heads="n_heads", intermediate_size="hidden_dim")
+        config = small_config(transformers.DistilBertConfig, len(vocab), hidden_size="dim",
+                              num_hidden_layers="n_layers", num_attention_heads="n_heads",
+                              intermediate_size="hidden_dim")
         model = transformers.DistilBertForMaskedLM(config)
         tokenizer = transformers.DistilBertTokenizerFast.from_pretrained(folder)
     model.save_pretrained(folder)

@@ -22,6 +22,20 @@ TORCH_LIBRARY(rarekit, m) {
       "cross_entropy_backward(Tensor grad_losses, Tensor logits, Tensor target, Tensor? weight, "
       "Tensor? logit_adjustment, Tensor row_terms, int ignore_index, float label_smoothing, "
       "bool target_weighted, float focal_gamma, float z_loss) -> Tensor");
+  // Resampling (csrc/include/rarekit/sampling_math.h). A stable counting sort of integer codes: order
+  // lists the positions of code 0, then code 1, ...; codes outside [0, num_classes) come last;
+  // bucket c is order[offsets[c]:offsets[c + 1]] (num_classes + 1 offsets).
+  m.def("class_buckets(Tensor codes, int num_classes) -> (Tensor order, Tensor offsets)");
+  // draw_counts[b] entries of bucket b of order, bucket after bucket (total = draw_counts.sum()):
+  // with replacement, uniform draws; without, a uniform random subset, in random order (a bucket
+  // drawn in full keeps its order). The result is a function of (inputs, seed) on every device.
+  m.def(
+      "draw_from_buckets(Tensor order, Tensor offsets, Tensor draw_counts, int total, int seed, "
+      "bool replacement) -> Tensor");
+  // The same written into `out` (total = out.numel()), e.g. the tail of a buffer that holds other indices too.
+  m.def(
+      "draw_from_buckets_into(Tensor order, Tensor offsets, Tensor draw_counts, int seed, bool replacement, "
+      "Tensor(a!) out) -> ()");
 }
 
 namespace {

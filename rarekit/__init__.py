@@ -3,8 +3,13 @@ from rarekit._backend import backend_info, set_backend
 from rarekit.counting import TokenCounter, count, rare_ids
 from rarekit.losses import ClassBalancedLoss, CrossEntropyLoss, FocalLoss, LogitAdjustedLoss, cross_entropy
 from rarekit.plots import plot_frequencies
+from rarekit.sampling import (BalancedSampler, RandomOverSampler, RandomUnderSampler, oversample_indices,
+                              sequence_weights, undersample_indices)
+from rarekit.strategy import resolve_sampling_strategy
 from rarekit.weights import class_weights
 
 __all__ = ["ClassBalancedLoss", "CrossEntropyLoss", "FocalLoss", "LogitAdjustedLoss", "cross_entropy",
-           "TokenCounter", "backend_info", "class_weights", "count", "plot_frequencies", "rare_ids", "set_backend"]
+           "TokenCounter", "backend_info", "class_weights", "count", "plot_frequencies", "rare_ids", "set_backend",
+           "BalancedSampler", "RandomOverSampler", "RandomUnderSampler", "oversample_indices", "resolve_sampling_strategy",
+           "sequence_weights", "undersample_indices"]
 __version__ = "0.1.0"

@@ -74,3 +74,73 @@ def soft_target_cross_entropy_rows(logits: torch.Tensor, target: torch.Tensor, w
     if weight is not None:
         q = q * weight.float()
     return -(q * log_p).sum(1)
+
+
+GOLDEN_GAMMA = 0x9E3779B97F4A7C15  # splitmix64's increment, 2^64 / φ
+MIX_MULTIPLIERS = (0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
+
+
+def as_int64(value: int) -> int:
+    """A 64-bit pattern as the signed int64 torch stores (two's complement)."""
+    value &= (1 << 64) - 1
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def shift_right(z: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 bit patterns (torch's ``>>`` is arithmetic)."""
+    return (z >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def mix64(z: torch.Tensor) -> torch.Tensor:
+    """splitmix64's output function (Steele, Lea & Flood 2014) on int64 bit patterns; products wrap mod 2^64."""
+    z = (z ^ shift_right(z, 30)) * as_int64(MIX_MULTIPLIERS[0])
+    z = (z ^ shift_right(z, 27)) * as_int64(MIX_MULTIPLIERS[1])
+    return z ^ shift_right(z, 31)
+
+
+def random_bits(seed: int, counters: torch.Tensor) -> torch.Tensor:
+    """The ``counters``-th outputs of splitmix64 started at ``mix64(seed)``: ``mix64(mix64(seed) + (c + 1) γ)``."""
+    base = mix64(torch.tensor(as_int64(seed), dtype=torch.int64, device=counters.device))
+    return mix64(base + (counters + 1) * as_int64(GOLDEN_GAMMA))
+
+
+def bounded(bits: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    """``floor(u n)`` with ``u = (bits >>> 11) 2^-53 ∈ [0, 1)``: uniform on ``[0, n)`` up to a 2^-53 relative bias."""
+    u = shift_right(bits, 11).double() * 2.0**-53
+    return (u * n.double()).long().minimum(n - 1)
+
+
+def class_buckets(codes: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stable sort of positions by code: ``order`` lists the positions of code 0, then code 1, ...;
+    codes outside ``[0, num_classes)`` come last. Bucket ``c`` is ``order[offsets[c]:offsets[c + 1]]``."""
+    wide = codes.long()
+    buckets = torch.where((wide >= 0) & (wide < num_classes), wide, num_classes)
+    sorted_buckets, order = torch.sort(buckets, stable=True)
+    offsets = torch.searchsorted(sorted_buckets, torch.arange(num_classes + 1, device=codes.device))
+    return order, offsets
+
+
+def draw_from_buckets(order: torch.Tensor, offsets: torch.Tensor, draw_counts: torch.Tensor, total: int, seed: int,
+                      replacement: bool) -> torch.Tensor:
+    """``draw_counts[b]`` entries of bucket ``b`` of ``order`` (see :func:`class_buckets`), bucket after bucket.
+
+    Output ``j`` falls in bucket ``b``, of size ``n_b``, at rank ``r`` within the bucket's draws.
+
+    - with replacement: ``order[offsets[b] + bounded(random_bits(seed, j), n_b)]``;
+    - without: the bucket's positions ``p`` ranked by ``(random_bits(seed, order[p]) >>> 1, p)``, the
+      ``r``-th of them; a bucket drawn in full is kept in its order.
+    """
+    draw_ends = draw_counts.cumsum(0)
+    outputs = torch.arange(total, device=order.device)
+    bucket = torch.searchsorted(draw_ends, outputs, right=True)
+    start = offsets[bucket]
+    size = offsets[bucket + 1] - start
+    if replacement:
+        return order[start + bounded(random_bits(seed, outputs), size)]
+    keys = shift_right(random_bits(seed, order), 1)
+    by_key = torch.sort(keys, stable=True).indices
+    bucket_of_position = torch.searchsorted(offsets[1:], by_key, right=True)
+    ranked = by_key[torch.sort(bucket_of_position, stable=True).indices]  # by (bucket, key, position)
+    rank = outputs - (draw_ends - draw_counts)[bucket]
+    in_full = draw_counts[bucket] == size
+    return order[torch.where(in_full, start + rank, ranked[start + rank])]

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "rarekit/count_math.h"
+#include "rarekit/cpu_histogram.h"
 #include "rarekit/cpu_kernels.h"
 #include "rarekit/torch_utils.h"
 
@@ -28,35 +29,13 @@ namespace {
 
 // Each int32 private slot sees fewer than this many ids between merges.
 constexpr int64_t kMergeEvery = int64_t{1} << 30;
-// Private histograms of all threads stay under this many bytes.
-constexpr int64_t kPrivateHistogramBytes = int64_t{256} << 20;
-
-IdType id_type(at::ScalarType type) {
-  switch (type) {
-    case at::kByte: return kUInt8;
-    case at::kChar: return kInt8;
-    case at::kShort: return kInt16;
-    case at::kInt: return kInt32;
-    case at::kLong: return kInt64;
-    case at::kUInt16: return kUInt16;
-    case at::kUInt32: return kUInt32;
-    default: TORCH_CHECK_TYPE(false, "rarekit.count: ids must have an integer dtype, got ", type);
-  }
-}
-
-// How many private histograms pay for themselves: each thread should count at least num_bins ids.
-int64_t useful_threads(int64_t n, int64_t num_bins) {
-  const int64_t by_work = std::max<int64_t>(1, n / std::max<int64_t>(num_bins, 16384));
-  const int64_t by_memory = std::max<int64_t>(1, kPrivateHistogramBytes / (4 * std::max<int64_t>(num_bins, 1)));
-  return std::min<int64_t>({static_cast<int64_t>(at::get_num_threads()), by_work, by_memory});
-}
 
 // Returns the number of out-of-range ids.
 int64_t histogram_into(const at::Tensor& flat, int64_t num_bins, std::optional<int64_t> ignore_index,
                        at::Tensor& counts) {
-  const HistogramFn histogram = count_kernels().histogram[id_type(flat.scalar_type())];
+  const HistogramFn histogram = count_kernels().histogram[id_type(flat.scalar_type(), "rarekit.count: ids")];
   const int64_t n = flat.numel();
-  const int64_t threads = useful_threads(n, num_bins);
+  const int64_t threads = histogram_threads(n, num_bins);
   const auto* base = static_cast<const char*>(flat.const_data_ptr());
   const int64_t item = flat.element_size();
   at::Tensor hist = at::zeros({threads, num_bins}, flat.options().dtype(at::kInt));

@@ -14,7 +14,8 @@ import torch
 def parse_args(description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--out", default="benchmarks/out", help="folder for the JSON results")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"),
+                        help="folder for the JSON results (default: benchmarks/out)")
     parser.add_argument("--repeat", type=int, default=7, help="timed runs per case (median reported)")
     parser.add_argument("--quick", action="store_true", help="smaller inputs (smoke test)")
     return parser.parse_args()

@@ -21,11 +21,11 @@ def count(ids: torch.Tensor, num_bins: int, ignore_index: int | None = None,
         keep &= flat != ignore_index
     bins = torch.where(keep, flat, num_bins)  # dropped ids land in one spare bin, cut below
     if weights is None:
-        values = torch.ones_like(bins)
-    else:
-        values = weights.reshape(-1).to(torch.float64 if weights.dtype == torch.float64 else torch.float32)
-    totals = torch.zeros(num_bins + 1, dtype=values.dtype, device=ids.device)
-    return totals.scatter_add_(0, bins, values)[:num_bins]
+        return torch.zeros(num_bins + 1, dtype=torch.int64, device=ids.device).scatter_add_(
+            0, bins, torch.ones_like(bins))[:num_bins]
+    sums = torch.zeros(num_bins + 1, dtype=torch.float64, device=ids.device)
+    sums.scatter_add_(0, bins, weights.reshape(-1).to(torch.float64))  # float64, like the kernels
+    return sums[:num_bins].to(torch.float64 if weights.dtype == torch.float64 else torch.float32)
 
 
 def cross_entropy_rows(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
@@ -47,11 +47,12 @@ def cross_entropy_rows(logits: torch.Tensor, target: torch.Tensor, weight: torch
         z = z + logit_adjustment.float()
     classes = z.shape[1]
     valid = target != ignore_index
-    safe_target = torch.where(valid, target, 0).long()
+    in_range = (target >= 0) & (target < classes)  # other targets give NaN (the callers check them)
+    safe_target = torch.where(valid & in_range, target, 0).long()
     class_weight = weight.float() if weight is not None else z.new_ones(classes)
     w_y = class_weight[safe_target]
     lse = torch.logsumexp(z, dim=1)
-    log_p = z - lse[:, None]
+    log_p = torch.log_softmax(z, dim=1)  # (z - max) - log Σ exp(z - max): exact for large logits, unlike z - lse
     nll = -log_p.gather(1, safe_target[:, None]).squeeze(1)
     loss = (1 - label_smoothing) * w_y * nll
     if label_smoothing > 0:
@@ -61,7 +62,7 @@ def cross_entropy_rows(logits: torch.Tensor, target: torch.Tensor, weight: torch
         loss = (-torch.expm1(-nll)).pow(focal_gamma) * loss
     if z_loss != 0:
         loss = loss + z_loss * w_y * lse.square()
-    return torch.where(valid, loss, 0.0)
+    return torch.where(valid, torch.where(in_range, loss, float("nan")), 0.0)
 
 
 def soft_target_cross_entropy_rows(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,

@@ -92,6 +92,8 @@ at::Tensor count_cpu(const at::Tensor& ids, int64_t num_bins, std::optional<int6
   } else {
     const at::Tensor flat_weights = weights->contiguous().view(-1);
     TORCH_CHECK_VALUE(flat_weights.numel() == flat.numel(), "rarekit.count: weights must have one value per id");
+    TORCH_CHECK_VALUE(flat_weights.device() == flat.device(), "rarekit.count: weights are on ",
+                      flat_weights.device(), " but ids are on ", flat.device());
     at::Tensor sums = at::zeros({num_bins}, ids.options().dtype(at::kDouble));
     RAREKIT_DISPATCH_ID_TYPES(flat.scalar_type(), "rarekit_count_ids", [&] {
       using Id = scalar_t;

@@ -8,6 +8,7 @@
 
 #include "rarekit/cpu_kernels.h"
 #include "rarekit/cross_entropy_op.h"
+#include "rarekit/torch_utils.h"
 
 namespace rarekit::cpu {
 namespace {
@@ -58,10 +59,7 @@ std::tuple<at::Tensor, at::Tensor> forward(const CrossEntropyInputs& inputs, con
       }
     }
   });
-  const int64_t bad = first_bad_row.load();
-  TORCH_CHECK_INDEX(bad == rows, "rarekit.cross_entropy: target[", bad, "] = ",
-                    inputs.target[bad].item<int64_t>(), " is out of range for ", inputs.config.num_classes,
-                    " classes (and is not ignore_index=", inputs.config.ignore_index, ")");
+  if (first_bad_row.load() < rows) check_targets(inputs.target, inputs.config.num_classes, inputs.config.ignore_index);
   return {losses, row_terms};
 }
 
@@ -79,9 +77,10 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_forward_inplace_cpu(
     const std::optional<at::Tensor>& logit_adjustment, const at::Tensor& grad_scale, int64_t ignore_index,
     double label_smoothing, bool target_weighted, double focal_gamma, double z_loss, bool /*check*/) {
   TORCH_CHECK_VALUE(logits.is_contiguous(), "rarekit.cross_entropy: inplace_backward needs contiguous logits");
-  return forward(prepare_cross_entropy(logits, target, weight, logit_adjustment, ignore_index, label_smoothing,
-                                       target_weighted, focal_gamma, z_loss),
-                 logits, grad_scale);
+  const CrossEntropyInputs inputs = prepare_cross_entropy(logits, target, weight, logit_adjustment, ignore_index,
+                                                          label_smoothing, target_weighted, focal_gamma, z_loss);
+  check_targets(inputs.target, inputs.config.num_classes, ignore_index);  // before the logits are overwritten
+  return forward(inputs, logits, grad_scale);
 }
 
 at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_losses, const at::Tensor& logits,
@@ -92,6 +91,7 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_losses, const at::T
   const CrossEntropyInputs inputs = prepare_cross_entropy(logits, target, weight, logit_adjustment, ignore_index,
                                                           label_smoothing, target_weighted, focal_gamma, z_loss);
   at::Tensor grad = at::empty_like(inputs.logits);
+  advise_huge_pages(grad);
   const at::Tensor upstream = grad_losses.to(at::kFloat).contiguous();
   const at::Tensor terms = row_terms.contiguous();
   CrossEntropyArgs args = make_args(inputs);

@@ -25,51 +25,46 @@ __device__ __forceinline__ void warp_aggregated_increment(Counter* hist, int64_t
   }
 }
 
-template <typename Id>
-__global__ void count_shared_kernel(const Id* __restrict__ ids, int64_t n, int64_t num_bins, bool has_ignore,
-                                    int64_t ignore_index, unsigned long long* counts,
-                                    unsigned long long* out_of_range) {
+// kBlockHistogram: count into a shared-memory histogram of num_bins slots, flushed once per block;
+// otherwise straight into the global counts.
+template <typename Id, bool kBlockHistogram>
+__global__ void count_kernel(const Id* __restrict__ ids, int64_t n, int64_t num_bins, bool has_ignore,
+                             int64_t ignore_index, unsigned long long* counts, unsigned long long* out_of_range) {
   extern __shared__ unsigned int block_hist[];
-  for (int64_t bin = threadIdx.x; bin < num_bins; bin += blockDim.x) block_hist[bin] = 0;
-  __syncthreads();
+  if (kBlockHistogram) {
+    for (int64_t bin = threadIdx.x; bin < num_bins; bin += blockDim.x) block_hist[bin] = 0;
+    __syncthreads();
+  }
   unsigned long long dropped = 0;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
     const int64_t bin = bin_of(ids[i], num_bins, has_ignore, ignore_index);
     dropped += bin == kOutOfRangeId;
-    warp_aggregated_increment(block_hist, bin);
+    if (kBlockHistogram) {
+      warp_aggregated_increment(block_hist, bin);
+    } else {
+      warp_aggregated_increment(counts, bin);
+    }
   }
-  __syncthreads();
-  for (int64_t bin = threadIdx.x; bin < num_bins; bin += blockDim.x) {
-    if (block_hist[bin] != 0) atomicAdd(counts + bin, static_cast<unsigned long long>(block_hist[bin]));
-  }
-  if (dropped != 0) atomicAdd(out_of_range, dropped);
-}
-
-template <typename Id>
-__global__ void count_global_kernel(const Id* __restrict__ ids, int64_t n, int64_t num_bins, bool has_ignore,
-                                    int64_t ignore_index, unsigned long long* counts,
-                                    unsigned long long* out_of_range) {
-  unsigned long long dropped = 0;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const int64_t bin = bin_of(ids[i], num_bins, has_ignore, ignore_index);
-    dropped += bin == kOutOfRangeId;
-    warp_aggregated_increment(counts, bin);
+  if (kBlockHistogram) {
+    __syncthreads();
+    for (int64_t bin = threadIdx.x; bin < num_bins; bin += blockDim.x) {
+      if (block_hist[bin] != 0) atomicAdd(counts + bin, static_cast<unsigned long long>(block_hist[bin]));
+    }
   }
   if (dropped != 0) atomicAdd(out_of_range, dropped);
 }
 
-template <typename Id, typename Weight, typename Sum>
+template <typename Id, typename Weight>
 __global__ void weighted_count_kernel(const Id* __restrict__ ids, const Weight* __restrict__ weights, int64_t n,
-                                      int64_t num_bins, bool has_ignore, int64_t ignore_index, Sum* sums,
+                                      int64_t num_bins, bool has_ignore, int64_t ignore_index, double* sums,
                                       unsigned long long* out_of_range) {
   unsigned long long dropped = 0;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
     const int64_t bin = bin_of(ids[i], num_bins, has_ignore, ignore_index);
     dropped += bin == kOutOfRangeId;
-    if (bin >= 0) atomicAdd(sums + bin, static_cast<Sum>(weights[i]));
+    if (bin >= 0) atomicAdd(sums + bin, static_cast<double>(static_cast<float>(weights[i])));
   }
   if (dropped != 0) atomicAdd(out_of_range, dropped);
 }
@@ -98,38 +93,32 @@ at::Tensor count_cuda(const at::Tensor& ids, int64_t num_bins, std::optional<int
     auto* counts = reinterpret_cast<unsigned long long*>(result.mutable_data_ptr<int64_t>());
     if (n > 0) {
       RAREKIT_DISPATCH_ID_TYPES(flat.scalar_type(), "rarekit_count_cuda", [&] {
-        if (num_bins <= kSharedBins) {
-          count_shared_kernel<scalar_t><<<grid_size(n), kThreads, num_bins * sizeof(unsigned int), stream>>>(
-              flat.const_data_ptr<scalar_t>(), n, num_bins, has_ignore, ignore, counts, dropped);
-        } else {
-          count_global_kernel<scalar_t><<<grid_size(n), kThreads, 0, stream>>>(
-              flat.const_data_ptr<scalar_t>(), n, num_bins, has_ignore, ignore, counts, dropped);
-        }
+        const auto kernel = num_bins <= kSharedBins ? count_kernel<scalar_t, true> : count_kernel<scalar_t, false>;
+        const size_t shared_bytes = num_bins <= kSharedBins ? num_bins * sizeof(unsigned int) : 0;
+        kernel<<<grid_size(n), kThreads, shared_bytes, stream>>>(flat.const_data_ptr<scalar_t>(), n, num_bins,
+                                                                has_ignore, ignore, counts, dropped);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     }
   } else {
     const at::Tensor flat_weights = weights->contiguous().view(-1);
     TORCH_CHECK_VALUE(flat_weights.numel() == n, "rarekit.count: weights must have one value per id");
-    const bool as_double = result_dtype(flat_weights) == at::kDouble;
-    result = at::zeros({num_bins}, flat.options().dtype(result_dtype(flat_weights)));
+    TORCH_CHECK_VALUE(flat_weights.device() == flat.device(), "rarekit.count: weights are on ", flat_weights.device(),
+                      " but ids are on ", flat.device());
+    // float64 sums: float32 atomics stop growing at 2^24 and would differ from the CPU
+    at::Tensor sums = at::zeros({num_bins}, flat.options().dtype(at::kDouble));
     if (n > 0) {
       RAREKIT_DISPATCH_ID_TYPES(flat.scalar_type(), "rarekit_count_cuda", [&] {
         using Id = scalar_t;
         AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, flat_weights.scalar_type(), "rarekit_count_cuda_w", [&] {
-          if (as_double) {
-            weighted_count_kernel<Id, scalar_t, double><<<grid_size(n), kThreads, 0, stream>>>(
-                flat.const_data_ptr<Id>(), flat_weights.const_data_ptr<scalar_t>(), n, num_bins, has_ignore, ignore,
-                result.mutable_data_ptr<double>(), dropped);
-          } else {
-            weighted_count_kernel<Id, scalar_t, float><<<grid_size(n), kThreads, 0, stream>>>(
-                flat.const_data_ptr<Id>(), flat_weights.const_data_ptr<scalar_t>(), n, num_bins, has_ignore, ignore,
-                result.mutable_data_ptr<float>(), dropped);
-          }
+          weighted_count_kernel<Id, scalar_t><<<grid_size(n), kThreads, 0, stream>>>(
+              flat.const_data_ptr<Id>(), flat_weights.const_data_ptr<scalar_t>(), n, num_bins, has_ignore, ignore,
+              sums.mutable_data_ptr<double>(), dropped);
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
       });
     }
+    result = sums.to(result_dtype(flat_weights));
   }
   // the one documented synchronization: only with check=true
   if (check && out_of_range.item<int64_t>() > 0) raise_first_out_of_range(flat, num_bins, ignore_index);

@@ -61,4 +61,14 @@ inline CrossEntropyInputs prepare_cross_entropy(const at::Tensor& logits, const 
   return inputs;
 }
 
+// Raises IndexError naming the first target outside [0, classes) that is not ignore_index.
+// One host synchronization on CUDA.
+inline void check_targets(const at::Tensor& target, int64_t classes, int64_t ignore_index) {
+  const at::Tensor bad = target.lt(0).logical_or(target.ge(classes)).logical_and(target.ne(ignore_index));
+  if (!bad.any().item<bool>()) return;
+  const int64_t row = bad.nonzero()[0][0].item<int64_t>();
+  TORCH_CHECK_INDEX(false, "rarekit.cross_entropy: target[", row, "] = ", target[row].item<int64_t>(),
+                    " is out of range for ", classes, " classes (and is not ignore_index=", ignore_index, ")");
+}
+
 }  // namespace rarekit

@@ -1,0 +1,133 @@
+"""Weighted cross-entropy forward+backward: rarekit against torch eager, torch.compile and Liger Kernel.
+
+CPU: fp32 4096x32000; CUDA: bf16 16384x128256 and 8192x256000. Each step copies this
+step's logits into a buffer (as an LM head writes them) and runs forward + backward to the logits'
+gradient. Reports the median step time with a copy of the logits as the floor, and the peak memory
+beyond the inputs (CPU: resident memory sampled during one step; CUDA: max_memory_allocated).
+Targets: CPU >= 3x eager, >= 2x torch.compile, peak extra <= 1x the logits (~0 with inplace_backward);
+H200 >= 85 % of copy bandwidth (read logits + write grad), >= 1.25x Liger.
+"""
+import gc
+import json
+import os
+import threading
+import time
+
+import torch
+import torch.nn.functional as F
+
+import rarekit
+from common import median_seconds, parse_args, report
+
+
+def contenders(device: torch.device) -> dict:
+    def rarekit_ce(x, t, w):
+        return rarekit.cross_entropy(x, t, w)
+
+    def rarekit_inplace(x, t, w):
+        return rarekit.cross_entropy(x, t, w, inplace_backward=True)
+
+    def eager(x, t, w):
+        return F.cross_entropy(x, t, w.to(x.dtype))
+
+    found = {"rarekit": rarekit_ce, "rarekit inplace_backward": rarekit_inplace, "torch eager": eager,
+             "torch.compile": torch.compile(eager)}
+    if device.type == "cuda":
+        try:
+            from liger_kernel.transformers import LigerCrossEntropyLoss
+        except ImportError:
+            pass
+        else:
+            found["liger"] = lambda x, t, w: LigerCrossEntropyLoss(weight=w)(x, t)
+    return found
+
+
+def make_inputs(rows: int, classes: int, dtype: torch.dtype, device: torch.device, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(rows, classes, generator=gen).to(device=device, dtype=dtype)
+    target = torch.randint(0, classes, (rows,), generator=gen).to(device)
+    weight = torch.rand(classes, generator=gen).to(device) + 0.1
+    return logits, target, weight
+
+
+def step(fn, buffer, pristine, target, weight):
+    """One training step's loss part: this step's logits land in `buffer` (as an LM head writes them),
+    then forward + backward to the gradient of the logits."""
+    with torch.no_grad():
+        buffer.copy_(pristine)
+    return torch.autograd.grad(fn(buffer, target, weight), buffer)[0]
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def cpu_peak_extra(fn, buffer, pristine, target, weight) -> int:
+    """Peak resident memory during one step beyond what existed before it (sampled every 0.2 ms);
+    the returned gradient counts, the buffer and the inputs do not."""
+    peak, done = [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_bytes())
+            time.sleep(0.0002)
+
+    gc.collect()
+    base = rss_bytes()
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    grad = step(fn, buffer, pristine, target, weight)
+    done.set()
+    sampler.join()
+    del grad
+    return max(peak[0], rss_bytes()) - base
+
+
+def main() -> None:
+    args = parse_args(__doc__)
+    device = torch.device(args.device)
+    shapes = [(4096, 32000, torch.float32)] if device.type == "cpu" else [
+        (16384, 128256, torch.bfloat16), (8192, 256000, torch.bfloat16)]
+    if args.quick:
+        shapes = [(rows // 16, classes // 4, dtype) for rows, classes, dtype in shapes]
+    cases = []
+    for rows, classes, dtype in shapes:
+        pristine, target, weight = make_inputs(rows, classes, dtype, device)
+        buffer = torch.empty_like(pristine).requires_grad_()
+        times = {}
+        for name, fn in contenders(device).items():
+            times[name] = median_seconds(lambda: step(fn, buffer, pristine, target, weight), device, args.repeat)
+        with torch.no_grad():
+            times["copy_ of the logits (floor)"] = median_seconds(lambda: buffer.copy_(pristine), device, args.repeat)
+        fastest_rarekit = min(times["rarekit"], times["rarekit inplace_backward"])
+        ratios = {f"speed-up vs {name}": seconds / times["rarekit"] for name, seconds in times.items()
+                  if not name.startswith("rarekit") and "floor" not in name}
+        ratios["rarekit inplace speed-up vs torch eager"] = times["torch eager"] / times["rarekit inplace_backward"]
+        ratios["rarekit / copy floor"] = times["rarekit"] / times["copy_ of the logits (floor)"]
+        case = {"case": f"{str(dtype).replace('torch.', '')} {rows}x{classes} weighted CE forward+backward",
+                "median_ms": {name: seconds * 1e3 for name, seconds in times.items()}, "ratios": ratios}
+        logits_bytes = pristine.numel() * pristine.element_size()
+        if device.type == "cpu":
+            case["peak_extra_memory_x_logits"] = {
+                name: cpu_peak_extra(fn, buffer, pristine, target, weight) / logits_bytes
+                for name, fn in contenders(device).items()}
+        if device.type == "cuda":
+            case["bandwidth_GBps"] = {name: 2 * logits_bytes / seconds / 1e9 for name, seconds in times.items()}
+            case["rarekit share of copy bandwidth"] = times["copy_ of the logits (floor)"] / fastest_rarekit
+            peaks = {}
+            for name, fn in contenders(device).items():
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+                step(fn, buffer, pristine, target, weight)
+                torch.cuda.synchronize()
+                peaks[name] = (torch.cuda.max_memory_allocated() - base) / logits_bytes
+            case["peak_extra_memory_x_logits"] = peaks
+        cases.append(case)
+        print(json.dumps({k: v for k, v in case.items() if "memory" in k or "bandwidth" in k}, indent=1))
+    report("cross_entropy", device, cases, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -704,6 +704,6 @@ def test_bucket_labels_dense_and_unique_paths(gen):
         buckets = bucket_labels(y)
         assert buckets.labels == sorted(set(y.tolist()))
         assert buckets.counts == [int((y == value).sum()) for value in buckets.labels]
-        for label, bucket in zip(buckets.labels, buckets.buckets.tolist()):
+        for label, bucket in zip(buckets.labels, buckets.bucket_of_class.tolist()):
             members = buckets.order[buckets.offsets[bucket]:buckets.offsets[bucket + 1]].numpy()
             assert np.array_equal(members, np.flatnonzero(y == label))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 import sys
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -233,10 +234,10 @@ def take_rows(data, indices: torch.Tensor):
 
 
 def _check_same_length(X, y) -> int:
-    n = num_rows(y, "y")
-    if num_rows(X, "X") != n:
-        raise ValueError(f"X and y must have one row per sample: X has {num_rows(X, 'X')} rows, y has {n} labels")
-    return n
+    rows, labels = num_rows(X, "X"), num_rows(y, "y")
+    if rows != labels:
+        raise ValueError(f"X and y must have one row per sample: X has {rows} rows, y has {labels} labels")
+    return labels
 
 
 def smoothed_bootstrap_scale(X: torch.Tensor, classes: torch.Tensor, shrinkage: torch.Tensor) -> torch.Tensor:
@@ -256,7 +257,7 @@ def smoothed_bootstrap_scale(X: torch.Tensor, classes: torch.Tensor, shrinkage: 
     return shrinkage.double()[:, None] * bandwidth * variance.sqrt()
 
 
-def _float_matrix(X) -> tuple[torch.Tensor, callable]:
+def _float_matrix(X) -> tuple[torch.Tensor, Callable[[torch.Tensor], object]]:
     """``X`` as a 2-D floating-point tensor and the function that turns rows back into ``X``'s kind."""
     if isinstance(X, torch.Tensor) and X.is_floating_point() and X.dim() == 2:
         return X, lambda rows: rows
@@ -281,7 +282,7 @@ def _shrinkage_per_class(shrinkage, targets: dict, labels: list) -> list[float]:
             raise ValueError(f"{name} must be a finite number >= 0, got {factor!r}")
         return float(factor)
 
-    if not isinstance(shrinkage, dict):
+    if not isinstance(shrinkage, Mapping):
         factor = check(shrinkage, "shrinkage")
         return [factor if label in targets else 0.0 for label in labels]
     absent = [label for label in shrinkage if label not in labels]

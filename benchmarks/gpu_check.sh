@@ -16,9 +16,9 @@ fi
 echo "built in $(( $(date +%s) - start )) s"
 "$PY" -m pytest -m cuda -q -p no:cacheprovider --junitxml="$out/pytest-cuda.xml" 2>&1 | tee "$out/pytest-cuda.txt"
 tests_rc=${PIPESTATUS[0]}
-for bench in benchmarks/bench_*.py; do
-  (cd benchmarks && timeout 240 "$PY" "$(basename "$bench")" --device cuda --out "$out") 2>&1 | tee -a "$out/benchmarks.txt"
-done
+# every benchmarks/bench_*.py on CUDA; JSON into $out, and the RESULTS.md they make beside it
+timeout 300 "$PY" -m rarekit bench --device cuda --out "$out" 2>&1 | tee "$out/benchmarks.txt"
+cp benchmarks/RESULTS.md "$out/RESULTS-gpu.md" 2>/dev/null
 "$PY" - "$out" "$tests_rc" <<'PY'
 import json, sys, xml.etree.ElementTree as ET
 out, rc = sys.argv[1], int(sys.argv[2])

@@ -42,7 +42,8 @@ def main() -> None:
     parser.add_argument("--json-dir", default=os.path.join(os.path.dirname(__file__), "out"))
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "RESULTS.md"))
     args = parser.parse_args()
-    results = [json.load(open(path)) for path in sorted(glob.glob(os.path.join(args.json_dir, "*.json")))]
+    paths = sorted(glob.glob(os.path.join(args.json_dir, "*.json")))
+    results = [json.load(open(path)) for path in paths if os.path.basename(path) != "all.json"]
     lines = ["# Benchmark results", "",
              "Written by `benchmarks/write_results.py` from the JSON of `benchmarks/bench_*.py`. Every ratio "
              "compares contenders measured in the same run on the same machine (medians of repeated runs).", ""]

@@ -1,7 +1,8 @@
 """The ``rarekit`` command line (also ``python -m rarekit``).
 
 ``rarekit count FILE...`` counts the ids of ``.npy`` arrays, raw ``.bin`` token files or whitespace-split
-``.txt`` files; ``rarekit demo`` runs it on the sample corpus shipped in the package. Each subcommand
+``.txt`` files; ``rarekit demo`` runs it on the sample corpus shipped in the package, then an imbalance
+study (:mod:`rarekit.demo`). Each subcommand
 is registered by an ``add_*_command`` function that sets its ``run`` callable.
 """
 from __future__ import annotations
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_count_command(commands)
     add_demo_command(commands)
+    add_bench_command(commands)
     args = parser.parse_args(argv)
     try:
         return args.run(args)
@@ -67,11 +69,71 @@ def add_count_command(commands) -> None:
 
 
 def add_demo_command(commands) -> None:
-    command = commands.add_parser("demo", help="run rarekit count on the sample corpus shipped with rarekit",
-                                  description="Count the words of a short English text shipped with rarekit.")
+    command = commands.add_parser(
+        "demo", help="an end-to-end imbalance study on real data (offline), with a report",
+        description="Count the words of the corpus shipped with rarekit, then train the same small model with "
+                    "plain CE, weighted CE, a balanced sampler, logit adjustment, focal loss and (text) "
+                    "augment_minority on digits-LT and chatterbot-corpus topics, or on --data; write report.md, "
+                    "results.json and plots into --out.")
     command.add_argument("--out", type=Path, default=Path("rarekit-demo"), metavar="DIR",
                          help="output folder (default: ./rarekit-demo)")
+    command.add_argument("--data", type=Path, metavar="FILE",
+                         help="your own data: .csv/.tsv/.jsonl (with --text-col, --label-col) or .npz with X, y")
+    command.add_argument("--text-col", metavar="C", help="text column of --data")
+    command.add_argument("--label-col", metavar="L", help="label column of --data")
+    command.add_argument("--epochs", type=positive_int, default=30, help="training epochs per method (default: 30)")
+    command.add_argument("--seed", type=int, default=0, help="seed of the splits, models and samplers (default: 0)")
+    command.add_argument("--augmenter", default="random_swap", metavar="METHOD",
+                         help="augment_minority's augmenter: random_swap (default), contextual, ...")
+    command.add_argument("--mlm", metavar="PATH_OR_NAME", help="masked LM folder for --augmenter contextual")
+    command.add_argument("--ddp", action="store_true",
+                         help="run under torchrun with torch.distributed (gloo on CPU, nccl on GPU)")
+    command.add_argument("--no-progress", action="store_true", help="no progress bars")
     command.set_defaults(run=run_demo)
+
+
+def add_bench_command(commands) -> None:
+    command = commands.add_parser(
+        "bench", help="run every benchmarks/bench_*.py and regenerate benchmarks/RESULTS.md",
+        description="Run the side-by-side benchmarks of a source checkout, write one JSON with all of them "
+                    "and regenerate benchmarks/RESULTS.md.")
+    command.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    command.add_argument("--out", type=Path, metavar="DIR", help="folder for the JSON (default: benchmarks/out)")
+    command.add_argument("--quick", action="store_true", help="small inputs, few repeats (a smoke test)")
+    command.add_argument("--benchmarks", type=Path, metavar="DIR",
+                         help="the benchmarks folder (default: the checkout's benchmarks/, or ./benchmarks)")
+    command.set_defaults(run=run_bench)
+
+
+def benchmarks_folder(given: Path | None) -> Path:
+    candidates = [given] if given else [Path(__file__).resolve().parent.parent / "benchmarks", Path("benchmarks")]
+    for folder in candidates:
+        if (folder / "write_results.py").exists():
+            return folder.resolve()
+    raise ValueError(f"no benchmarks folder with write_results.py found in {[str(c) for c in candidates]}; "
+                     "run from a rarekit source checkout or pass --benchmarks DIR")
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import subprocess
+
+    folder = benchmarks_folder(args.benchmarks)
+    out = (args.out or folder / "out").resolve()
+    extra = ["--quick", "--repeat", "3"] if args.quick else []
+    failed = []
+    for script in sorted(folder.glob("bench_*.py")):
+        print(f"== {script.name} ({args.device})", flush=True)
+        result = subprocess.run([sys.executable, script.name, "--device", args.device, "--out", str(out), *extra],
+                                cwd=folder)
+        if result.returncode != 0:
+            failed.append(script.name)
+    combined = {path.stem: json.loads(path.read_text()) for path in sorted(out.glob("*.json")) if path.stem != "all"}
+    (out / "all.json").write_text(json.dumps(combined, indent=2))
+    subprocess.run([sys.executable, "write_results.py", "--json-dir", str(out),
+                    "--output", str(folder / "RESULTS.md")], cwd=folder, check=True)
+    if failed:
+        raise ValueError(f"benchmarks failed: {failed}")
+    return 0
 
 
 def run_count(args: argparse.Namespace) -> int:
@@ -89,9 +151,13 @@ def run_count(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    corpus = importlib.resources.files("rarekit") / "data" / "corpus.txt"
-    with importlib.resources.as_file(corpus) as path:
-        return count_and_report([path], "txt", args.out, rare_max_count=DEMO_RARE_MAX_COUNT)
+    from rarekit import demo
+
+    if args.data is None and (not args.ddp or int(os.environ.get("RANK", "0")) == 0):
+        corpus = importlib.resources.files("rarekit") / "data" / "corpus.txt"
+        with importlib.resources.as_file(corpus) as path:
+            count_and_report([path], "txt", args.out / "corpus-count", rare_max_count=DEMO_RARE_MAX_COUNT)
+    return demo.run(args)
 
 
 def count_and_report(paths: list[Path], file_format: str, out: Path, *, vocab_size: int | None = None,

@@ -109,12 +109,20 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
         scale = (1.0 / divisor).reshape(1) if divisor is not None else logits.new_ones(1, dtype=torch.float32)
         loss = ops.cross_entropy_inplace(rows_logits, rows_target, weight, logit_adjustment, scale, reduction,
                                          config, check)
+        if reduction == "mean":
+            loss = loss + _nan_if_zero(divisor)
         return (loss.reshape(none_shape) if reduction == "none" else loss).to(logits.dtype)
     losses = ops.cross_entropy_rows(rows_logits, rows_target, weight, logit_adjustment, *config, check)
     if reduction == "none":
         return losses.reshape(none_shape).to(logits.dtype)
     total = losses.sum()
-    return (total if reduction == "sum" else total / divisor).to(logits.dtype)
+    return (total if reduction == "sum" else total / divisor + _nan_if_zero(divisor)).to(logits.dtype)
+
+
+def _nan_if_zero(divisor: torch.Tensor) -> torch.Tensor:
+    """0, or NaN when Σ w_y = 0: torch divides its nll and smoothing sums by Σ w_y separately, so its
+    mean is 0/0 = NaN then even where the smoothing sum is not 0 (and ours would be inf)."""
+    return 0.0 / divisor
 
 
 def _soft_target_cross_entropy(logits, target, weight, reduction, label_smoothing, focal_gamma,

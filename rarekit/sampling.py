@@ -1,10 +1,10 @@
 """Resampling on index kernels: imbalanced-learn-compatible samplers, a PyTorch data sampler, and
 per-sequence weights for rare tokens.
 
-The resamplers work in O(N + output) with no Python loop over samples or classes: one counting pass
-over the labels, a prefix sum and a stable counting-sort scatter into per-class buckets
-(``rarekit::class_buckets``), then counter-based random draws within the buckets
-(``rarekit::draw_from_buckets``). Only indices are computed; the data is gathered once, at the end
+The resamplers work in O(N + output): one counting pass over the labels, a prefix sum and a stable
+counting-sort scatter into per-class buckets (``rarekit::class_buckets``), then counter-based random
+draws within the buckets (``rarekit::draw_from_buckets``). Python only resolves one count per class
+on the host; no Python loop touches the samples. Only indices are computed; the data is gathered once, at the end
 (:class:`RandomOverSampler`, :class:`RandomUnderSampler`), or never (:class:`BalancedSampler`).
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 import sys
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -28,11 +29,11 @@ SEQUENCE_RULES = ("rarest", "mean_inverse")
 
 class LabelBuckets(NamedTuple):
     """The samples grouped by class: bucket ``b`` is ``order[offsets[b]:offsets[b + 1]]``, the sample
-    indices of one class in ascending order. ``buckets[i]`` is the bucket of ``labels[i]``, the i-th
-    class in sorted order, which has ``counts[i]`` samples; other buckets are empty."""
+    indices of one class in ascending order. ``bucket_of_class[i]`` is the bucket of ``labels[i]``, the
+    i-th class in sorted order, which has ``counts[i]`` samples; the other buckets are empty."""
     order: torch.Tensor
     offsets: torch.Tensor
-    buckets: torch.Tensor
+    bucket_of_class: torch.Tensor
     labels: list
     counts: list[int]
 
@@ -58,15 +59,15 @@ def bucket_labels(y, name: str = "y") -> LabelBuckets:
     if span <= max(2 * codes.numel(), DENSE_LABEL_SPAN):
         order, offsets = ops.class_buckets(codes if low == 0 else codes.long() - low, span)
         sizes = offsets.diff().cpu()
-        buckets = sizes.nonzero().flatten()
-        values = buckets + low
+        bucket_of_class = sizes.nonzero().flatten()
+        values = bucket_of_class + low
     else:
         values, inverse = torch.unique(codes, return_inverse=True)
         order, offsets = ops.class_buckets(inverse, values.numel())
         sizes = offsets.diff().cpu()
-        buckets, values = torch.arange(values.numel()), values.cpu()
+        bucket_of_class, values = torch.arange(values.numel()), values.cpu()
     labels = values.tolist() if classes is None else classes[values.numpy()].tolist()
-    return LabelBuckets(order, offsets, buckets, labels, sizes[buckets].tolist())
+    return LabelBuckets(order, offsets, bucket_of_class, labels, sizes[bucket_of_class].tolist())
 
 
 def resolve_seed(seed: int | None = None, generator: torch.Generator | None = None) -> int:
@@ -102,7 +103,7 @@ def seed_from_random_state(random_state) -> int:
 def bucket_draw_counts(buckets: LabelBuckets, per_class: list[int]) -> torch.Tensor:
     """The draw count of each bucket: ``per_class[i]`` for the bucket of ``labels[i]``, 0 for empty buckets."""
     draw_counts = torch.zeros(buckets.offsets.numel() - 1, dtype=torch.int64)
-    draw_counts[buckets.buckets] = torch.tensor(per_class, dtype=torch.int64)
+    draw_counts[buckets.bucket_of_class] = torch.tensor(per_class, dtype=torch.int64)
     return draw_counts.to(buckets.order.device)
 
 
@@ -133,18 +134,23 @@ def resample(buckets: LabelBuckets, targets: dict, kind: str, replacement: bool,
     if not replacement:  # untargeted classes are drawn in full, which keeps them in order
         return draw_per_class(buckets, [targets.get(label, count) for label, count in buckets.class_counts.items()],
                               seed, False)
-    # with replacement: the draws of the targeted classes and the whole buckets of the others, merged
-    # class by class with one gather from cat([draws, order])
-    draws = draw_per_class(buckets, [targets.get(label, 0) for label in buckets.labels], seed, True)
-    lengths = torch.tensor([targets.get(label, count) for label, count in buckets.class_counts.items()])
-    draw_starts = torch.tensor([targets.get(label, 0) for label in buckets.labels]).cumsum(0)
-    bucket_starts = torch.tensor(buckets.counts).cumsum(0) - torch.tensor(buckets.counts) + draws.numel()
+    # with replacement: the targeted classes are drawn, the others kept whole; the two are merged class
+    # by class with one gather from cat([draws, order])
+    drawn = torch.tensor([targets.get(label, 0) for label in buckets.labels])
+    draws = draw_per_class(buckets, drawn.tolist(), seed, True)
+    counts = torch.tensor(buckets.counts)
     targeted = torch.tensor([label in targets for label in buckets.labels])
-    sources = torch.where(targeted, draw_starts - lengths, bucket_starts)
+    lengths = torch.where(targeted, drawn, counts)
+    source_starts = torch.where(targeted, exclusive_cumsum(drawn), draws.numel() + exclusive_cumsum(counts))
     total = int(lengths.sum())
-    starts = (sources - (lengths.cumsum(0) - lengths)).to(device)
-    gather = torch.repeat_interleave(starts, lengths.to(device), output_size=total)
+    shifts = (source_starts - exclusive_cumsum(lengths)).to(device)
+    gather = torch.repeat_interleave(shifts, lengths.to(device), output_size=total)
     return torch.cat([draws, buckets.order])[gather + torch.arange(total, device=device)]
+
+
+def exclusive_cumsum(values: torch.Tensor) -> torch.Tensor:
+    """``[0, v_0, v_0 + v_1, ...]`` without the grand total: where each of consecutive runs starts."""
+    return values.cumsum(0) - values
 
 
 def oversample_indices(y, sampling_strategy="auto", *, seed: int | None = None,
@@ -228,10 +234,10 @@ def take_rows(data, indices: torch.Tensor):
 
 
 def _check_same_length(X, y) -> int:
-    n = num_rows(y, "y")
-    if num_rows(X, "X") != n:
-        raise ValueError(f"X and y must have one row per sample: X has {num_rows(X, 'X')} rows, y has {n} labels")
-    return n
+    rows, labels = num_rows(X, "X"), num_rows(y, "y")
+    if rows != labels:
+        raise ValueError(f"X and y must have one row per sample: X has {rows} rows, y has {labels} labels")
+    return labels
 
 
 def smoothed_bootstrap_scale(X: torch.Tensor, classes: torch.Tensor, shrinkage: torch.Tensor) -> torch.Tensor:
@@ -251,7 +257,7 @@ def smoothed_bootstrap_scale(X: torch.Tensor, classes: torch.Tensor, shrinkage: 
     return shrinkage.double()[:, None] * bandwidth * variance.sqrt()
 
 
-def _float_matrix(X) -> tuple[torch.Tensor, callable]:
+def _float_matrix(X) -> tuple[torch.Tensor, Callable[[torch.Tensor], object]]:
     """``X`` as a 2-D floating-point tensor and the function that turns rows back into ``X``'s kind."""
     if isinstance(X, torch.Tensor) and X.is_floating_point() and X.dim() == 2:
         return X, lambda rows: rows
@@ -276,7 +282,7 @@ def _shrinkage_per_class(shrinkage, targets: dict, labels: list) -> list[float]:
             raise ValueError(f"{name} must be a finite number >= 0, got {factor!r}")
         return float(factor)
 
-    if not isinstance(shrinkage, dict):
+    if not isinstance(shrinkage, Mapping):
         factor = check(shrinkage, "shrinkage")
         return [factor if label in targets else 0.0 for label in labels]
     absent = [label for label in shrinkage if label not in labels]

@@ -166,9 +166,15 @@ def test_bad_command_lines_exit_with_usage(args, capsys):
     assert exit_info.value.code == 2 and "usage: rarekit" in capsys.readouterr().err
 
 
-def test_demo_counts_the_shipped_corpus(tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert cli.main(["demo", "--out", str(out)]) == 0
+def shipped_corpus() -> str:
+    return str(importlib.resources.files("rarekit") / "data" / "corpus.txt")
+
+
+def test_counts_the_shipped_corpus(tmp_path, capsys):
+    """The corpus `rarekit demo` starts with (the demo's study is tested in test_demo.py)."""
+    out = tmp_path / "corpus"
+    assert cli.main(["count", shipped_corpus(), "--out", str(out), "--rare-max-count",
+                     str(cli.DEMO_RARE_MAX_COUNT)]) == 0
     words = (importlib.resources.files("rarekit") / "data" / "corpus.txt").read_text(encoding="utf-8").split()
     assert len(words) > 500
     counts, summary, _ = read_outputs(out)
@@ -179,7 +185,7 @@ def test_demo_counts_the_shipped_corpus(tmp_path, capsys):
 
 
 def test_python_m_rarekit(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "rarekit", "demo", "--out", str(tmp_path / "demo")],
+    result = subprocess.run([sys.executable, "-m", "rarekit", "count", shipped_corpus(), "--out", str(tmp_path / "c")],
                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "total" in result.stdout and (tmp_path / "demo" / "counts.npy").exists()
+    assert "total" in result.stdout and (tmp_path / "c" / "counts.npy").exists()

@@ -512,8 +512,8 @@ def test_shrinkage_noise_has_the_scale_of_imblearn(gen):
         noise = (X_res[len(y):] - X[ours.sample_indices_[len(y):]])[y_res[len(y):] == c]
         theirs = (X_expected[len(y):] - X[expected.sample_indices_[len(y):]])[y_expected[len(y):] == c]
         assert len(noise) == len(theirs) == 4000 - np.sum(y == c)
-        np.testing.assert_allclose(noise.std(axis=0) / scale[c], 1, atol=0.05)  # 4000 normals: 5 sd ≈ 0.056
-        np.testing.assert_allclose(theirs.std(axis=0) / scale[c], 1, atol=0.05)
+        np.testing.assert_allclose(noise.std(axis=0) / scale[c], 1, atol=0.06)  # ~3800 normals: 5 sd
+        np.testing.assert_allclose(theirs.std(axis=0) / scale[c], 1, atol=0.06)
         assert np.abs(noise.mean(axis=0) / scale[c]).max() < 0.08
 
 
@@ -687,17 +687,14 @@ def test_rare_token_exposure_rises_with_sequence_weights(gen):
     counts = rarekit.TokenCounter(vocab).update(sequences).counts
     contains_rare = (sequences == rare_token).any(1)
 
-    def exposure(sampler):
-        return float(contains_rare[torch.tensor(list(sampler))].float().mean())
-
-    uniform = exposure(torch.utils.data.RandomSampler(range(5000), num_samples=20_000, replacement=True,
-                                                      generator=gen))
-    # rarest: a holder weighs 1/25 against ~1/360 (the rarest of 15 common tokens seen ~400 times each);
-    # mean_inverse dilutes the rare token among 16: about twice as often
+    uniform = 25 / 5000  # the exposure of uniform sampling
+    # rarest: a holder weighs 1/25 against ~1/360 (the rarest of 15 common tokens seen ~400 times each),
+    # ~13x uniform; mean_inverse dilutes the rare token among 16 tokens: ~1.9x (50,000 draws: sd 0.04x)
     for rule, gain in (("rarest", 5), ("mean_inverse", 1.5)):
-        weighted = exposure(rarekit.BalancedSampler(weights=rarekit.sequence_weights(sequences, counts, rule=rule),
-                                                    num_samples=20_000))
-        assert weighted > gain * max(uniform, 25 / 5000), (rule, weighted, uniform)
+        sampler = rarekit.BalancedSampler(weights=rarekit.sequence_weights(sequences, counts, rule=rule),
+                                          num_samples=50_000)
+        weighted = float(contains_rare[torch.tensor(list(sampler))].float().mean())
+        assert weighted > gain * uniform, (rule, weighted)
 
 
 def test_bucket_labels_dense_and_unique_paths(gen):
@@ -707,6 +704,6 @@ def test_bucket_labels_dense_and_unique_paths(gen):
         buckets = bucket_labels(y)
         assert buckets.labels == sorted(set(y.tolist()))
         assert buckets.counts == [int((y == value).sum()) for value in buckets.labels]
-        for label, bucket in zip(buckets.labels, buckets.buckets.tolist()):
+        for label, bucket in zip(buckets.labels, buckets.bucket_of_class.tolist()):
             members = buckets.order[buckets.offsets[bucket]:buckets.offsets[bucket + 1]].numpy()
             assert np.array_equal(members, np.flatnonzero(y == label))

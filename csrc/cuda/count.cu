@@ -25,37 +25,32 @@ __device__ __forceinline__ void warp_aggregated_increment(Counter* hist, int64_t
   }
 }
 
-template <typename Id>
-__global__ void count_shared_kernel(const Id* __restrict__ ids, int64_t n, int64_t num_bins, bool has_ignore,
-                                    int64_t ignore_index, unsigned long long* counts,
-                                    unsigned long long* out_of_range) {
+// kBlockHistogram: count into a shared-memory histogram of num_bins slots, flushed once per block;
+// otherwise straight into the global counts.
+template <typename Id, bool kBlockHistogram>
+__global__ void count_kernel(const Id* __restrict__ ids, int64_t n, int64_t num_bins, bool has_ignore,
+                             int64_t ignore_index, unsigned long long* counts, unsigned long long* out_of_range) {
   extern __shared__ unsigned int block_hist[];
-  for (int64_t bin = threadIdx.x; bin < num_bins; bin += blockDim.x) block_hist[bin] = 0;
-  __syncthreads();
+  if (kBlockHistogram) {
+    for (int64_t bin = threadIdx.x; bin < num_bins; bin += blockDim.x) block_hist[bin] = 0;
+    __syncthreads();
+  }
   unsigned long long dropped = 0;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
     const int64_t bin = bin_of(ids[i], num_bins, has_ignore, ignore_index);
     dropped += bin == kOutOfRangeId;
-    warp_aggregated_increment(block_hist, bin);
+    if (kBlockHistogram) {
+      warp_aggregated_increment(block_hist, bin);
+    } else {
+      warp_aggregated_increment(counts, bin);
+    }
   }
-  __syncthreads();
-  for (int64_t bin = threadIdx.x; bin < num_bins; bin += blockDim.x) {
-    if (block_hist[bin] != 0) atomicAdd(counts + bin, static_cast<unsigned long long>(block_hist[bin]));
-  }
-  if (dropped != 0) atomicAdd(out_of_range, dropped);
-}
-
-template <typename Id>
-__global__ void count_global_kernel(const Id* __restrict__ ids, int64_t n, int64_t num_bins, bool has_ignore,
-                                    int64_t ignore_index, unsigned long long* counts,
-                                    unsigned long long* out_of_range) {
-  unsigned long long dropped = 0;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    const int64_t bin = bin_of(ids[i], num_bins, has_ignore, ignore_index);
-    dropped += bin == kOutOfRangeId;
-    warp_aggregated_increment(counts, bin);
+  if (kBlockHistogram) {
+    __syncthreads();
+    for (int64_t bin = threadIdx.x; bin < num_bins; bin += blockDim.x) {
+      if (block_hist[bin] != 0) atomicAdd(counts + bin, static_cast<unsigned long long>(block_hist[bin]));
+    }
   }
   if (dropped != 0) atomicAdd(out_of_range, dropped);
 }
@@ -98,13 +93,10 @@ at::Tensor count_cuda(const at::Tensor& ids, int64_t num_bins, std::optional<int
     auto* counts = reinterpret_cast<unsigned long long*>(result.mutable_data_ptr<int64_t>());
     if (n > 0) {
       RAREKIT_DISPATCH_ID_TYPES(flat.scalar_type(), "rarekit_count_cuda", [&] {
-        if (num_bins <= kSharedBins) {
-          count_shared_kernel<scalar_t><<<grid_size(n), kThreads, num_bins * sizeof(unsigned int), stream>>>(
-              flat.const_data_ptr<scalar_t>(), n, num_bins, has_ignore, ignore, counts, dropped);
-        } else {
-          count_global_kernel<scalar_t><<<grid_size(n), kThreads, 0, stream>>>(
-              flat.const_data_ptr<scalar_t>(), n, num_bins, has_ignore, ignore, counts, dropped);
-        }
+        const auto kernel = num_bins <= kSharedBins ? count_kernel<scalar_t, true> : count_kernel<scalar_t, false>;
+        const size_t shared_bytes = num_bins <= kSharedBins ? num_bins * sizeof(unsigned int) : 0;
+        kernel<<<grid_size(n), kThreads, shared_bytes, stream>>>(flat.const_data_ptr<scalar_t>(), n, num_bins,
+                                                                has_ignore, ignore, counts, dropped);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     }

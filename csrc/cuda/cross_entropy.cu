@@ -107,7 +107,7 @@ __device__ void write_gradient(const T* row, int64_t target, const CrossEntropyR
                                const float* adjust, const float* smooth_weight, int64_t classes, T* out) {
   const float coef_p = terms.coef_p * scale, coef_v = terms.coef_v * scale, coef_y = terms.coef_y * scale;
   for_each_logit(row, classes, [&](int64_t k, float logit) {
-    float grad = coef_p * __expf(adjusted(logit, adjust, k) - terms.lse) - coef_v * (smooth_weight ? smooth_weight[k] : 1.0f);
+    float grad = coef_p * __expf(adjusted(logit, adjust, k) - terms.max_logit) - coef_v * (smooth_weight ? smooth_weight[k] : 1.0f);
     if (k == target) grad -= coef_y;
     out[k] = static_cast<T>(grad);
   });
@@ -148,14 +148,15 @@ __global__ void forward_kernel(const T* logits, const int64_t* targets, const fl
   });
   block_reduce(state, smooth_sum);
   // sum >= 1 when the max is finite; log1pf keeps full precision (fast-math turns logf into __logf)
-  const float lse = (state.max == -INFINITY ? 0.0f : state.max) + log1pf(state.sum - 1.0f);
+  const float log_sum = log1pf(state.sum - 1.0f);
   CrossEntropyRowTerms terms;
   const float w_y = weight ? weight[target] : 1.0f;
-  const float loss = cross_entropy_row(config, lse, adjusted(static_cast<float>(row[target]), adjust, target),
-                                       smooth_sum, shift, w_y, &terms);
+  const float loss = cross_entropy_row(config, state.max == -INFINITY ? 0.0f : state.max, log_sum,
+                                       adjusted(static_cast<float>(row[target]), adjust, target), smooth_sum, shift,
+                                       w_y, &terms);
   if (threadIdx.x == 0) {
     losses[row_index] = loss;
-    saved[0] = terms.lse, saved[1] = terms.coef_p, saved[2] = terms.coef_y, saved[3] = terms.coef_v;
+    saved[0] = terms.max_logit, saved[1] = terms.coef_p, saved[2] = terms.coef_y, saved[3] = terms.coef_v;
   }
   if (grad != nullptr) {
     __syncthreads();  // every read of row[target] is done before the row is overwritten

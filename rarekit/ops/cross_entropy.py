@@ -9,6 +9,27 @@ import torch
 
 from rarekit import _backend, reference
 
+
+class _NoSecondDerivative(torch.autograd.Function):
+    """Wraps a gradient that the kernels computed outside autograd: differentiating it again raises,
+    instead of autograd's silent zeros (or, for the inplace path, a walk through the logits' history)."""
+
+    @staticmethod
+    def forward(ctx, gradient):
+        return gradient.view_as(gradient)
+
+    @staticmethod
+    def backward(ctx, _):
+        raise RuntimeError("rarekit.cross_entropy is differentiable once: double backward (a second derivative "
+                           "through autograd.grad(..., create_graph=True)) is not supported")
+
+
+def _once_differentiable(gradient: torch.Tensor) -> torch.Tensor:
+    if not torch.is_grad_enabled():  # the usual backward (create_graph=False)
+        return gradient
+    return _NoSecondDerivative.apply(gradient.detach().requires_grad_())
+
+
 if _backend._C is not None:
     def _forward_fake(logits, target, weight, logit_adjustment, *args):
         rows = logits.shape[0]
@@ -19,7 +40,8 @@ if _backend._C is not None:
 
     @torch.library.register_fake("rarekit::cross_entropy_backward")
     def _backward_fake(grad_losses, logits, *args):
-        return torch.empty_like(logits)
+        # the kernel writes a contiguous gradient whatever the strides of the logits
+        return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
     def _setup_context(ctx, inputs, output):
         logits, target, weight, logit_adjustment, *config, _check = inputs
@@ -28,11 +50,26 @@ if _backend._C is not None:
 
     def _backward(ctx, grad_losses, _grad_row_terms):
         logits, target, weight, logit_adjustment, row_terms = ctx.saved_tensors
-        grad = torch.ops.rarekit.cross_entropy_backward(
-            grad_losses, logits, target, weight, logit_adjustment, row_terms, *ctx.config)
-        return grad, None, None, None, None, None, None, None, None, None
+        with torch.no_grad():
+            grad = torch.ops.rarekit.cross_entropy_backward(
+                grad_losses, logits, target, weight, logit_adjustment, row_terms, *ctx.config)
+        return _once_differentiable(grad), None, None, None, None, None, None, None, None, None
 
     torch.library.register_autograd("rarekit::cross_entropy_forward", _backward, setup_context=_setup_context)
+
+
+def _raise_first_out_of_range(target: torch.Tensor, classes: int, ignore_index: int) -> None:
+    """The reference path's target check, with the compiled kernels' message (one host sync)."""
+    bad = ((target < 0) | (target >= classes)) & (target != ignore_index)
+    if bool(bad.any()):
+        row = int(bad.nonzero()[0, 0])
+        raise IndexError(f"rarekit.cross_entropy: target[{row}] = {int(target[row])} is out of range for {classes} "
+                         f"classes (and is not ignore_index={ignore_index})")
+
+
+def _check_reference_targets(logits, target, ignore_index: int, check: bool) -> None:
+    if check or logits.device.type == "cpu":  # as the kernels: always on CPU
+        _raise_first_out_of_range(target, logits.shape[1], ignore_index)
 
 
 def cross_entropy_rows(logits, target, weight, logit_adjustment, ignore_index: int, label_smoothing: float,
@@ -42,8 +79,21 @@ def cross_entropy_rows(logits, target, weight, logit_adjustment, ignore_index: i
         return torch.ops.rarekit.cross_entropy_forward(
             logits, target, weight, logit_adjustment, ignore_index, label_smoothing, target_weighted,
             focal_gamma, z_loss, check)[0]
+    _check_reference_targets(logits, target, ignore_index, check)
     return reference.cross_entropy_rows(logits, target, weight, logit_adjustment, ignore_index, label_smoothing,
                                         target_weighted, focal_gamma, z_loss)
+
+
+def _reference_forward_inplace(logits, target, weight, logit_adjustment, grad_scale, config, check):
+    """The reference path of ``cross_entropy_forward_inplace``: per-row losses, and the logits
+    overwritten with ``grad_scale · ∂(Σ losses)/∂logits`` (computed by autograd on a float32 copy)."""
+    _check_reference_targets(logits, target, config[0], check)
+    with torch.enable_grad():
+        work = logits.detach().float().requires_grad_()
+        losses = reference.cross_entropy_rows(work, target, weight, logit_adjustment, *config)
+        gradient, = torch.autograd.grad(losses.sum(), work)
+    logits.copy_(gradient * grad_scale.float())
+    return losses.detach()
 
 
 class _InplaceCrossEntropy(torch.autograd.Function):
@@ -53,19 +103,22 @@ class _InplaceCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, target, weight, logit_adjustment, grad_scale, reduction, config, check):
-        losses, _ = torch.ops.rarekit.cross_entropy_forward_inplace(
-            logits, target, weight, logit_adjustment, grad_scale, *config, check)
+        if _backend.native(logits.device):
+            losses, _ = torch.ops.rarekit.cross_entropy_forward_inplace(
+                logits, target, weight, logit_adjustment, grad_scale, *config, check)
+        else:
+            losses = _reference_forward_inplace(logits, target, weight, logit_adjustment, grad_scale, config, check)
         torch.autograd.graph.increment_version(logits)
         ctx.gradient, ctx.reduction = logits, reduction
         return losses if reduction == "none" else losses.sum() * grad_scale.squeeze(0)
 
     @staticmethod
     def backward(ctx, grad_output):
-        gradient = ctx.gradient
-        scale = grad_output.unsqueeze(1) if ctx.reduction == "none" else grad_output
+        gradient = ctx.gradient.detach()  # the logits buffer, not the logits' history
+        scale = grad_output.detach().unsqueeze(1) if ctx.reduction == "none" else grad_output.detach()
         if scale.device.type != "cpu" or not bool((scale == 1).all()):  # CUDA: no host sync
             gradient.mul_(scale.to(gradient.dtype))
-        return gradient, None, None, None, None, None, None, None
+        return _once_differentiable(gradient), None, None, None, None, None, None, None
 
 
 def cross_entropy_inplace(logits, target, weight, logit_adjustment, grad_scale, reduction: str,

@@ -1,6 +1,6 @@
-"""The resampling index kernels ``rarekit::class_buckets`` and ``rarekit::draw_from_buckets``: fake
-kernels and dispatch. Output sizes never depend on data (``total`` is an argument), so both ops trace
-under ``torch.compile`` without graph breaks.
+"""The resampling index kernels ``rarekit::class_buckets``, ``rarekit::draw_from_buckets`` and its
+in-place form ``rarekit::draw_from_buckets_into``: fake kernels and dispatch. Output sizes never depend
+on data (``total`` is an argument), so the ops trace under ``torch.compile`` without graph breaks.
 """
 from __future__ import annotations
 

@@ -84,9 +84,9 @@ float row_loss(const T* row, int64_t target, const CrossEntropyArgs& args, Cross
     sum_exp += block_sum_exp(row, args.adjust, start, end, max == kNegInf ? 0.0f : max);
     if (smoothing) smooth_sum += block_smooth_sum(row, args.adjust, smooth_weight, start, end, shift);
   }
-  const float lse = (max == kNegInf ? 0.0f : max) + std::log(sum_exp);
   const float w_y = args.weight ? args.weight[target] : 1.0f;
-  return cross_entropy_row(config, lse, load_adjusted(row, args.adjust, target), smooth_sum, shift, w_y, terms);
+  return cross_entropy_row(config, max == kNegInf ? 0.0f : max, std::log(sum_exp), load_adjusted(row, args.adjust, target),
+                           smooth_sum, shift, w_y, terms);
 }
 
 // out_k = scale (coef_p p_k - coef_v v'_k - [k = target] coef_y); out may alias row.
@@ -95,16 +95,16 @@ void row_gradient(const T* row, int64_t target, const CrossEntropyRowTerms& term
                   const CrossEntropyArgs& args, T* out) {
   const int64_t classes = args.config.num_classes;
   const float* smooth_weight = per_class_smoothing(args.config) ? args.weight : nullptr;
-  const float coef_p = terms.coef_p * scale, coef_v = terms.coef_v * scale, lse = terms.lse;
-  const float target_grad = coef_p * exp_scalar(load_adjusted(row, args.adjust, target) - lse) -
+  const float coef_p = terms.coef_p * scale, coef_v = terms.coef_v * scale, max_logit = terms.max_logit;
+  const float target_grad = coef_p * exp_scalar(load_adjusted(row, args.adjust, target) - max_logit) -
                             coef_v * (smooth_weight ? smooth_weight[target] : 1.0f) - terms.coef_y * scale;
   int64_t k = 0;
   for (; k + kFloats16 <= classes; k += kFloats16) {
     const Floats16 smooth = smooth_weight ? coef_v * load16(smooth_weight + k) : broadcast16(coef_v);
-    store16(out + k, coef_p * exp16(load_adjusted16(row, args.adjust, k) - lse) - smooth);
+    store16(out + k, coef_p * exp16(load_adjusted16(row, args.adjust, k) - max_logit) - smooth);
   }
   for (; k < classes; ++k) {
-    store(out + k, coef_p * exp_scalar(load_adjusted(row, args.adjust, k) - lse) -
+    store(out + k, coef_p * exp_scalar(load_adjusted(row, args.adjust, k) - max_logit) -
                        coef_v * (smooth_weight ? smooth_weight[k] : 1.0f));
   }
   store(out + target, target_grad);  // computed before the row was overwritten (out may alias row)
@@ -135,7 +135,7 @@ int64_t forward_rows(const CrossEntropyArgs& args, int64_t begin, int64_t end) {
     }
     args.losses[i] = loss;
     float* saved = args.row_terms + i * kRowTermCount;
-    saved[0] = terms.lse, saved[1] = terms.coef_p, saved[2] = terms.coef_y, saved[3] = terms.coef_v;
+    saved[0] = terms.max_logit, saved[1] = terms.coef_p, saved[2] = terms.coef_y, saved[3] = terms.coef_v;
     if (args.grad != nullptr) {  // inplace_backward: the gradient overwrites the logits row
       T* out = static_cast<T*>(args.grad) + i * config.num_classes;
       if (!ignored && in_range) {

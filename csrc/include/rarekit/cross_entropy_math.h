@@ -35,17 +35,21 @@ RAREKIT_HOST_DEVICE bool per_class_smoothing(const CrossEntropyConfig& config) {
   return config.has_weight && !config.target_weighted;
 }
 
-// What the backward needs of a row, saved by the forward (ignored rows: all zero).
+// What the backward needs of a row, saved by the forward (ignored rows: all zero). The gradient is
+// coef_p exp(z'_k - max_logit) - coef_v v'_k - [k = y] coef_y: coef_p holds the 1/Σ exp(z' - max)
+// of the softmax, so no lse that lost the low bits of large logits is ever subtracted.
 struct CrossEntropyRowTerms {
-  float lse, coef_p, coef_y, coef_v;
+  float max_logit, coef_p, coef_y, coef_v;
 };
 constexpr int kRowTermCount = 4;
 
-// The loss of one non-ignored row and its gradient coefficients.
-//   lse, target_logit = z'_y, smooth_sum_shifted = Σ_k v'_k (z'_k - shift), w_y = the target's weight.
-// The shift (any value near the logits) keeps Σ v'_k (lse - z'_k) accurate for large logits.
-RAREKIT_HOST_DEVICE float cross_entropy_row(const CrossEntropyConfig& config, float lse, float target_logit,
-                                            float smooth_sum_shifted, float shift, float w_y,
+// The loss of one non-ignored row and its gradient coefficients, from the row's max logit m (0 when
+// every logit is -inf) and log_sum = log Σ_k exp(z'_k - m), so lse = m + log_sum;
+// target_logit = z'_y, smooth_sum_shifted = Σ_k v'_k (z'_k - shift), w_y = the target's weight.
+// Differences are taken before adding m or the shift (any value near the logits), which keeps
+// lse - z'_y and Σ v'_k (lse - z'_k) accurate for large logits (±1e4), as torch's log_softmax is.
+RAREKIT_HOST_DEVICE float cross_entropy_row(const CrossEntropyConfig& config, float max_logit, float log_sum,
+                                            float target_logit, float smooth_sum_shifted, float shift, float w_y,
                                             CrossEntropyRowTerms* terms) {
   const float eps = config.label_smoothing;
   const float eps_per_class = eps / static_cast<float>(config.num_classes);
@@ -53,9 +57,10 @@ RAREKIT_HOST_DEVICE float cross_entropy_row(const CrossEntropyConfig& config, fl
   const float smooth_scale = config.target_weighted ? w_y : 1.0f;
   const float v_total = per_class_smoothing(config) ? config.weight_total
                                                      : smooth_scale * static_cast<float>(config.num_classes);
+  const float lse = max_logit + log_sum;
   // Σ_k v_k (lse - z'_k) = V (lse - shift) - s Σ_k v'_k (z'_k - shift)
-  const float smooth = v_total * (lse - shift) - smooth_scale * smooth_sum_shifted;
-  const float log_p_target = target_logit - lse;
+  const float smooth = v_total * ((max_logit - shift) + log_sum) - smooth_scale * smooth_sum_shifted;
+  const float log_p_target = (target_logit - max_logit) - log_sum;
   const float base = (eps > 0.0f ? u * -log_p_target + eps_per_class * smooth : u * -log_p_target);
   float focal = 1.0f, focal_slope = 0.0f;
   if (config.focal_gamma != 0.0f) {
@@ -67,8 +72,8 @@ RAREKIT_HOST_DEVICE float cross_entropy_row(const CrossEntropyConfig& config, fl
     focal_slope = one_minus_p > 0.0f ? config.focal_gamma * powf(one_minus_p, config.focal_gamma - 1.0f) * p_target : 0.0f;
   }
   const float z_term = config.z_loss * w_y;
-  terms->lse = lse;
-  terms->coef_p = focal * (u + eps_per_class * v_total) + base * focal_slope + 2.0f * z_term * lse;
+  terms->max_logit = max_logit;
+  terms->coef_p = (focal * (u + eps_per_class * v_total) + base * focal_slope + 2.0f * z_term * lse) * expf(-log_sum);
   terms->coef_y = focal * u + base * focal_slope;
   terms->coef_v = focal * eps_per_class * smooth_scale;
   return focal * base + z_term * lse * lse;

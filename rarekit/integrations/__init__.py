@@ -1,0 +1,1 @@
+"""Integrations of rarekit's losses with other libraries; each submodule imports its library lazily."""

@@ -8,8 +8,9 @@ with top_k=100:
 
 - rarekit.RareAugmenter("contextual"), batch_size 64, all texts in one call;
 - nlpaug ContextualWordEmbsAug, stock, one text per call: its fill-mask pipeline path
-  (use_custom_api=False), the path that works on transformers 5. It takes ~0.1-1 s per text, so it is
-  timed on the first STOCK_TEXTS texts and its time scaled to all of them;
+  (use_custom_api=False), the path that works on transformers 5. Each pipeline call (one per changed
+  word) starts a DataLoader worker process (nlpaug passes num_workers=1), so it takes ~0.1-1 s per
+  text: it is timed on the first STOCK_TEXTS texts and its time scaled to all of them;
 - nlpaug ContextualWordEmbsAug on rarekit's compatibility model (rarekit.augment.contextual_word_embs_aug),
   all texts in one call (nlpaug's own batching, one mask position per forward pass).
 """

@@ -98,12 +98,23 @@ def text_features(train: list[str], test: list[str]) -> tuple[np.ndarray, np.nda
     return tfidf(train_ids), tfidf(test_ids), vocabulary
 
 
-def augmented_texts(split: Split, seed: int, progress: bool) -> tuple[list[str], np.ndarray]:
-    from rarekit.augment import RareAugmenter, augment_minority
+def augmented_texts(split: Split, augmenter, seed: int, progress: bool) -> tuple[list[str], np.ndarray]:
+    from rarekit.augment import augment_minority
 
-    texts, labels = augment_minority(split.x_train, split.y_train.tolist(), "auto",
-                                     augmenter=RareAugmenter("random_swap", seed=seed), seed=seed, progress=progress)
+    texts, labels = augment_minority(split.x_train, split.y_train.tolist(), "auto", augmenter=augmenter, seed=seed,
+                                     progress=progress)
     return list(texts), np.asarray(labels, dtype=np.int64)
+
+
+def make_augmenter(method: str, mlm: str | None, seed: int, device: torch.device):
+    """``--augmenter`` (model-free by default); ``contextual`` fills masks with the ``--mlm`` model."""
+    from rarekit.augment import RareAugmenter
+
+    if method == "contextual":
+        if not mlm:
+            raise ValueError("--augmenter contextual needs --mlm PATH_OR_NAME (a masked LM folder or hub name)")
+        return RareAugmenter("contextual", model_path=mlm, device=device.type, seed=seed)
+    return RareAugmenter(method, seed=seed)
 
 
 # --- training and evaluation ---------------------------------------------------------------------
@@ -167,13 +178,14 @@ class Study:
     results: dict = field(default_factory=dict)
 
 
-def run_study(split: Split, text: bool, *, epochs: int, seed: int, device: torch.device, progress: bool) -> Study:
+def run_study(split: Split, text: bool, *, epochs: int, seed: int, device: torch.device, progress: bool,
+              augmenter=None) -> Study:
     study = Study(split)
     train_counts = np.bincount(split.y_train, minlength=len(split.class_names))
     for method in methods(text):
         x_train, y_train = split.x_train, split.y_train
         if method.augment:
-            x_train, y_train = augmented_texts(split, seed, progress)
+            x_train, y_train = augmented_texts(split, augmenter, seed, progress)
         if text:
             x_train, x_test, _ = text_features(x_train, split.x_test)
         else:
@@ -308,8 +320,9 @@ def run(args) -> int:
         if not args.text_col or not args.label_col:
             raise ValueError("--data with a text file needs --text-col and --label-col")
         datasets = [(load_table(args.data, args.text_col, args.label_col, seed=args.seed), True)]
-    studies = [run_study(split, text, epochs=args.epochs, seed=args.seed, device=device, progress=progress)
-               for split, text in datasets]
+    augmenter = make_augmenter(args.augmenter, args.mlm, args.seed, device) if any(text for _, text in datasets) else None
+    studies = [run_study(split, text, epochs=args.epochs, seed=args.seed, device=device, progress=progress,
+                         augmenter=augmenter) for split, text in datasets]
     if rank == 0:
         speed = kernel_speed(device)
         text = write_report(studies, speed, Path(args.out), time.perf_counter() - start)

@@ -439,7 +439,7 @@ class BalancedSampler(torch.utils.data.Sampler[int]):
             default_samples = self.resample_size
         else:
             self.buckets = None
-            self.weights = as_counts(weights, "weights").cpu().double()
+            self.weights = as_counts(weights, "weights").detach().cpu().double()
             self.cumulative = self.weights.cumsum(0)
             positive = self.weights.gt(0).nonzero()
             if positive.numel() == 0:

@@ -3,6 +3,7 @@
 #include <torch/extension.h>
 
 #include "rarekit/cpu_kernels.h"
+#include "rarekit/torch_utils.h"
 
 TORCH_LIBRARY(rarekit, m) {
   // Histogram of integer ids over [0, num_bins): int64 counts, or float sums of `weights`.
@@ -80,4 +81,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
              "the CPU kernel ISA in use");
   module.def("supported_cpu_isas", &supported_cpu_isas, "the CPU kernel ISAs this CPU can run");
   module.def("set_cpu_isa", &set_cpu_isa, "use the CPU kernels compiled for this ISA");
+  module.def("advise_huge_pages", &rarekit::advise_huge_pages,
+             "back a fresh, untouched CPU tensor with transparent huge pages (contents unchanged)");
 }

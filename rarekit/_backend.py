@@ -48,6 +48,14 @@ def native(device: torch.device) -> bool:
     return device.type == "cuda" and _build_flags().get("cuda") == "1"
 
 
+def advise_huge_pages(fresh: torch.Tensor) -> None:
+    """Asks Linux to back a fresh, not yet written CPU tensor with transparent huge pages, which spares
+    one page fault per 4 KiB when it is first written; contents are unchanged. A no-op without the
+    extension and off the CPU."""
+    if _C is not None and fresh.device.type == "cpu":
+        _C.advise_huge_pages(fresh)
+
+
 def backend_info() -> dict:
     """The path serving CPU and CUDA, the CPU kernel ISA, and the torch, CUDA and compiler versions."""
     flags = _build_flags()

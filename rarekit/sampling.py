@@ -18,7 +18,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from rarekit import ops
+from rarekit import _backend, ops
 from rarekit.counting import as_counts, as_ids, is_real_number
 from rarekit.reference import as_int64
 from rarekit.strategy import encode_labels, resolve_sampling_strategy, strategy_input
@@ -127,6 +127,7 @@ def resample(buckets: LabelBuckets, targets: dict, kind: str, replacement: bool,
     if kind == "over":  # one buffer: arange(n), then the draws written behind it
         per_class = [targets.get(label, 0) for label in buckets.labels]
         indices = torch.empty(n + sum(per_class), dtype=torch.int64, device=device)
+        _backend.advise_huge_pages(indices)
         torch.arange(n, out=indices[:n])
         ops.draw_from_buckets_into(buckets.order, buckets.offsets, bucket_draw_counts(buckets, per_class), seed, True,
                                    indices[n:])
@@ -438,7 +439,7 @@ class BalancedSampler(torch.utils.data.Sampler[int]):
             default_samples = self.resample_size
         else:
             self.buckets = None
-            self.weights = as_counts(weights, "weights").cpu().double()
+            self.weights = as_counts(weights, "weights").detach().cpu().double()
             self.cumulative = self.weights.cumsum(0)
             positive = self.weights.gt(0).nonzero()
             if positive.numel() == 0:

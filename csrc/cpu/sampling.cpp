@@ -89,6 +89,7 @@ std::tuple<at::Tensor, at::Tensor> class_buckets_cpu(const at::Tensor& codes, in
 
   // pass 2: each chunk scatters its positions, in order, behind its cursors
   at::Tensor order = at::empty({n}, codes.options().dtype(at::kLong));
+  advise_huge_pages(order);
   int64_t* order_data = order.mutable_data_ptr<int64_t>();
   RAREKIT_DISPATCH_ID_TYPES(flat.scalar_type(), "rarekit_class_buckets", [&] {
     const scalar_t* code = flat.const_data_ptr<scalar_t>();
@@ -173,7 +174,6 @@ void draw_from_buckets_into_cpu(const at::Tensor& order, const at::Tensor& offse
   const int64_t* counts_data = counts_c.const_data_ptr<int64_t>();
   const std::vector<int64_t> ends =
       checked_draw_ends(order_c, offsets_data, counts_data, counts_c.numel(), out.numel(), replacement);
-  advise_huge_pages(out);  // a fresh output of draws costs more in 4 KiB page faults than in draws
   int64_t* out_data = out.mutable_data_ptr<int64_t>();
   if (replacement) {
     draw_with_replacement(order_c.const_data_ptr<int64_t>(), offsets_data, ends, stream_base(seed), out.numel(),
@@ -188,6 +188,7 @@ at::Tensor draw_from_buckets_cpu(const at::Tensor& order, const at::Tensor& offs
                                  int64_t total, int64_t seed, bool replacement) {
   TORCH_CHECK_VALUE(total >= 0, "rarekit.draw_from_buckets: total must be >= 0, got ", total);
   at::Tensor out = at::empty({total}, order.options());
+  advise_huge_pages(out);  // a fresh output costs more in 4 KiB page faults than in draws
   draw_from_buckets_into_cpu(order, offsets, draw_counts, seed, replacement, out);
   return out;
 }

@@ -396,19 +396,22 @@ def _as_texts(texts, name: str = "texts") -> list[str]:
     return texts
 
 
-def _as_protect(protect) -> frozenset:
-    if protect is None:
-        return frozenset()
-    if isinstance(protect, str):
-        raise TypeError(f"protect must be a set of words, got one str (wrap it: {{{protect!r}}})")
+def _words(value, name: str) -> list[str]:
+    """``value`` as a list of stripped, non-empty strings; a lone str is refused (it is iterable)."""
+    if isinstance(value, str):
+        raise TypeError(f"{name} must be a collection of words, got one str (wrap it: {{{value!r}}})")
     try:
-        phrases = list(protect)
+        words = list(value)
     except TypeError as error:
-        raise TypeError(f"protect must be a set of words, got {type(protect).__name__}") from error
-    for phrase in phrases:
-        if not isinstance(phrase, str) or not phrase.strip():
-            raise ValueError(f"protect must hold non-empty strings, got {phrase!r}")
-    return frozenset(phrase.strip() for phrase in phrases)
+        raise TypeError(f"{name} must be a collection of words, got {type(value).__name__}") from error
+    for word in words:
+        if not isinstance(word, str) or not word.strip():
+            raise ValueError(f"{name} must hold non-empty strings, got {word!r}")
+    return [word.strip() for word in words]
+
+
+def _as_protect(protect) -> frozenset:
+    return frozenset() if protect is None else frozenset(_words(protect, "protect"))
 
 
 @contextlib.contextmanager
@@ -561,17 +564,8 @@ def augment_rare_tokens(texts, rare_tokens, n: int = 1, augmenter=None, *, seed:
 
 
 def _as_rare_tokens(rare_tokens) -> set[str]:
-    if isinstance(rare_tokens, str):
-        raise TypeError(f"rare_tokens must be a collection of words, got one str (wrap it: [{rare_tokens!r}])")
     if isinstance(rare_tokens, (torch.Tensor, np.ndarray)) and not (
             isinstance(rare_tokens, np.ndarray) and rare_tokens.dtype.kind in "UO"):
         raise TypeError("rare_tokens must be words, got an array of ids; map them to words first, e.g. "
                         "[vocab[i] for i in rarekit.rare_ids(counts, max_count=5).tolist()]")
-    try:
-        tokens = list(rare_tokens)
-    except TypeError as error:
-        raise TypeError(f"rare_tokens must be a collection of words, got {type(rare_tokens).__name__}") from error
-    for token in tokens:
-        if not isinstance(token, str) or not token.strip():
-            raise ValueError(f"rare_tokens must hold non-empty strings, got {token!r}")
-    return {token.strip().lower() for token in tokens}
+    return {token.lower() for token in _words(rare_tokens, "rare_tokens")}

@@ -100,6 +100,7 @@ def add_bench_command(commands) -> None:
     command.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     command.add_argument("--out", type=Path, metavar="DIR", help="folder for the JSON (default: benchmarks/out)")
     command.add_argument("--quick", action="store_true", help="small inputs, few repeats (a smoke test)")
+    command.add_argument("--repeat", type=positive_int, metavar="N", help="timed runs per case (default: each script's)")
     command.add_argument("--benchmarks", type=Path, metavar="DIR",
                          help="the benchmarks folder (default: the checkout's benchmarks/, or ./benchmarks)")
     command.set_defaults(run=run_bench)
@@ -119,7 +120,9 @@ def run_bench(args: argparse.Namespace) -> int:
 
     folder = benchmarks_folder(args.benchmarks)
     out = (args.out or folder / "out").resolve()
-    extra = ["--quick", "--repeat", "3"] if args.quick else []
+    extra = ["--quick"] if args.quick else []
+    repeat = args.repeat or (3 if args.quick else None)
+    extra += ["--repeat", str(repeat)] if repeat else []
     failed = []
     for script in sorted(folder.glob("bench_*.py")):
         print(f"== {script.name} ({args.device})", flush=True)

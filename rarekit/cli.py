@@ -26,6 +26,7 @@ FORMATS = ("npy", "bin", "txt")
 BIN_DTYPES = ("uint16", "uint32")
 CHUNK_IDS = 1 << 22  # ids per rarekit.count call: files of any size are read a chunk at a time
 PROGRESS_MIN_BYTES = 1 << 26  # inputs of 64 MiB and more show a progress bar
+MAX_AUTO_BINS = 1 << 31  # without --vocab-size, larger ids are taken for corrupt data
 TOP_IDS = 10  # the most frequent ids listed in the summary
 DEMO_RARE_MAX_COUNT = 2  # the demo corpus is a few KB: rare = seen once or twice
 
@@ -221,6 +222,9 @@ def count_files(paths: list[Path], file_format: str, vocab_size: int | None,
             try:
                 for ids, n_bytes in chunks:
                     num_bins = vocab_size if vocab_size is not None else max(max_id(ids) + 1, counts.numel())
+                    if num_bins > MAX_AUTO_BINS:
+                        raise ValueError(f"the largest id is {num_bins - 1}: pass --vocab-size V to count ids in "
+                                         f"[0, V) and drop the others")
                     chunk_counts = count(ids, num_bins, check=False)
                     chunk_counts[:counts.numel()] += counts
                     counts = chunk_counts
@@ -247,6 +251,8 @@ def id_chunks(path: Path, file_format: str, dtype: str):
         ids = np.memmap(path, dtype=dtype, mode="r") if size else np.empty(0, dtype=dtype)
     for start in range(0, ids.size, CHUNK_IDS):
         chunk = ids[start:start + CHUNK_IDS]
+        if chunk.dtype == np.uint64 and chunk.size and chunk.max() > np.iinfo(np.int64).max:
+            raise ValueError(f"id {int(chunk.max())} does not fit in int64")
         yield torch.from_numpy(chunk.astype(np.int64)), chunk.nbytes
 
 

@@ -51,6 +51,7 @@ def count(ids, num_bins: int | None = None, *, ignore_index: int | None = None,
         not depend on the thread count.
     """
     ids = as_ids(ids)
+    ignore_index = checked_ignore_index(ignore_index)
     if weights is not None:
         if not isinstance(weights, torch.Tensor) or not weights.is_floating_point():
             raise TypeError(f"weights must be a floating-point tensor, got "
@@ -92,6 +93,13 @@ def as_counts(counts, name: str = "counts") -> torch.Tensor:
         position = int(invalid.nonzero()[0, 0])
         raise ValueError(f"{name} must be finite and non-negative, got {name}[{position}] = {counts[position].item()}")
     return counts
+
+
+def checked_ignore_index(ignore_index) -> int | None:
+    """``ignore_index`` as an int, or None; anything else raises TypeError naming it."""
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)):
+        raise TypeError(f"ignore_index must be an integer or None, got {ignore_index!r}")
+    return None if ignore_index is None else int(ignore_index)
 
 
 def is_real_number(value) -> bool:
@@ -163,11 +171,8 @@ class TokenCounter:
     def __init__(self, num_bins: int, *, ignore_index: int | None = -100, device=None):
         if isinstance(num_bins, bool) or not isinstance(num_bins, (int, np.integer)) or num_bins < 1:
             raise ValueError(f"num_bins must be a positive integer, got {num_bins!r}")
-        if ignore_index is not None and (isinstance(ignore_index, bool)
-                                         or not isinstance(ignore_index, (int, np.integer))):
-            raise TypeError(f"ignore_index must be an integer or None, got {ignore_index!r}")
         self.num_bins = int(num_bins)
-        self.ignore_index = None if ignore_index is None else int(ignore_index)
+        self.ignore_index = checked_ignore_index(ignore_index)
         self._counts = torch.zeros(self.num_bins, dtype=torch.int64, device=device)
 
     @property

@@ -6,10 +6,13 @@ inplace backward. The modules are thin wrappers around it.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from rarekit import ops
+from rarekit.counting import as_counts, checked_ignore_index, is_real_number
 
 REDUCTIONS = ("mean", "sum", "none")
 SMOOTHING_MODES = ("pytorch", "target_weighted")
@@ -84,11 +87,20 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
         raise ValueError(f"smoothing_mode must be one of {SMOOTHING_MODES}, got {smoothing_mode!r}")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
-    if focal_gamma < 0 or z_loss < 0:
-        raise ValueError(f"focal_gamma and z_loss must be >= 0, got focal_gamma={focal_gamma}, z_loss={z_loss}")
+    if not (math.isfinite(focal_gamma) and math.isfinite(z_loss)) or focal_gamma < 0 or z_loss < 0:
+        raise ValueError(f"focal_gamma and z_loss must be finite and >= 0, got focal_gamma={focal_gamma}, "
+                         f"z_loss={z_loss}")
+    ignore_index = checked_ignore_index(ignore_index)
+    if ignore_index is None:
+        raise TypeError("ignore_index must be an integer, got None")
     if logits.dim() == 0:
         raise ValueError("logits must have a class dimension, got a scalar")
+    if target.device != logits.device:
+        raise ValueError(f"target is on {target.device} but logits are on {logits.device}")
     if target.is_floating_point():
+        if smoothing_mode != "pytorch":
+            raise ValueError(f"smoothing_mode={smoothing_mode!r} needs class-index targets; probability targets "
+                             "follow torch's smoothing")
         return _soft_target_cross_entropy(logits, target, weight, reduction, label_smoothing,
                                           focal_gamma, logit_adjustment, z_loss, inplace_backward)
     if target.dtype == torch.bool:
@@ -96,7 +108,7 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
     rows_logits, rows_target, none_shape = _rows_view(logits, target)
     weight = _class_vector(weight, "weight", rows_logits)
     logit_adjustment = _class_vector(logit_adjustment, "logit_adjustment", rows_logits)
-    config = (int(ignore_index), float(label_smoothing), smoothing_mode == "target_weighted",
+    config = (ignore_index, float(label_smoothing), smoothing_mode == "target_weighted",
               float(focal_gamma), float(z_loss))
     divisor = None
     if reduction == "mean":  # Σ w_y over the non-ignored targets, kept on the device
@@ -181,9 +193,9 @@ class FocalLoss(CrossEntropyLoss):
 
 def log_prior(class_counts) -> torch.Tensor:
     """log π_k = log(n_k / Σ n); classes never seen count as 1, so the offset stays finite."""
-    counts = torch.as_tensor(class_counts, dtype=torch.float64)
-    if counts.dim() != 1 or counts.numel() == 0 or bool((counts < 0).any()):
-        raise ValueError(f"class_counts must be a non-empty 1-D sequence of non-negative counts, got {class_counts!r}")
+    counts = as_counts(class_counts, "class_counts").double().cpu()
+    if counts.numel() == 0:
+        raise ValueError("class_counts must hold one count per class, got an empty sequence")
     counts = counts.clamp(min=1)
     return (counts / counts.sum()).log().float()
 
@@ -193,6 +205,8 @@ class LogitAdjustedLoss(CrossEntropyLoss):
     adjustment"); τ = 1 is Balanced Softmax (Ren et al. 2020). π is the training class prior."""
 
     def __init__(self, class_counts, tau: float = 1.0, weight: torch.Tensor | None = None, **kwargs):
+        if not is_real_number(tau) or not math.isfinite(tau):
+            raise ValueError(f"tau must be a finite number, got {tau!r}")
         super().__init__(weight, logit_adjustment=tau * log_prior(class_counts), **kwargs)
         self.tau = tau
 

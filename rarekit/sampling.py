@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from rarekit import _backend, ops
-from rarekit.counting import as_counts, as_ids, is_real_number
+from rarekit.counting import as_counts, as_ids, checked_ignore_index, is_real_number
 from rarekit.reference import as_int64
 from rarekit.strategy import encode_labels, resolve_sampling_strategy, strategy_input
 
@@ -476,8 +476,12 @@ class BalancedSampler(torch.utils.data.Sampler[int]):
         self.epoch = _non_negative_int(epoch, "epoch")
 
     def _seed(self, *words: int) -> int:
-        """A 64-bit seed derived from (seed, epoch, *words) (numpy's SeedSequence hash)."""
-        state = np.random.SeedSequence([self.seed, self.epoch, *words]).generate_state(1, np.uint64)[0]
+        """A 64-bit seed derived from (seed, epoch, *words) (numpy's SeedSequence hash). Every value is
+        split into two fixed 32-bit words behind a length word, so distinct tuples never hash the same
+        word list (SeedSequence pads short lists with zeros)."""
+        values = (self.seed, self.epoch, *words)
+        fixed = [len(values)] + [part for value in values for part in (value & 0xFFFFFFFF, value >> 32)]
+        state = np.random.SeedSequence(fixed).generate_state(1, np.uint64)[0]
         return as_int64(int(state))
 
     def epoch_indices(self) -> torch.Tensor:
@@ -536,8 +540,7 @@ def sequence_weights(sequences, counts, *, rule: str = "rarest", ignore_index: i
     """
     if rule not in SEQUENCE_RULES:
         raise ValueError(f"rule must be one of {SEQUENCE_RULES}, got {rule!r}")
-    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)):
-        raise TypeError(f"ignore_index must be an integer or None, got {ignore_index!r}")
+    ignore_index = checked_ignore_index(ignore_index)
     tokens, sequence_of_token, num_sequences = _flat_tokens(sequences)
     counts = as_counts(counts).to(tokens.device).double()
     if ignore_index is not None:

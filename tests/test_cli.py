@@ -189,3 +189,13 @@ def test_python_m_rarekit(tmp_path):
                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "total" in result.stdout and (tmp_path / "c" / "counts.npy").exists()
+
+
+def test_huge_ids_without_vocab_size_ask_for_it(tmp_path, capsys):
+    path = tmp_path / "ids.npy"
+    np.save(path, np.array([1, 2, 2**40], dtype=np.int64))
+    assert cli.main(["count", str(path), "--out", str(tmp_path / "out")]) == 1
+    assert "--vocab-size" in capsys.readouterr().err
+    np.save(path, np.array([1, 2**63 + 5], dtype=np.uint64))
+    assert cli.main(["count", str(path), "--out", str(tmp_path / "out")]) == 1
+    assert "does not fit in int64" in capsys.readouterr().err

@@ -200,3 +200,9 @@ def test_compiles_without_graph_breaks(device, gen):
     counts, mass = compiled(ids, weights)
     assert torch.equal(counts.cpu(), 2 * bincount(ids, 30))
     torch.testing.assert_close(mass, weights.sum())
+
+
+@pytest.mark.parametrize("ignore_index", ["pad", 1.5, True])
+def test_bad_ignore_index(ignore_index):
+    with pytest.raises(TypeError, match="ignore_index must be an integer"):
+        rarekit.count(torch.tensor([0, 1]), 2, ignore_index=ignore_index)

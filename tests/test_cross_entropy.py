@@ -903,3 +903,29 @@ def test_forced_reference_path_matches(gen, reduction):
     for (ours, ours_grad), (expected, expected_grad) in zip(forced, native):
         close(ours, expected)
         close(ours_grad, expected_grad)
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(ignore_index=1.7), TypeError, "ignore_index must be an integer"),
+    (dict(ignore_index=None), TypeError, "ignore_index must be an integer"),
+    (dict(focal_gamma=float("nan")), ValueError, "focal_gamma=nan"),
+    (dict(z_loss=float("inf")), ValueError, "z_loss=inf"),
+])
+def test_bad_hyperparameters_raise(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        rarekit.cross_entropy(torch.randn(4, 3), torch.tensor([0, 1, 2, 1]), **kwargs)
+
+
+def test_probability_targets_refuse_target_weighted_smoothing():
+    with pytest.raises(ValueError, match="smoothing_mode='target_weighted'"):
+        rarekit.cross_entropy(torch.randn(4, 3), torch.softmax(torch.randn(4, 3), 1), label_smoothing=0.1,
+                              smoothing_mode="target_weighted")
+
+
+@pytest.mark.parametrize("counts,match", [([1.0, float("nan"), 3.0], "finite"), ([], "one count per class"),
+                                          ([2, -1], "non-negative")])
+def test_logit_adjusted_loss_checks_counts(counts, match):
+    with pytest.raises(ValueError, match=match):
+        rarekit.LogitAdjustedLoss(counts)
+    with pytest.raises(ValueError, match="tau"):
+        rarekit.LogitAdjustedLoss([3, 1], tau=float("nan"))

@@ -398,14 +398,9 @@ def _as_texts(texts, name: str = "texts") -> list[str]:
 
 def _words(value, name: str) -> list[str]:
     """``value`` as a list of stripped, non-empty strings; a lone str is refused (it is iterable)."""
-    if isinstance(value, str):
-        raise TypeError(f"{name} must be a collection of words, got one str (wrap it: {{{value!r}}})")
-    try:
-        words = list(value)
-    except TypeError as error:
-        raise TypeError(f"{name} must be a collection of words, got {type(value).__name__}") from error
+    words = _as_texts(value, name)
     for word in words:
-        if not isinstance(word, str) or not word.strip():
+        if not word.strip():
             raise ValueError(f"{name} must hold non-empty strings, got {word!r}")
     return [word.strip() for word in words]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from rarekit import _backend, reference
+from rarekit.ops._checks import first_out_of_range
 
 if _backend._C is not None:
     @torch.library.register_fake("rarekit::count")
@@ -35,16 +36,13 @@ if _backend._C is not None:
 
 def _raise_first_out_of_range(ids: torch.Tensor, num_bins: int, ignore_index: int | None) -> None:
     """The reference path's check, with the compiled kernels' message (one host sync)."""
-    flat = ids.reshape(-1).long()
-    bad = (flat < 0) | (flat >= num_bins)
-    if ignore_index is not None:
-        bad &= flat != ignore_index
-    if bool(bad.any()):
-        position = int(bad.nonzero()[0, 0])
+    found = first_out_of_range(ids, num_bins, ignore_index)
+    if found is not None:
+        position, value = found
         raise ValueError(
             f"rarekit.count: ids must lie in [0, num_bins={num_bins})"
             f"{' or equal ignore_index' if ignore_index is not None else ''}; found ids[{position}] = "
-            f"{int(flat[position])} (pass check=False to drop such ids)")
+            f"{value} (pass check=False to drop such ids)")
 
 
 def count(ids: torch.Tensor, num_bins: int, ignore_index: int | None, weights: torch.Tensor | None,

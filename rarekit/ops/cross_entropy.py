@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from rarekit import _backend, reference
+from rarekit.ops._checks import first_out_of_range
 
 
 class _NoSecondDerivative(torch.autograd.Function):
@@ -60,10 +61,10 @@ if _backend._C is not None:
 
 def _raise_first_out_of_range(target: torch.Tensor, classes: int, ignore_index: int) -> None:
     """The reference path's target check, with the compiled kernels' message (one host sync)."""
-    bad = ((target < 0) | (target >= classes)) & (target != ignore_index)
-    if bool(bad.any()):
-        row = int(bad.nonzero()[0, 0])
-        raise IndexError(f"rarekit.cross_entropy: target[{row}] = {int(target[row])} is out of range for {classes} "
+    found = first_out_of_range(target, classes, ignore_index)
+    if found is not None:
+        row, value = found
+        raise IndexError(f"rarekit.cross_entropy: target[{row}] = {value} is out of range for {classes} "
                          f"classes (and is not ignore_index={ignore_index})")
 
 

@@ -106,6 +106,15 @@ def augmented_texts(split: Split, augmenter, seed: int, progress: bool) -> tuple
     return list(texts), np.asarray(labels, dtype=np.int64)
 
 
+def rare_class_example(split: Split, augmenter) -> dict:
+    """Two augmented variants of the first training text of the rarest class, for the report."""
+    counts = np.bincount(split.y_train, minlength=len(split.class_names))
+    rarest = int(np.argmin(np.where(counts > 0, counts, counts.max() + 1)))
+    original = split.x_train[int(np.flatnonzero(split.y_train == rarest)[0])]
+    return {"class": split.class_names[rarest], "training_samples": int(counts[rarest]), "original": original,
+            "variants": augmenter.augment([original], n=2)[0]}
+
+
 def make_augmenter(method: str, mlm: str | None, seed: int, device: torch.device):
     """``--augmenter`` (model-free by default); ``contextual`` fills masks with the ``--mlm`` model."""
     from rarekit.augment import RareAugmenter
@@ -189,6 +198,7 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, train_counts: np.nd
 class Study:
     split: Split
     results: dict = field(default_factory=dict)
+    augmentation_example: dict | None = None  # a text of the rarest class and its augmented variants
 
 
 def run_study(split: Split, text: bool, *, epochs: int, seed: int, device: torch.device, progress: bool,
@@ -199,6 +209,7 @@ def run_study(split: Split, text: bool, *, epochs: int, seed: int, device: torch
         x_train, y_train = split.x_train, split.y_train
         if method.augment:
             x_train, y_train = augmented_texts(split, augmenter, seed, progress)
+            study.augmentation_example = rare_class_example(split, augmenter)
         if text:
             x_train, x_test, _ = text_features(x_train, split.x_test)
         else:
@@ -311,7 +322,14 @@ def write_report(studies: list[Study], speed: dict, out: Path, total_seconds: fl
                   f"imbalance {info['imbalance_ratio']:.0f}:1 in training.", ""] + table(study.results) + [
                   "", "Does rarekit beat plain CE on the rare classes?", ""] + verdict(study.results) + [
                   "", f"![per-class recall]({recall_png})", f"![label frequencies]({freq_png})", ""]
-        payload["studies"].append({"data": info, "results": study.results, "class_names": study.split.class_names})
+        example = study.augmentation_example
+        if example:
+            lines += [f"augment_minority on the rarest class, {example['class']!r} ({example['training_samples']} "
+                      "training texts): an original and two of its variants", "",
+                      f"- original: {example['original'][:200]}"] + [
+                      f"- variant: {variant[:200]}" for variant in example["variants"]] + [""]
+        payload["studies"].append({"data": info, "results": study.results, "class_names": study.split.class_names,
+                                   "augmentation_example": example})
     lines += ["## Kernel speed on this machine", "", "| job | rarekit (ms) | torch (ms) | speed-up |", "|---|---:|---:|---:|"]
     for job, figures in speed.items():
         torch_ms = figures.get("torch", figures.get("torch.bincount"))
@@ -344,6 +362,10 @@ def run(args) -> int:
         for study in studies:
             print(f"\n{study.split.name}")
             print("\n".join(table(study.results)))
+            if study.augmentation_example:
+                example = study.augmentation_example
+                print(f"augmented rare class {example['class']!r}: {example['original'][:80]!r} -> "
+                      f"{example['variants'][0][:80]!r}")
         print(f"\nkernel speed: " + "; ".join(f"{job}: {f['speed-up']:.2f}x" for job, f in speed.items()))
         print(f"report: {Path(args.out) / 'report.md'} ({len(text.splitlines())} lines), results.json and plots in {args.out}")
     if args.ddp:

@@ -141,3 +141,14 @@ def test_torchrun_ddp(tmp_path):
     (study,) = json.loads((tmp_path / "out" / "results.json").read_text())["studies"]
     assert study["data"]["train_counts"] == {"music": 6, "sports": 12, "weather": 30}
     assert "balanced sampler" in study["results"]
+
+
+def test_report_shows_augmented_rare_class_text(tmp_path):
+    data = write_csv(tmp_path / "reviews.csv", {"weather": 40, "sports": 16, "music": 8})
+    assert run_demo("--data", data, "--text-col", "text", "--label-col", "label", "--out", tmp_path / "out") == 0
+    (study,) = json.loads((tmp_path / "out" / "results.json").read_text())["studies"]
+    example = study["augmentation_example"]
+    assert example["class"] == "music" and len(example["variants"]) == 2
+    assert all(variant != example["original"] for variant in example["variants"])
+    assert set(" ".join(example["variants"]).split()) <= set(WORDS["music"].split())  # random_swap reorders words
+    assert "augment_minority on the rarest class, 'music'" in (tmp_path / "out" / "report.md").read_text()

@@ -79,6 +79,20 @@ def make_probe(gen, reduction, shape, device):
     return torch.randn(shape if reduction == "none" else (), generator=gen).to(device)
 
 
+def check_smoothed_weighted_against_torch(gen, values, target, weight, reduction, torch_values, torch_target,
+                                          dtype=torch.float32):
+    """rarekit on (values, target) against torch on (torch_values, torch_target): loss, its dtype, gradient."""
+    probe = make_probe(gen, reduction, tuple(target.shape), values.device)
+    kwargs = dict(reduction=reduction, label_smoothing=0.1)
+    loss, grad = loss_and_grad(lambda x: rarekit.cross_entropy(x, target, weight, **kwargs), values,
+                               lambda x: x, probe)
+    expected, expected_grad = loss_and_grad(lambda x: F.cross_entropy(x, torch_target, weight, **kwargs),
+                                            torch_values, lambda x: x, probe)
+    assert loss.dtype == dtype
+    close(loss, expected, dtype)
+    close(grad, expected_grad, dtype)
+
+
 # ----------------------------------------------------------------------------------------------
 # exact parity with torch.nn.functional.cross_entropy
 
@@ -173,14 +187,7 @@ def test_many_rows_across_threads(device, gen):
     weight = torch.rand(24, generator=gen).to(device) + 0.1
     target, _ = random_targets(gen, (30000,), 24, "present", torch.int64, device)
     for reduction in REDUCTIONS:
-        probe = make_probe(gen, reduction, (30000,), device)
-        kwargs = dict(reduction=reduction, label_smoothing=0.1)
-        loss, grad = loss_and_grad(lambda x: rarekit.cross_entropy(x, target, weight, **kwargs), values,
-                                   lambda x: x, probe)
-        expected, expected_grad = loss_and_grad(lambda x: F.cross_entropy(x, target, weight, **kwargs), values,
-                                                lambda x: x, probe)
-        close(loss, expected)
-        close(grad, expected_grad)
+        check_smoothed_weighted_against_torch(gen, values, target, weight, reduction, values, target)
     bad = target.clone()
     bad[25001], bad[12000], bad[29999] = 24, 77, -5
     with pytest.raises(IndexError, match=r"target\[12000\] = 77\b"):
@@ -246,15 +253,8 @@ def test_half_logits_with_float32_weight(device, gen, dtype):
     weight = torch.rand(300, generator=gen).to(device) + 0.1  # not representable in half
     target, _ = random_targets(gen, (40,), 300, "present", torch.int32, device)
     for reduction in REDUCTIONS:
-        probe = make_probe(gen, reduction, (40,), device)
-        kwargs = dict(reduction=reduction, label_smoothing=0.1)
-        loss, grad = loss_and_grad(lambda x: rarekit.cross_entropy(x, target, weight, **kwargs), values,
-                                   lambda x: x, probe)
-        expected, expected_grad = loss_and_grad(lambda x: F.cross_entropy(x, target.long(), weight, **kwargs),
-                                                values.float(), lambda x: x, probe)
-        assert loss.dtype == dtype
-        close(loss, expected, dtype)
-        close(grad, expected_grad, dtype)
+        check_smoothed_weighted_against_torch(gen, values, target, weight, reduction, values.float(), target.long(),
+                                              dtype)
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)

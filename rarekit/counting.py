@@ -63,7 +63,7 @@ def count(ids, num_bins: int | None = None, *, ignore_index: int | None = None,
             raise ValueError(f"weights must be on the device of ids ({ids.device}), got {weights.device}")
     if num_bins is None:
         num_bins = max_id(ids, ignore_index) + 1
-    elif isinstance(num_bins, bool) or not isinstance(num_bins, (int, np.integer)) or num_bins < 0:
+    elif not is_integer(num_bins) or num_bins < 0:
         raise ValueError(f"num_bins must be a non-negative integer or None, got {num_bins!r}")
     return ops.count(ids, int(num_bins), ignore_index, weights, check)
 
@@ -97,9 +97,14 @@ def as_counts(counts, name: str = "counts") -> torch.Tensor:
 
 def checked_ignore_index(ignore_index) -> int | None:
     """``ignore_index`` as an int, or None; anything else raises TypeError naming it."""
-    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)):
+    if ignore_index is not None and not is_integer(ignore_index):
         raise TypeError(f"ignore_index must be an integer or None, got {ignore_index!r}")
     return None if ignore_index is None else int(ignore_index)
+
+
+def is_integer(value) -> bool:
+    """True for Python and numpy ints, False for bools and the rest."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def is_real_number(value) -> bool:
@@ -133,7 +138,7 @@ def rare_ids(counts, *, min_count: float | None = None, max_count: float | None 
         raise ValueError(f"min_count ({min_count!r}) must not exceed max_count ({max_count!r})")
     if quantile is not None and (not is_real_number(quantile) or not 0 <= quantile <= 1):
         raise ValueError(f"quantile must be a number in [0, 1], got {quantile!r}")
-    if bottom_k is not None and (isinstance(bottom_k, bool) or not isinstance(bottom_k, numbers.Integral)
+    if bottom_k is not None and (not is_integer(bottom_k)
                                  or bottom_k < 0):
         raise ValueError(f"bottom_k must be a non-negative integer, got {bottom_k!r}")
 
@@ -169,7 +174,7 @@ class TokenCounter:
     """
 
     def __init__(self, num_bins: int, *, ignore_index: int | None = -100, device=None):
-        if isinstance(num_bins, bool) or not isinstance(num_bins, (int, np.integer)) or num_bins < 1:
+        if not is_integer(num_bins) or num_bins < 1:
             raise ValueError(f"num_bins must be a positive integer, got {num_bins!r}")
         self.num_bins = int(num_bins)
         self.ignore_index = checked_ignore_index(ignore_index)

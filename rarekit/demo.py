@@ -366,7 +366,7 @@ def run(args) -> int:
                 example = study.augmentation_example
                 print(f"augmented rare class {example['class']!r}: {example['original'][:80]!r} -> "
                       f"{example['variants'][0][:80]!r}")
-        print(f"\nkernel speed: " + "; ".join(f"{job}: {f['speed-up']:.2f}x" for job, f in speed.items()))
+        print("\nkernel speed: " + "; ".join(f"{job}: {f['speed-up']:.2f}x" for job, f in speed.items()))
         print(f"report: {Path(args.out) / 'report.md'} ({len(text.splitlines())} lines), results.json and plots in {args.out}")
     if args.ddp:
         dist.barrier()

@@ -10,7 +10,6 @@ on the host; no Python loop touches the samples. Only indices are computed; the 
 from __future__ import annotations
 
 import math
-import numbers
 import sys
 from collections.abc import Callable, Mapping
 from typing import NamedTuple
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 from rarekit import _backend, ops
-from rarekit.counting import as_counts, as_ids, checked_ignore_index, is_real_number
+from rarekit.counting import as_counts, as_ids, checked_ignore_index, is_integer, is_real_number
 from rarekit.reference import as_int64
 from rarekit.strategy import encode_labels, resolve_sampling_strategy, strategy_input
 
@@ -76,7 +75,7 @@ def resolve_seed(seed: int | None = None, generator: torch.Generator | None = No
     if seed is not None and generator is not None:
         raise ValueError(f"give seed or generator, not both (got seed={seed!r} and a generator)")
     if seed is not None:
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        if not is_integer(seed):
             raise TypeError(f"seed must be an integer or None, got {seed!r}")
         return as_int64(int(seed))
     if generator is not None and not isinstance(generator, torch.Generator):
@@ -88,7 +87,7 @@ def resolve_seed(seed: int | None = None, generator: torch.Generator | None = No
 def seed_from_random_state(random_state) -> int:
     """The kernels' seed from a scikit-learn style ``random_state``: None (a fresh seed from torch's
     default generator), an int, a ``numpy.random.RandomState`` or ``Generator``, or a ``torch.Generator``."""
-    if random_state is None or isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+    if random_state is None or is_integer(random_state):
         return resolve_seed(random_state)
     if isinstance(random_state, torch.Generator):
         return resolve_seed(generator=random_state)
@@ -385,7 +384,7 @@ class RandomUnderSampler:
 # --- the PyTorch data sampler -----------------------------------------------------------------------
 
 def _non_negative_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+    if not is_integer(value) or value < 0:
         raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
     return int(value)
 
@@ -465,9 +464,9 @@ class BalancedSampler(torch.utils.data.Sampler[int]):
             num_replicas = torch.distributed.get_world_size() if distributed else 1
         if rank is None:
             rank = torch.distributed.get_rank() if distributed else 0
-        if isinstance(num_replicas, bool) or not isinstance(num_replicas, numbers.Integral) or num_replicas < 1:
+        if not is_integer(num_replicas) or num_replicas < 1:
             raise ValueError(f"num_replicas must be a positive integer, got {num_replicas!r}")
-        if isinstance(rank, bool) or not isinstance(rank, numbers.Integral) or not 0 <= rank < num_replicas:
+        if not is_integer(rank) or not 0 <= rank < num_replicas:
             raise ValueError(f"rank must be an integer in [0, num_replicas={num_replicas}), got {rank!r}")
         return int(num_replicas), int(rank)
 

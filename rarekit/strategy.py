@@ -18,14 +18,13 @@ the minority the first of smallest count, as in imbalanced-learn.
 """
 from __future__ import annotations
 
-import numbers
 from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from rarekit.counting import as_ids, is_real_number
+from rarekit.counting import as_ids, is_integer, is_real_number
 
 KINDS = ("over", "under")
 STRING_FORMS = ("auto", "minority", "majority", "not minority", "not majority", "all")
@@ -144,7 +143,7 @@ def _resolve_counts(requested: Mapping, counts: dict, over: bool) -> dict:
         if label not in requested:
             continue
         wanted = requested[label]
-        if isinstance(wanted, bool) or not isinstance(wanted, numbers.Integral):
+        if not is_integer(wanted):
             raise ValueError(f"sampling_strategy[{label!r}] must be an integer count, got {wanted!r}")
         if wanted < 0:
             raise ValueError(f"sampling_strategy[{label!r}] must be >= 0, got {wanted}")

@@ -26,18 +26,25 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+WARMUP_SECONDS = 1.0
+
+
 def median_seconds(fn, device: torch.device, repeat: int, warmup: int = 2) -> float:
-    """Median wall time of fn() over `repeat` runs, after `warmup` untimed runs."""
+    """Median wall time of fn() over `repeat` runs, after the untimed warm-up runs (see below)."""
     return median_seconds_interleaved({"fn": fn}, device, repeat, warmup)["fn"]
 
 
 def median_seconds_interleaved(fns: dict, device: torch.device, repeat: int, warmup: int = 2) -> dict:
     """Median wall time of each fn, timed in turn (round-robin), so that a slow phase of a noisy
-    machine (another process, the kernel settling the memory in) weighs on every peer alike."""
-    for _ in range(warmup):
+    machine (another process, the kernel settling the memory in) weighs on every peer alike. Untimed
+    warm-up rounds come first: `warmup` of them, and more until WARMUP_SECONDS have passed (the first
+    half second after a large allocation runs slow on the 2-core VM)."""
+    start, rounds = time.perf_counter(), 0
+    while rounds < warmup or time.perf_counter() - start < WARMUP_SECONDS:
         for fn in fns.values():
             fn()
-    sync(device)
+        sync(device)
+        rounds += 1
     times = {name: [] for name in fns}
     for _ in range(repeat):
         for name, fn in fns.items():

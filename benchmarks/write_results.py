@@ -47,7 +47,7 @@ def main() -> None:
     lines = ["# Benchmark results", "",
              "Written by `benchmarks/write_results.py` from the JSON of `benchmarks/bench_*.py`. Every ratio "
              "compares contenders measured in the same run on the same machine (medians of repeated runs, "
-             "count, cross-entropy and sampling time their contenders round-robin).", ""]
+             "count times its contenders round-robin).", ""]
     for result in results:
         lines += job_section(result)
     with open(args.output, "w") as handle:

@@ -111,6 +111,25 @@ def test_out_of_range_raises_value_error_naming_the_value(device):
         rarekit.count(torch.tensor([-1, 0], device=device), 3)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_many_tasks_of_ids(gen, threads):
+    """More ids than one CPU task takes (2^20): every task is counted once, on any thread count, and
+    the first bad id is named even when it lies in a late task."""
+    ids = torch.randint(0, 5000, (3_000_017,), generator=gen)
+    ids[2_900_000] = 5000
+    ids[2_950_000] = -7
+    kept = ids[(ids >= 0) & (ids < 5000)]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        counts = rarekit.count(ids, 5000, check=False)
+        with pytest.raises(ValueError, match=r"ids\[2900000\] = 5000"):
+            rarekit.count(ids, 5000)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(counts, torch.bincount(kept, minlength=5000))
+
+
 def test_check_false_drops_bad_ids_without_writing_out_of_bounds(device):
     ids = torch.tensor([0, 1, 2**40, -(2**40), 4, 5, 1], device=device)
     counts = rarekit.count(ids, 5, check=False)

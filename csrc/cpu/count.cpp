@@ -3,12 +3,12 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
 #include <vector>
 
 #include "rarekit/count_math.h"
 #include "rarekit/cpu_histogram.h"
 #include "rarekit/cpu_kernels.h"
+#include "rarekit/cpu_parallel.h"
 #include "rarekit/torch_utils.h"
 
 namespace rarekit {
@@ -30,9 +30,7 @@ namespace {
 
 // Each int32 private slot sees fewer than this many ids between merges.
 constexpr int64_t kMergeEvery = int64_t{1} << 30;
-// Ids per task. Threads take tasks from a shared counter, so a thread that runs slower (another
-// process on its core, a noisy VM, an efficiency core) counts fewer of them instead of holding up
-// the others.
+// Ids per task of parallel_tasks.
 constexpr int64_t kIdsPerTask = int64_t{1} << 20;
 
 // Returns the number of out-of-range ids.
@@ -48,16 +46,10 @@ int64_t histogram_into(const at::Tensor& flat, int64_t num_bins, std::optional<i
   std::vector<int64_t> out_of_range(threads, 0);
   for (int64_t start = 0; start < n; start += kMergeEvery) {
     const int64_t len = std::min(kMergeEvery, n - start);
-    const int64_t tasks = (len + kIdsPerTask - 1) / kIdsPerTask;
-    std::atomic<int64_t> next_task{0};
-    at::parallel_for(0, threads, 1, [&](int64_t first, int64_t last) {
-      for (int64_t t = first; t < last; ++t) {
-        for (int64_t task; (task = next_task.fetch_add(1, std::memory_order_relaxed)) < tasks;) {
-          const int64_t lo = start + task * kIdsPerTask, hi = std::min(start + len, lo + kIdsPerTask);
-          out_of_range[t] += histogram(base + lo * item, hi - lo, num_bins, ignore_index.has_value(),
-                                       ignore_index.value_or(0), hist_data + t * num_bins);
-        }
-      }
+    parallel_tasks((len + kIdsPerTask - 1) / kIdsPerTask, threads, [&](int64_t task, int64_t worker) {
+      const int64_t lo = start + task * kIdsPerTask, hi = std::min(start + len, lo + kIdsPerTask);
+      out_of_range[worker] += histogram(base + lo * item, hi - lo, num_bins, ignore_index.has_value(),
+                                        ignore_index.value_or(0), hist_data + worker * num_bins);
     });
     counts.add_(hist.sum(0, /*keepdim=*/false, at::kLong));
     if (start + len < n) hist.zero_();

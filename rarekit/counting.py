@@ -239,10 +239,13 @@ class TokenCounter:
 
     def all_reduce(self, group=None) -> TokenCounter:
         """Sums the counts over the ranks of ``group`` (the default group if ``None``) with
-        ``torch.distributed.all_reduce``; every rank then holds the global counts. Returns self."""
+        ``torch.distributed.all_reduce``; every rank then holds the global counts. Returns self, unchanged
+        when ``torch.distributed`` is not initialized or the world size is 1 (as torchmetrics does), so
+        the same code runs in and out of a distributed job."""
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            raise RuntimeError("TokenCounter.all_reduce needs an initialized torch.distributed process group "
-                               "(call torch.distributed.init_process_group first)")
+            return self
+        if torch.distributed.get_world_size(group) == 1:
+            return self
         torch.distributed.all_reduce(self._counts, op=torch.distributed.ReduceOp.SUM, group=group)
         return self
 

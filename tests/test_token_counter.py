@@ -196,9 +196,15 @@ def test_update_from_names_the_bad_sequence():
         counter.update_from(["some text"], progress=False)
 
 
-def test_all_reduce_needs_a_process_group():
-    with pytest.raises(RuntimeError, match="init_process_group"):
-        TokenCounter(4).all_reduce()
+def test_all_reduce_outside_a_distributed_job_or_on_one_rank_leaves_the_counter_unchanged():
+    counter = TokenCounter(4)
+    counter.update(torch.tensor([0, 3, 3]))
+    assert counter.all_reduce() is counter and counter.counts.tolist() == [1, 0, 0, 2]
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        assert counter.all_reduce() is counter and counter.counts.tolist() == [1, 0, 0, 2]
+    finally:
+        torch.distributed.destroy_process_group()
 
 
 def free_port() -> int:

@@ -2,6 +2,7 @@
 from rarekit._backend import backend_info, set_backend
 from rarekit.augment import RareAugmenter, augment_minority, augment_rare_tokens
 from rarekit.counting import TokenCounter, count, rare_ids
+from rarekit.linear_cross_entropy import LinearCrossEntropyLoss, linear_cross_entropy
 from rarekit.losses import ClassBalancedLoss, CrossEntropyLoss, FocalLoss, LogitAdjustedLoss, cross_entropy
 from rarekit.plots import plot_frequencies
 from rarekit.sampling import (BalancedSampler, RandomOverSampler, RandomUnderSampler, oversample_indices,
@@ -10,6 +11,7 @@ from rarekit.strategy import resolve_sampling_strategy
 from rarekit.weights import class_weights
 
 __all__ = ["ClassBalancedLoss", "CrossEntropyLoss", "FocalLoss", "LogitAdjustedLoss", "cross_entropy",
+           "LinearCrossEntropyLoss", "linear_cross_entropy",
            "TokenCounter", "backend_info", "class_weights", "count", "plot_frequencies", "rare_ids", "set_backend",
            "BalancedSampler", "RandomOverSampler", "RandomUnderSampler", "oversample_indices", "resolve_sampling_strategy",
            "sequence_weights", "undersample_indices", "RareAugmenter", "augment_minority", "augment_rare_tokens"]

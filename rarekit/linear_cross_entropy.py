@@ -1,0 +1,142 @@
+"""Fused linear + cross-entropy for language-model heads: the (tokens, vocab) logits are never
+materialized, only one chunk of rows at a time.
+
+:func:`linear_cross_entropy` equals ``rarekit.cross_entropy(softcap_fn(F.linear(hidden, classifier,
+bias)), target, weight, ...)`` with the same keywords, where ``softcap_fn(z) = s · tanh(z / s)``
+(Gemma 2's final logit soft-capping) when ``softcap = s`` is set.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from rarekit.counting import checked_ignore_index, is_real_number
+from rarekit.losses import REDUCTIONS, SMOOTHING_MODES, _nan_if_zero, cross_entropy
+
+DEFAULT_CHUNK_BYTES = 256 * 2**20  # the logits of one chunk of rows
+
+
+def chunk_rows(vocab: int, dtype: torch.dtype, chunk_size: int | None) -> int:
+    """Rows per chunk: ``chunk_size``, or as many rows as fit DEFAULT_CHUNK_BYTES of logits."""
+    if chunk_size is not None:
+        return chunk_size
+    return max(1, DEFAULT_CHUNK_BYTES // (max(vocab, 1) * torch.empty((), dtype=dtype).element_size()))
+
+
+def _check_class_vector(value, name: str, classifier: torch.Tensor) -> torch.Tensor | None:
+    if value is None:
+        return None
+    vocab = classifier.shape[0]
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor of shape ({vocab},), got "
+                        f"{value.dtype if isinstance(value, torch.Tensor) else type(value).__name__}")
+    if value.shape != (vocab,):
+        raise ValueError(f"{name} must have shape ({vocab},) (one value per class), got {tuple(value.shape)}")
+    if value.device != classifier.device:
+        raise ValueError(f"{name} is on {value.device} but classifier is on {classifier.device}")
+    return value
+
+
+def _check_inputs(hidden, classifier, target, bias):
+    if not isinstance(hidden, torch.Tensor) or not hidden.is_floating_point():
+        raise TypeError(f"hidden must be a floating-point tensor, got "
+                        f"{hidden.dtype if isinstance(hidden, torch.Tensor) else type(hidden).__name__}")
+    if not isinstance(classifier, torch.Tensor) or classifier.dim() != 2:
+        raise ValueError(f"classifier must be a (vocab, hidden) tensor like nn.Linear.weight, got "
+                         f"{tuple(classifier.shape) if isinstance(classifier, torch.Tensor) else type(classifier).__name__}")
+    if hidden.dim() == 0 or hidden.shape[-1] != classifier.shape[1]:
+        raise ValueError(f"hidden must have shape (..., {classifier.shape[1]}) to match classifier "
+                         f"{tuple(classifier.shape)}, got {tuple(hidden.shape)}")
+    if classifier.dtype != hidden.dtype or classifier.device != hidden.device:
+        raise TypeError(f"classifier must have the dtype and device of hidden ({hidden.dtype}, {hidden.device}), "
+                        f"got {classifier.dtype}, {classifier.device}")
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a tensor, got {type(target).__name__}")
+    if target.is_floating_point() or target.dtype == torch.bool or target.is_complex():
+        raise TypeError(f"target must hold integer class indices, got {target.dtype}")
+    if target.shape != hidden.shape[:-1]:
+        raise ValueError(f"target must have shape {tuple(hidden.shape[:-1])} for hidden of shape "
+                         f"{tuple(hidden.shape)}, got {tuple(target.shape)}")
+    if target.device != hidden.device:
+        raise ValueError(f"target is on {target.device} but hidden is on {hidden.device}")
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor) or bias.shape != (classifier.shape[0],):
+            raise ValueError(f"bias must have shape ({classifier.shape[0]},), got "
+                             f"{tuple(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__}")
+        if bias.dtype != hidden.dtype or bias.device != hidden.device:
+            raise TypeError(f"bias must have the dtype and device of hidden ({hidden.dtype}, {hidden.device}), "
+                            f"got {bias.dtype}, {bias.device}")
+
+
+def linear_cross_entropy(hidden: torch.Tensor, classifier: torch.Tensor, target: torch.Tensor,
+                         weight: torch.Tensor | None = None, *, bias: torch.Tensor | None = None,
+                         ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
+                         smoothing_mode: str = "pytorch", focal_gamma: float = 0.0,
+                         logit_adjustment: torch.Tensor | None = None, z_loss: float = 0.0,
+                         softcap: float | None = None, chunk_size: int | None = None) -> torch.Tensor:
+    """``rarekit.cross_entropy(softcap_fn(hidden @ classifierᵀ + bias), target, weight, ...)``, chunked.
+
+    ``hidden`` is (..., D), ``classifier`` (V, D) as ``nn.Linear.weight``, ``target`` (...) and the
+    class vectors ``weight`` / ``logit_adjustment`` (V,). ``softcap = s`` caps the logits with
+    ``s · tanh(z / s)`` (Gemma 2) before the loss. ``chunk_size``: rows of logits held at a time
+    (default: as many as fit 256 MiB). The keywords are :func:`rarekit.cross_entropy`'s.
+    """
+    _check_inputs(hidden, classifier, target, bias)
+    weight = _check_class_vector(weight, "weight", classifier)
+    logit_adjustment = _check_class_vector(logit_adjustment, "logit_adjustment", classifier)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if smoothing_mode not in SMOOTHING_MODES:
+        raise ValueError(f"smoothing_mode must be one of {SMOOTHING_MODES}, got {smoothing_mode!r}")
+    if softcap is not None and (not is_real_number(softcap) or not math.isfinite(softcap) or softcap <= 0):
+        raise ValueError(f"softcap must be None or a finite number > 0, got {softcap!r}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be None or a positive number of rows, got {chunk_size!r}")
+    if checked_ignore_index(ignore_index) is None:
+        raise TypeError("ignore_index must be an integer, got None")
+    rows_hidden, rows_target = hidden.reshape(-1, hidden.shape[-1]), target.reshape(-1)
+    step = chunk_rows(classifier.shape[0], hidden.dtype, chunk_size)
+    keywords = dict(ignore_index=ignore_index, label_smoothing=label_smoothing, smoothing_mode=smoothing_mode,
+                    focal_gamma=focal_gamma, logit_adjustment=logit_adjustment, z_loss=z_loss)
+    pieces = []
+    for start in range(0, rows_hidden.shape[0], step):
+        logits = nn.functional.linear(rows_hidden[start:start + step], classifier, bias)
+        if softcap is not None:
+            logits = softcap * torch.tanh(logits / softcap)
+        pieces.append(cross_entropy(logits, rows_target[start:start + step], weight,
+                                    reduction="none" if reduction == "none" else "sum", **keywords))
+    if reduction == "none":
+        return torch.cat(pieces).reshape(target.shape) if pieces else hidden.new_zeros(target.shape)
+    total = torch.stack(pieces).sum() if pieces else hidden.new_zeros(())
+    if reduction == "sum":
+        return total
+    valid = rows_target != ignore_index
+    safe = torch.where(valid, rows_target, 0).long().clamp(0, classifier.shape[0] - 1)
+    divisor = (weight.float()[safe] * valid).sum() if weight is not None else valid.sum().float()
+    return (total / divisor + _nan_if_zero(divisor)).to(hidden.dtype)
+
+
+class LinearCrossEntropyLoss(nn.Module):
+    """Module form of :func:`linear_cross_entropy`: ``weight`` (and ``logit_adjustment``) are
+    buffers; ``forward(hidden, classifier, target, bias=None)``."""
+
+    def __init__(self, weight: torch.Tensor | None = None, *, ignore_index: int = -100, reduction: str = "mean",
+                 label_smoothing: float = 0.0, smoothing_mode: str = "pytorch", focal_gamma: float = 0.0,
+                 logit_adjustment: torch.Tensor | None = None, z_loss: float = 0.0, softcap: float | None = None,
+                 chunk_size: int | None = None):
+        super().__init__()
+        self.register_buffer("weight", weight, persistent=weight is not None)
+        self.register_buffer("logit_adjustment", logit_adjustment, persistent=logit_adjustment is not None)
+        self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
+        self.smoothing_mode, self.focal_gamma, self.z_loss = smoothing_mode, focal_gamma, z_loss
+        self.softcap, self.chunk_size = softcap, chunk_size
+
+    def forward(self, hidden: torch.Tensor, classifier: torch.Tensor, target: torch.Tensor,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+        return linear_cross_entropy(hidden, classifier, target, self.weight, bias=bias,
+                                    ignore_index=self.ignore_index, reduction=self.reduction,
+                                    label_smoothing=self.label_smoothing, smoothing_mode=self.smoothing_mode,
+                                    focal_gamma=self.focal_gamma, logit_adjustment=self.logit_adjustment,
+                                    z_loss=self.z_loss, softcap=self.softcap, chunk_size=self.chunk_size)

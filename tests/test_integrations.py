@@ -161,3 +161,186 @@ def test_trainer_uses_the_loss_and_lowers_it(gen, tmp_path):
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 12 and all(map(torch.isfinite, torch.tensor(losses)))
     assert sum(losses[-3:]) / 3 < 0.7 * losses[0], losses
+
+
+# --- fused_causal_lm_loss: the logits are never materialized ---------------------------------------------
+
+FUSED_VOCAB, HIDDEN = 96, 32  # HIDDEN != FUSED_VOCAB: a (..., FUSED_VOCAB) tensor can only be logits
+
+
+def tiny_causal_lm(kind, seed, vocab=FUSED_VOCAB):
+    """A randomly initialised 2-layer decoder of each family, without dropout, in eval mode."""
+    import transformers
+
+    small = dict(vocab_size=vocab, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    configs = {
+        "llama": lambda: transformers.LlamaConfig(**small),
+        "qwen2": lambda: transformers.Qwen2Config(**small),
+        "qwen3": lambda: transformers.Qwen3Config(**small, head_dim=8),
+        "gemma2": lambda: transformers.Gemma2Config(**small, head_dim=8, final_logit_softcapping=2.0),
+        "gpt2": lambda: transformers.GPT2Config(vocab_size=vocab, n_embd=HIDDEN, n_layer=2, n_head=4, n_positions=64,
+                                                resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                                bos_token_id=0, eos_token_id=0),
+        "cohere": lambda: transformers.CohereConfig(**small, logit_scale=0.5),
+    }
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(configs[kind]())
+    return model.eval()
+
+
+def lm_batch(gen, batch=2, length=9, vocab=FUSED_VOCAB):
+    input_ids = torch.randint(0, vocab, (batch, length), generator=gen)
+    labels = input_ids.clone()
+    labels[torch.rand(batch, length, generator=gen) < 0.2] = -100
+    labels[0, :3] = -100
+    return input_ids, labels
+
+
+def loss_and_grads(model, compute):
+    model.zero_grad(set_to_none=True)
+    loss = compute()
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def assert_same(ours, theirs):
+    torch.testing.assert_close(ours[0], theirs[0], rtol=1e-5, atol=1e-6)
+    assert ours[1].keys() == theirs[1].keys()
+    for name in ours[1]:
+        torch.testing.assert_close(ours[1][name], theirs[1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+FAMILIES = ["llama", "gpt2", "qwen3", "gemma2"]
+
+
+@pytest.mark.parametrize("kind", FAMILIES)
+def test_fused_loss_equals_the_models_own_loss(gen, kind):
+    from rarekit.integrations.transformers import fused_causal_lm_loss
+
+    model = tiny_causal_lm(kind, 1)
+    if kind in ("gpt2", "gemma2"):
+        assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # tied
+    input_ids, labels = lm_batch(gen)
+    fused = fused_causal_lm_loss(chunk_size=5)
+    for num_items in (None, torch.tensor(23)):
+        extra = {} if num_items is None else {"num_items_in_batch": num_items}
+        ours = loss_and_grads(model, lambda: fused(model, {"input_ids": input_ids, "labels": labels},
+                                                   num_items_in_batch=num_items)[0])
+        theirs = loss_and_grads(model, lambda: model(input_ids=input_ids, labels=labels, **extra).loss)
+        assert_same(ours, theirs)
+
+
+@pytest.mark.parametrize("kind", FAMILIES)
+def test_fused_loss_with_class_weights_equals_the_weighted_loss_on_logits(gen, kind):
+    from rarekit.integrations.transformers import fused_causal_lm_loss
+
+    model = tiny_causal_lm(kind, 2)
+    input_ids, labels = lm_batch(gen)
+    weight = torch.rand(FUSED_VOCAB, generator=gen) + 0.2
+    options = dict(label_smoothing=0.1, smoothing_mode="target_weighted")
+    fused = fused_causal_lm_loss(weight, **options)
+    materialized = weighted_causal_lm_loss(weight, **options)
+    for num_items in (None, 17):
+        ours = loss_and_grads(model, lambda: fused(model, {"input_ids": input_ids, "labels": labels},
+                                                   num_items_in_batch=num_items)[0])
+        theirs = loss_and_grads(model, lambda: materialized(model(input_ids=input_ids), labels,
+                                                            num_items_in_batch=num_items))
+        assert_same(ours, theirs)
+    shifted = F.pad(labels, (0, 1), value=-100)[:, 1:]
+    from_shift_labels = fused(model, {"input_ids": input_ids, "shift_labels": shifted})[0]
+    torch.testing.assert_close(from_shift_labels, materialized(model(input_ids=input_ids), labels))
+
+
+class LargestLogitsLikeTensor(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the largest number of elements of any tensor whose last dimension is the vocabulary,
+    but the transposed LM head weight (HIDDEN, vocab)."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab, self.largest = vocab, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        for value in torch.utils._pytree.tree_leaves(result):
+            if (isinstance(value, torch.Tensor) and value.dim() and value.shape[-1] == self.vocab
+                    and value.shape != (HIDDEN, self.vocab)):
+                self.largest = max(self.largest, value.numel())
+        return result
+
+
+def test_fused_loss_never_materializes_the_logits(gen):
+    from rarekit.integrations.transformers import fused_causal_lm_loss
+
+    model = tiny_causal_lm("gemma2", 3)
+    input_ids, labels = lm_batch(gen, batch=4, length=16)
+    fused = fused_causal_lm_loss(torch.rand(FUSED_VOCAB, generator=gen) + 0.5, chunk_size=8)
+    with LargestLogitsLikeTensor(FUSED_VOCAB) as watched:
+        fused(model, {"input_ids": input_ids, "labels": labels})[0].backward()
+    assert 0 < watched.largest <= 8 * FUSED_VOCAB  # one chunk of logits (or of their gradient) at a time
+    with LargestLogitsLikeTensor(FUSED_VOCAB) as watched:  # the check sees the model's own logits
+        model(input_ids=input_ids, labels=labels).loss.backward()
+    assert watched.largest >= input_ids.numel() * FUSED_VOCAB
+
+
+def test_fused_loss_refuses_heads_it_cannot_reproduce(gen):
+    from rarekit.integrations.transformers import fused_causal_lm_loss
+
+    input_ids, labels = lm_batch(gen)
+    batch = {"input_ids": input_ids, "labels": labels}
+    cohere = tiny_causal_lm("cohere", 4)  # scales its logits after the head
+    with pytest.raises(ValueError, match="CohereForCausalLM transforms the output of its LM head"):
+        fused_causal_lm_loss()(cohere, batch)
+
+    class ScaledLinear(torch.nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    model = tiny_causal_lm("llama", 5)
+    head = model.lm_head
+    model.lm_head = ScaledLinear(HIDDEN, FUSED_VOCAB, bias=False)
+    with pytest.raises(TypeError, match="plain torch.nn.Linear.*ScaledLinear"):
+        fused_causal_lm_loss()(model, batch)
+    model.lm_head = head
+    handle = head.register_forward_hook(lambda module, args, output: output * 2)
+    with pytest.raises(TypeError, match="with hooks"):
+        fused_causal_lm_loss()(model, batch)
+    handle.remove()
+    with pytest.raises(ValueError, match="labels"):
+        fused_causal_lm_loss()(model, {"input_ids": input_ids})
+    with pytest.raises(TypeError, match="'softcap' is set by the loss"):
+        fused_causal_lm_loss(softcap=3.0)
+    with pytest.raises(TypeError, match="unexpected keywords"):
+        fused_causal_lm_loss(inplace_backward=True)
+    with pytest.raises(ValueError, match="classes"):
+        fused_causal_lm_loss(torch.ones(FUSED_VOCAB + 1))(model, batch)
+    assert model.lm_head is head  # restored after the failed calls too
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma2"])
+def test_fused_trainer_trains_as_the_trainer_with_the_models_own_loss(gen, tmp_path, kind):
+    """3 optimizer steps with 2 accumulated micro-batches each: the same losses and weights as the
+    plain Trainer with the model's own labels= loss."""
+    pytest.importorskip("accelerate")
+    from transformers import Trainer, TrainingArguments
+
+    from rarekit.integrations.transformers import FusedCausalLMTrainer, fused_causal_lm_loss
+
+    input_ids, labels = lm_batch(gen, batch=24, length=12)
+    data = [{"input_ids": i, "labels": l} for i, l in zip(input_ids, labels)]
+    finished = {}
+    for name, make in (("fused", lambda model, args: FusedCausalLMTrainer(
+                            model=model, args=args, train_dataset=data, fused_loss=fused_causal_lm_loss(chunk_size=7))),
+                       ("own", lambda model, args: Trainer(model=model, args=args, train_dataset=data))):
+        args = TrainingArguments(output_dir=str(tmp_path / name), use_cpu=True, report_to=[], save_strategy="no",
+                                 per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=3,
+                                 learning_rate=1e-2, logging_steps=1, disable_tqdm=True, seed=0)
+        trainer = make(tiny_causal_lm(kind, 6), args)
+        trainer.train()
+        losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        finished[name] = losses, {key: value.clone() for key, value in trainer.model.state_dict().items()}
+    assert len(finished["fused"][0]) == 3
+    torch.testing.assert_close(finished["fused"][0], finished["own"][0], rtol=1e-4, atol=1e-5)
+    for key, value in finished["own"][1].items():
+        torch.testing.assert_close(finished["fused"][1][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    assert finished["fused"][1]["model.embed_tokens.weight"].ne(tiny_causal_lm(kind, 6).model.embed_tokens.weight).any()

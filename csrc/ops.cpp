@@ -23,6 +23,14 @@ TORCH_LIBRARY(rarekit, m) {
       "cross_entropy_backward(Tensor grad_losses, Tensor logits, Tensor target, Tensor? weight, "
       "Tensor? logit_adjustment, Tensor row_terms, int ignore_index, float label_smoothing, "
       "bool target_weighted, float focal_gamma, float z_loss) -> Tensor");
+  // Fused linear + cross-entropy (csrc/include/rarekit/linear_cross_entropy_op.h): per-row losses of
+  // softcap(hidden @ classifier^T + bias), one chunk of rows of logits at a time; with grad_scale c ((1,) or
+  // (rows,)), also the gradients of sum_i c_i losses_i (empty tensors otherwise).
+  m.def(
+      "linear_cross_entropy_forward(Tensor hidden, Tensor classifier, Tensor? bias, Tensor target, Tensor? weight, "
+      "Tensor? logit_adjustment, Tensor? grad_scale, int ignore_index, float label_smoothing, bool target_weighted, "
+      "float focal_gamma, float z_loss, float? softcap, int chunk_rows, bool logit_adjustment_grad, bool check) -> "
+      "(Tensor losses, Tensor grad_hidden, Tensor grad_classifier, Tensor grad_bias, Tensor grad_logit_adjustment)");
   // Resampling (csrc/include/rarekit/sampling_math.h). A stable counting sort of integer codes: order
   // lists the positions of code 0, then code 1, ...; codes outside [0, num_classes) come last;
   // bucket c is order[offsets[c]:offsets[c + 1]] (num_classes + 1 offsets).
@@ -30,13 +38,18 @@ TORCH_LIBRARY(rarekit, m) {
   // draw_counts[b] entries of bucket b of order, bucket after bucket (total = draw_counts.sum()):
   // with replacement, uniform draws; without, a uniform random subset, in random order (a bucket
   // drawn in full keeps its order). The result is a function of (inputs, seed) on every device.
+  // Inconsistent offsets/draw_counts raise ValueError; on CUDA that check copies them to the host
+  // (one synchronization), and check=false skips it (csrc/cuda/sampling.cu says what is written then).
   m.def(
       "draw_from_buckets(Tensor order, Tensor offsets, Tensor draw_counts, int total, int seed, "
-      "bool replacement) -> Tensor");
+      "bool replacement, bool check=True) -> Tensor");
   // The same written into `out` (total = out.numel()), e.g. the tail of a buffer that holds other indices too.
   m.def(
       "draw_from_buckets_into(Tensor order, Tensor offsets, Tensor draw_counts, int seed, bool replacement, "
-      "Tensor(a!) out) -> ()");
+      "Tensor(a!) out, bool check=True) -> ()");
+  // Rows of source at indices, of any dtype, copied as bytes (csrc/cpu/gather.cpp): out[j] = source[indices[j]].
+  // Indices outside [0, rows) raise IndexError; on CUDA that check waits for the kernel, check=false skips it.
+  m.def("gather_rows(Tensor source, Tensor indices, bool check=True) -> Tensor");
 }
 
 namespace {

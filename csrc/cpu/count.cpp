@@ -13,6 +13,23 @@
 
 namespace rarekit {
 
+void check_count_arguments(const at::Tensor& ids, int64_t num_bins, const std::optional<at::Tensor>& weights) {
+  TORCH_CHECK_VALUE(num_bins >= 0, "rarekit.count: num_bins must be >= 0, got ", num_bins);
+  const at::ScalarType type = ids.scalar_type();
+  TORCH_CHECK_TYPE(at::isIntegralType(type, /*includeBool=*/false) && type != at::kUInt64,
+                   "rarekit.count: ids must have an integer dtype (uint8, int8, int16, int32, int64, uint16, "
+                   "uint32), got ", type);
+  if (!weights) return;
+  const at::ScalarType weight_type = weights->scalar_type();
+  TORCH_CHECK_TYPE(weight_type == at::kFloat || weight_type == at::kDouble || weight_type == at::kHalf ||
+                       weight_type == at::kBFloat16,
+                   "rarekit.count: weights must be float32, float64, float16 or bfloat16, got ", weight_type);
+  TORCH_CHECK_VALUE(weights->sizes() == ids.sizes(), "rarekit.count: weights must have the shape of ids (one value "
+                    "per id): ids has shape ", ids.sizes(), ", weights ", weights->sizes());
+  TORCH_CHECK_VALUE(weights->device() == ids.device(), "rarekit.count: weights are on ", weights->device(),
+                    " but ids are on ", ids.device());
+}
+
 void raise_first_out_of_range(const at::Tensor& ids, int64_t num_bins, std::optional<int64_t> ignore_index) {
   const at::Tensor values = ids.reshape(-1).to(at::kLong);
   at::Tensor bad = values.lt(0).logical_or(values.ge(num_bins));
@@ -80,7 +97,8 @@ int64_t weighted_sums(const Id* ids, const Weight* weights, int64_t n, int64_t n
 
 at::Tensor count_cpu(const at::Tensor& ids, int64_t num_bins, std::optional<int64_t> ignore_index,
                      const std::optional<at::Tensor>& weights, bool check) {
-  TORCH_CHECK_VALUE(num_bins >= 0, "rarekit.count: num_bins must be >= 0, got ", num_bins);
+  check_count_arguments(ids, num_bins, weights);
+  TORCH_CHECK_VALUE(ids.is_cpu(), "rarekit.count: ids must be on the CPU here, got ", ids.device());
   const at::Tensor flat = ids.contiguous().view(-1);
   at::Tensor result;
   int64_t out_of_range = 0;
@@ -92,9 +110,6 @@ at::Tensor count_cpu(const at::Tensor& ids, int64_t num_bins, std::optional<int6
     if (flat.numel() > 0) out_of_range = histogram_into(flat, num_bins, ignore_index, result);
   } else {
     const at::Tensor flat_weights = weights->contiguous().view(-1);
-    TORCH_CHECK_VALUE(flat_weights.numel() == flat.numel(), "rarekit.count: weights must have one value per id");
-    TORCH_CHECK_VALUE(flat_weights.device() == flat.device(), "rarekit.count: weights are on ",
-                      flat_weights.device(), " but ids are on ", flat.device());
     at::Tensor sums = at::zeros({num_bins}, ids.options().dtype(at::kDouble));
     RAREKIT_DISPATCH_ID_TYPES(flat.scalar_type(), "rarekit_count_ids", [&] {
       using Id = scalar_t;

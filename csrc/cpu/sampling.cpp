@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 #include <utility>
 #include <vector>
 
@@ -22,17 +23,21 @@
 namespace rarekit {
 
 void check_bucket_arguments(const at::Tensor& codes, int64_t num_classes) {
-  TORCH_CHECK_VALUE(num_classes >= 0, "rarekit.class_buckets: num_classes must be >= 0, got ", num_classes);
+  TORCH_CHECK_VALUE(num_classes >= 0 && num_classes < std::numeric_limits<int64_t>::max(),
+                    "rarekit.class_buckets: num_classes must be >= 0 and < 2^63 - 1, got ", num_classes);
   TORCH_CHECK_VALUE(codes.dim() == 1, "rarekit.class_buckets: codes must be 1-D, got shape ", codes.sizes());
-  TORCH_CHECK_TYPE(at::isIntegralType(codes.scalar_type(), /*includeBool=*/false),
-                   "rarekit.class_buckets: codes must have an integer dtype, got ", codes.scalar_type());
+  TORCH_CHECK_TYPE(at::isIntegralType(codes.scalar_type(), /*includeBool=*/false) && codes.scalar_type() != at::kUInt64,
+                   "rarekit.class_buckets: codes must have an integer dtype (uint8, int8, int16, int32, int64, "
+                   "uint16, uint32), got ", codes.scalar_type());
 }
 
 void check_draw_arguments(const at::Tensor& order, const at::Tensor& offsets, const at::Tensor& draw_counts,
                           const at::Tensor& out) {
   const auto check_index_tensor = [&](const at::Tensor& tensor, const char* name) {
-    TORCH_CHECK_VALUE(tensor.dim() == 1 && tensor.scalar_type() == at::kLong, "rarekit.draw_from_buckets: ", name,
-                      " must be a 1-D int64 tensor, got ", tensor.scalar_type(), " of shape ", tensor.sizes());
+    TORCH_CHECK_TYPE(tensor.scalar_type() == at::kLong, "rarekit.draw_from_buckets: ", name,
+                     " must be a 1-D int64 tensor, got ", tensor.scalar_type());
+    TORCH_CHECK_VALUE(tensor.dim() == 1, "rarekit.draw_from_buckets: ", name, " must be a 1-D int64 tensor, got shape ",
+                      tensor.sizes());
     TORCH_CHECK_VALUE(tensor.device() == order.device(), "rarekit.draw_from_buckets: ", name,
                       " must be on the device of order (", order.device(), "), got ", tensor.device());
   };
@@ -43,6 +48,32 @@ void check_draw_arguments(const at::Tensor& order, const at::Tensor& offsets, co
   TORCH_CHECK_VALUE(out.is_contiguous(), "rarekit.draw_from_buckets: out must be contiguous");
   TORCH_CHECK_VALUE(offsets.numel() == draw_counts.numel() + 1, "rarekit.draw_from_buckets: offsets must have one "
                     "entry more than draw_counts (", draw_counts.numel(), " buckets), got ", offsets.numel());
+}
+
+std::vector<int64_t> checked_draw_ends(const int64_t* offsets, const int64_t* draw_counts, int64_t buckets,
+                                       int64_t order_size, int64_t total, bool replacement) {
+  TORCH_CHECK_VALUE(offsets[0] == 0, "rarekit.draw_from_buckets: offsets[0] must be 0, got ", offsets[0]);
+  TORCH_CHECK_VALUE(offsets[buckets] <= order_size, "rarekit.draw_from_buckets: offsets[", buckets, "] = ",
+                    offsets[buckets], " exceeds the length of order (", order_size, ")");
+  std::vector<int64_t> ends(buckets);
+  int64_t drawn = 0;
+  for (int64_t b = 0; b < buckets; ++b) {
+    TORCH_CHECK_VALUE(offsets[b + 1] >= offsets[b], "rarekit.draw_from_buckets: offsets must be non-decreasing, got "
+                      "offsets[", b, "] = ", offsets[b], " > offsets[", b + 1, "] = ", offsets[b + 1]);
+    const int64_t size = offsets[b + 1] - offsets[b];
+    TORCH_CHECK_VALUE(draw_counts[b] >= 0, "rarekit.draw_from_buckets: draw_counts must be >= 0, got draw_counts[",
+                      b, "] = ", draw_counts[b]);
+    TORCH_CHECK_VALUE(replacement ? draw_counts[b] == 0 || size > 0 : draw_counts[b] <= size,
+                      "rarekit.draw_from_buckets: draw_counts[", b, "] = ", draw_counts[b], " draws ",
+                      replacement ? "with" : "without", " replacement from a bucket of ", size);
+    TORCH_CHECK_VALUE(draw_counts[b] <= total - drawn, "rarekit.draw_from_buckets: draw_counts.sum() must equal the "
+                      "number of outputs, ", total, ", but draw_counts[:", b + 1, "] already sums to more");
+    drawn += draw_counts[b];
+    ends[b] = drawn;
+  }
+  TORCH_CHECK_VALUE(drawn == total, "rarekit.draw_from_buckets: draw_counts.sum() = ", drawn,
+                    " must equal the number of outputs, ", total);
+  return ends;
 }
 
 namespace cpu {
@@ -106,32 +137,6 @@ std::tuple<at::Tensor, at::Tensor> class_buckets_cpu(const at::Tensor& codes, in
   return {order, offsets};
 }
 
-// Raises ValueError unless offsets and draw_counts describe draws that stay inside order; returns
-// the inclusive prefix sums of draw_counts.
-std::vector<int64_t> checked_draw_ends(const at::Tensor& order, const int64_t* offsets, const int64_t* draw_counts,
-                                       int64_t buckets, int64_t total, bool replacement) {
-  TORCH_CHECK_VALUE(offsets[0] == 0, "rarekit.draw_from_buckets: offsets[0] must be 0, got ", offsets[0]);
-  TORCH_CHECK_VALUE(offsets[buckets] <= order.numel(), "rarekit.draw_from_buckets: offsets[", buckets, "] = ",
-                    offsets[buckets], " exceeds the length of order (", order.numel(), ")");
-  std::vector<int64_t> ends(buckets);
-  int64_t drawn = 0;
-  for (int64_t b = 0; b < buckets; ++b) {
-    const int64_t size = offsets[b + 1] - offsets[b];
-    TORCH_CHECK_VALUE(size >= 0, "rarekit.draw_from_buckets: offsets must be non-decreasing, got offsets[", b,
-                      "] = ", offsets[b], " > offsets[", b + 1, "] = ", offsets[b + 1]);
-    TORCH_CHECK_VALUE(draw_counts[b] >= 0, "rarekit.draw_from_buckets: draw_counts must be >= 0, got draw_counts[",
-                      b, "] = ", draw_counts[b]);
-    TORCH_CHECK_VALUE(replacement ? draw_counts[b] == 0 || size > 0 : draw_counts[b] <= size,
-                      "rarekit.draw_from_buckets: draw_counts[", b, "] = ", draw_counts[b], " draws ",
-                      replacement ? "with" : "without", " replacement from a bucket of ", size);
-    drawn += draw_counts[b];
-    ends[b] = drawn;
-  }
-  TORCH_CHECK_VALUE(drawn == total, "rarekit.draw_from_buckets: draw_counts.sum() = ", drawn,
-                    " must equal the number of outputs, ", total);
-  return ends;
-}
-
 void draw_with_replacement(const int64_t* order, const int64_t* offsets, const std::vector<int64_t>& ends,
                            uint64_t base, int64_t total, int64_t* out) {
   const auto buckets = static_cast<int64_t>(ends.size());
@@ -166,14 +171,15 @@ void draw_without_replacement(const int64_t* order, const int64_t* offsets, cons
   });
 }
 
+// check: ignored, the CPU always checks (the arguments are on the host).
 void draw_from_buckets_into_cpu(const at::Tensor& order, const at::Tensor& offsets, const at::Tensor& draw_counts,
-                                int64_t seed, bool replacement, const at::Tensor& out) {
+                                int64_t seed, bool replacement, const at::Tensor& out, bool /*check*/) {
   check_draw_arguments(order, offsets, draw_counts, out);
   const at::Tensor order_c = order.contiguous(), offsets_c = offsets.contiguous(), counts_c = draw_counts.contiguous();
   const int64_t* offsets_data = offsets_c.const_data_ptr<int64_t>();
   const int64_t* counts_data = counts_c.const_data_ptr<int64_t>();
   const std::vector<int64_t> ends =
-      checked_draw_ends(order_c, offsets_data, counts_data, counts_c.numel(), out.numel(), replacement);
+      checked_draw_ends(offsets_data, counts_data, counts_c.numel(), order_c.numel(), out.numel(), replacement);
   int64_t* out_data = out.mutable_data_ptr<int64_t>();
   if (replacement) {
     draw_with_replacement(order_c.const_data_ptr<int64_t>(), offsets_data, ends, stream_base(seed), out.numel(),
@@ -185,11 +191,11 @@ void draw_from_buckets_into_cpu(const at::Tensor& order, const at::Tensor& offse
 }
 
 at::Tensor draw_from_buckets_cpu(const at::Tensor& order, const at::Tensor& offsets, const at::Tensor& draw_counts,
-                                 int64_t total, int64_t seed, bool replacement) {
+                                 int64_t total, int64_t seed, bool replacement, bool check) {
   TORCH_CHECK_VALUE(total >= 0, "rarekit.draw_from_buckets: total must be >= 0, got ", total);
   at::Tensor out = at::empty({total}, order.options());
   advise_huge_pages(out);  // a fresh output costs more in 4 KiB page faults than in draws
-  draw_from_buckets_into_cpu(order, offsets, draw_counts, seed, replacement, out);
+  draw_from_buckets_into_cpu(order, offsets, draw_counts, seed, replacement, out, check);
   return out;
 }
 

@@ -64,7 +64,9 @@ __global__ void weighted_count_kernel(const Id* __restrict__ ids, const Weight* 
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
     const int64_t bin = bin_of(ids[i], num_bins, has_ignore, ignore_index);
     dropped += bin == kOutOfRangeId;
-    if (bin >= 0) atomicAdd(sums + bin, static_cast<double>(static_cast<float>(weights[i])));
+    // Weight (float, double, c10::Half, c10::BFloat16) converts to double directly: a float64 weight keeps
+    // its 53 bits, as on the CPU (rounding it through float32 lost them).
+    if (bin >= 0) atomicAdd(sums + bin, static_cast<double>(weights[i]));
   }
   if (dropped != 0) atomicAdd(out_of_range, dropped);
 }
@@ -78,7 +80,8 @@ int grid_size(int64_t n) {
 
 at::Tensor count_cuda(const at::Tensor& ids, int64_t num_bins, std::optional<int64_t> ignore_index,
                       const std::optional<at::Tensor>& weights, bool check) {
-  TORCH_CHECK_VALUE(num_bins >= 0, "rarekit.count: num_bins must be >= 0, got ", num_bins);
+  check_count_arguments(ids, num_bins, weights);
+  TORCH_CHECK_VALUE(ids.is_cuda(), "rarekit.count: ids must be on a CUDA device here, got ", ids.device());
   const c10::cuda::CUDAGuard guard(ids.device());
   const at::Tensor flat = ids.contiguous().view(-1);
   const int64_t n = flat.numel();
@@ -102,9 +105,6 @@ at::Tensor count_cuda(const at::Tensor& ids, int64_t num_bins, std::optional<int
     }
   } else {
     const at::Tensor flat_weights = weights->contiguous().view(-1);
-    TORCH_CHECK_VALUE(flat_weights.numel() == n, "rarekit.count: weights must have one value per id");
-    TORCH_CHECK_VALUE(flat_weights.device() == flat.device(), "rarekit.count: weights are on ", flat_weights.device(),
-                      " but ids are on ", flat.device());
     // float64 sums: float32 atomics stop growing at 2^24 and would differ from the CPU
     at::Tensor sums = at::zeros({num_bins}, flat.options().dtype(at::kDouble));
     if (n > 0) {

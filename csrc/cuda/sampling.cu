@@ -6,8 +6,12 @@
 //    sums of draw_counts and draws as the CPU does (rarekit/sampling_math.h), so both devices give the
 //    same indices. Without replacement, the positions are first ranked by (bucket, random_key, position)
 //    with two stable sorts, O(N) radix passes.
-// The arguments are not checked against each other here, as that would need their data on the host:
-// an output whose bucket or draw falls outside order gets -1 instead of a read out of bounds.
+// Checking the arguments against each other (checked_draw_ends, as on the CPU, with the same ValueError)
+// needs offsets and draw_counts on the host: with check=true (the default) they are copied there, one
+// synchronization of 2B + 1 int64. With check=false nothing synchronizes and nothing is read out of
+// bounds: an output whose bucket or draw falls outside order gets kInvalidDraw (INT64_MIN), which every
+// torch index op rejects, never an index of another row; when draw_counts sums to more than the
+// outputs, the last buckets get fewer draws.
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -33,7 +37,7 @@ __global__ void draw_with_replacement_kernel(const int64_t* __restrict__ order, 
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < total; j += stride) {
     const int64_t b = bucket_of(ends, buckets, j);
-    int64_t value = -1;
+    int64_t value = kInvalidDraw;
     if (b < buckets) {
       const int64_t start = offsets[b], size = offsets[b + 1] - start;
       if (size > 0) {
@@ -63,7 +67,7 @@ __global__ void draw_without_replacement_kernel(const int64_t* __restrict__ orde
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < total; j += stride) {
     const int64_t b = bucket_of(ends, buckets, j);
-    int64_t value = -1;
+    int64_t value = kInvalidDraw;
     if (b < buckets) {
       const int64_t start = offsets[b], size = offsets[b + 1] - start, kept = draw_counts[b];
       const int64_t rank = j - (ends[b] - kept);
@@ -89,11 +93,18 @@ std::tuple<at::Tensor, at::Tensor> class_buckets_cuda(const at::Tensor& codes, i
 }
 
 void draw_from_buckets_into_cuda(const at::Tensor& order, const at::Tensor& offsets, const at::Tensor& draw_counts,
-                                 int64_t seed, bool replacement, const at::Tensor& out) {
+                                 int64_t seed, bool replacement, const at::Tensor& out, bool check) {
   check_draw_arguments(order, offsets, draw_counts, out);
+  TORCH_CHECK_VALUE(order.is_cuda(), "rarekit.draw_from_buckets: order must be on a CUDA device here, got ",
+                    order.device());
   const c10::cuda::CUDAGuard guard(order.device());
   const at::Tensor order_c = order.contiguous(), offsets_c = offsets.contiguous(), counts_c = draw_counts.contiguous();
   const int64_t n = order_c.numel(), buckets = counts_c.numel(), total = out.numel();
+  if (check) {  // the one documented synchronization
+    const at::Tensor host = at::cat({offsets_c, counts_c}).cpu();
+    checked_draw_ends(host.const_data_ptr<int64_t>(), host.const_data_ptr<int64_t>() + buckets + 1, buckets, n, total,
+                      replacement);
+  }
   if (total == 0) return;
   const at::Tensor ends = at::cumsum(counts_c, 0);
   const uint64_t base = stream_base(seed);
@@ -123,10 +134,10 @@ void draw_from_buckets_into_cuda(const at::Tensor& order, const at::Tensor& offs
 }
 
 at::Tensor draw_from_buckets_cuda(const at::Tensor& order, const at::Tensor& offsets, const at::Tensor& draw_counts,
-                                  int64_t total, int64_t seed, bool replacement) {
+                                  int64_t total, int64_t seed, bool replacement, bool check) {
   TORCH_CHECK_VALUE(total >= 0, "rarekit.draw_from_buckets: total must be >= 0, got ", total);
   at::Tensor out = at::empty({total}, order.options());
-  draw_from_buckets_into_cuda(order, offsets, draw_counts, seed, replacement, out);
+  draw_from_buckets_into_cuda(order, offsets, draw_counts, seed, replacement, out, check);
   return out;
 }
 

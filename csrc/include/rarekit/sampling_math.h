@@ -7,6 +7,11 @@
 
 namespace rarekit {
 
+// What a CUDA draw with check=false writes where the arguments are inconsistent (a bucket outside
+// offsets, or more draws than the bucket holds): INT64_MIN, which every torch index op rejects, where
+// -1 would silently select the last row.
+constexpr int64_t kInvalidDraw = static_cast<int64_t>(uint64_t{1} << 63);
+
 // splitmix64's increment, 2^64 / φ (Steele, Lea & Flood 2014, "Fast Splittable Pseudorandom Number Generators").
 constexpr uint64_t kGoldenGamma = 0x9E3779B97F4A7C15ull;
 

@@ -33,6 +33,11 @@ inline void advise_huge_pages(const at::Tensor& fresh) {
 #endif
 }
 
+// rarekit::count's argument checks, shared by the CPU and CUDA operators (defined in csrc/cpu/count.cpp):
+// num_bins >= 0; ids of an id dtype (RAREKIT_DISPATCH_ID_TYPES); weights, when given, float32, float64,
+// float16 or bfloat16, of the shape of ids and on its device. Dtypes, shapes and devices only: no host sync.
+void check_count_arguments(const at::Tensor& ids, int64_t num_bins, const std::optional<at::Tensor>& weights);
+
 // Raises ValueError naming the first id outside [0, num_bins) that is not ignore_index.
 // Called only after a kernel has reported that such an id exists.
 [[noreturn]] void raise_first_out_of_range(const at::Tensor& ids, int64_t num_bins,

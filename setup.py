@@ -1,7 +1,7 @@
 """Build rarekit._C: C++ kernels always, CUDA kernels when torch and nvcc allow.
 
 Environment switches:
-  RAREKIT_CUDA=1 / 0   force / skip the CUDA kernels (default: when torch has CUDA and nvcc is found)
+  RAREKIT_CUDA=1 / 0   force / skip the CUDA kernels (default: when torch has CUDA, nvcc is found and a GPU is visible)
   RAREKIT_NATIVE=1     also compile the baseline CPU kernels with -march=native (local builds only)
   TORCH_CUDA_ARCH_LIST defaults to DEFAULT_CUDA_ARCHS on a machine without a GPU
 
@@ -57,9 +57,11 @@ def cuda_requested():
     import torch
     home = resolve_cuda_home()
     usable = torch.version.cuda is not None and home is not None and os.path.exists(os.path.join(home, "bin", "nvcc"))
-    if flag in ("1", "true", "yes") and not usable:
-        sys.exit(f"RAREKIT_CUDA=1 but no usable CUDA: torch.version.cuda={torch.version.cuda}, CUDA_HOME={home}")
-    return usable
+    if flag in ("1", "true", "yes"):
+        if not usable:
+            sys.exit(f"RAREKIT_CUDA=1 but no usable CUDA: torch.version.cuda={torch.version.cuda}, CUDA_HOME={home}")
+        return True
+    return usable and torch.cuda.is_available()  # auto: only where a GPU can run them
 
 
 def missing_library_headers(cuda_home, build_dir):

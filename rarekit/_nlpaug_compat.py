@@ -21,8 +21,9 @@ and its ``DistilBert``/``Roberta`` wrappers drop all but the last batch of their
   those, in batches, for every mask token of every text. rarekit's ``"contextual"`` method
   (:class:`rarekit.augment.RareAugmenter`) runs on it directly.
 - :func:`contextual_word_embs_aug` is nlpaug's own ``ContextualWordEmbsAug`` with :class:`MaskedLM` as
-  its language model (it implements the interface nlpaug calls), for code that wants the nlpaug
-  augmenter itself on transformers 5.
+  its language model (it implements the interface nlpaug calls, and nlpaug's public ``get_device`` and
+  ``to``), for code that wants the nlpaug augmenter itself on transformers 5. Its model type comes from
+  the vocabulary, so a local folder needs none; an unknown hub name gives nlpaug's ValueError.
 - :func:`sort_spelling_dictionary` makes nlpaug's ``SpellingAug`` reproducible across processes.
 - :func:`import_optional` names the ``rarekit[augment]`` extra when nlpaug or transformers is missing.
 
@@ -38,10 +39,19 @@ import re
 
 import torch
 
+from rarekit.counting import is_integer
+
 EXTRA = "pip install rarekit[augment]"
 WORD_RE = re.compile(r"\w+(?:['’]\w+)*")  # a word: letters/digits, apostrophes inside ("don't")
 DEFAULT_MAX_TOKENS = 512
 ANCHOR_TEXT = "a"  # decoded in front of every vocabulary token to tell word starts from continuations
+# nlpaug's model types (its use_custom_api=True path) and the vocabulary each stands for: WordPiece ("bert",
+# "##" continuations) or byte-level BPE ("roberta", "Ġ" word starts), the two nlpaug's augmenter handles.
+NLPAUG_MODEL_TYPES = {"bert": "bert", "distilbert": "bert", "roberta": "roberta"}
+VOCABULARIES = {"bert": "WordPiece", "roberta": "byte-level BPE"}
+NLPAUG_NAME_HINTS = (("longformer", "roberta"), ("roberta", "roberta"), ("bert", "bert"))  # nlpaug reads names so
+UNEXPECTED_MODEL_TYPE = "Model type value is unexpected."  # nlpaug's ValueError, which callers may match on
+HUB_DOWNLOAD = "hf download {name} --local-dir FOLDER"
 
 
 def import_optional(module: str, purpose: str):
@@ -54,13 +64,74 @@ def import_optional(module: str, purpose: str):
                           f"install it with `{EXTRA}`") from error
 
 
+def check_model_options(top_k, batch_size) -> None:
+    """ValueError unless ``top_k`` is a positive integer or None and ``batch_size`` a positive integer."""
+    if top_k is not None and (not is_integer(top_k) or top_k < 1):
+        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+    if not is_integer(batch_size) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+
+
+def as_device(device) -> torch.device:
+    """``device`` (a str, torch.device or CUDA index) as a torch.device; ``None`` is the CPU, as in nlpaug's
+    language models."""
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, bool) or not isinstance(device, (str, torch.device, int)):
+        raise TypeError(f"device must be a str, a torch.device, an int or None, got {type(device).__name__}")
+    try:
+        return torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"device must name a torch device ('cpu', 'cuda', 'cuda:1', ...), got {device!r}") from error
+
+
+def _load_masked_lm(transformers, model_path: str):
+    """``(tokenizer, model)`` from a local folder (nothing is downloaded) or a hub name (the cache, else a
+    download). A hub name that can be neither gives an OSError that says how to get the model."""
+    if os.path.isdir(model_path):
+        return (transformers.AutoTokenizer.from_pretrained(model_path, local_files_only=True),
+                transformers.AutoModelForMaskedLM.from_pretrained(model_path, local_files_only=True))
+    if os.path.isabs(model_path) or model_path.startswith((".", "~")) or model_path.count("/") > 1 \
+            or os.path.exists(model_path):
+        raise FileNotFoundError(f"model_path {model_path!r} is not a folder (a hub name is 'name' or 'org/name')")
+    try:
+        return (transformers.AutoTokenizer.from_pretrained(model_path),
+                transformers.AutoModelForMaskedLM.from_pretrained(model_path))
+    except OSError as error:
+        raise OSError(f"model_path {model_path!r} is not a local folder, and the hub model of that name is neither "
+                      f"in the Hugging Face cache nor downloadable here (offline: no network or HF_HUB_OFFLINE=1). "
+                      f"Download it once where there is network (`{HUB_DOWNLOAD.format(name=model_path)}`) and pass "
+                      f"the folder. transformers said: {error}") from error
+
+
+def nlpaug_model_type(model_path: str, model_type: str) -> str:
+    """The vocabulary (``"bert"`` or ``"roberta"``) that nlpaug's ``model_type`` names, or, when it is ``""``,
+    that nlpaug reads in a hub name (``""`` for a local folder: its vocabulary decides). Anything else
+    raises nlpaug's ValueError before a model is loaded."""
+    if not isinstance(model_type, str):
+        raise TypeError(f"model_type must be a str, got {type(model_type).__name__}")
+    if model_type:
+        if model_type not in NLPAUG_MODEL_TYPES:
+            raise ValueError(f"{UNEXPECTED_MODEL_TYPE} model_type must be one of {tuple(NLPAUG_MODEL_TYPES)} or '' "
+                             f"(read from the model), got {model_type!r}")
+        return NLPAUG_MODEL_TYPES[model_type]
+    if os.path.isdir(model_path):
+        return ""
+    for hint, vocabulary in NLPAUG_NAME_HINTS:
+        if hint in model_path.lower():
+            return vocabulary
+    raise ValueError(f"{UNEXPECTED_MODEL_TYPE} model_path {model_path!r} is not a local folder, and its name tells no "
+                     f"model type (bert, distilbert, roberta); pass model_type= one of {tuple(NLPAUG_MODEL_TYPES)}")
+
+
 class MaskedLM:
     """A masked language model that fills mask tokens with whole words only, batched.
 
     Args:
         model_path: a local folder (loaded with ``local_files_only=True``: nothing is downloaded) or a
-            model name on the Hugging Face hub.
-        device: where the model runs (``"cpu"``, ``"cuda"``, ...).
+            model name on the Hugging Face hub (an OSError saying how to get it when it can be neither
+            found in the cache nor downloaded).
+        device: where the model runs (``"cpu"``, ``"cuda"``, ...; ``None``: the CPU, as in nlpaug).
         top_k: words are drawn from the ``top_k`` most likely allowed ones (``None``: all of them).
         batch_size: texts per forward pass.
 
@@ -70,14 +141,14 @@ class MaskedLM:
     """
 
     def __init__(self, model_path: str, *, device="cpu", top_k: int | None = 100, batch_size: int = 32):
+        check_model_options(top_k, batch_size)
+        device = as_device(device)
         transformers = import_optional("transformers", "contextual augmentation")
         model_path = os.fspath(model_path)
-        local = os.path.isdir(model_path)
         self.model_path = model_path
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(model_path, local_files_only=local)
-        self.model = transformers.AutoModelForMaskedLM.from_pretrained(model_path, local_files_only=local)
+        self.tokenizer, self.model = _load_masked_lm(transformers, model_path)
         self.model.to(device).eval()
-        self.device = str(torch.device(device))
+        self.device = str(device)
         self.top_k = top_k
         self.batch_size = batch_size
         if self.tokenizer.mask_token is None:
@@ -219,6 +290,18 @@ class MaskedLM:
     def get_model(self):
         return self.model
 
+    def get_device(self) -> str:
+        """Where the model's weights are, as nlpaug's language models say it (``"cpu"``, ``"cuda:0"``)."""
+        return str(self.model.device)
+
+    def to(self, device) -> MaskedLM:
+        """Moves the model (and the logit bias) to ``device``, as nlpaug's ``LanguageModels.to``."""
+        device = as_device(device)
+        self.model.to(device)
+        self.bias = self.bias.to(device)
+        self.device = str(device)
+        return self
+
     def get_max_num_token(self) -> int:
         return self.max_tokens - 8  # nlpaug keeps room for special tokens and inserted masks
 
@@ -242,10 +325,17 @@ def _contextual_augmenter_class():
     class ContextualWordEmbsAug(naw.ContextualWordEmbsAug):
         """nlpaug's ContextualWordEmbsAug with :class:`MaskedLM` as its language model."""
 
-        def __init__(self, model_path: str, *, device="cpu", top_k: int | None = 100, batch_size: int = 32, **kwargs):
+        def __init__(self, model_path: str = "bert-base-uncased", model_type: str = "", action: str = "substitute",
+                     top_k: int | None = 100, *, device="cpu", batch_size: int = 32, **kwargs):
+            model_path = os.fspath(model_path)
+            declared = nlpaug_model_type(model_path, model_type)
             self._masked_lm = MaskedLM(model_path, device=device, top_k=top_k, batch_size=batch_size)
-            super().__init__(model_path=os.fspath(model_path), model_type=self._masked_lm.nlpaug_model_type,
-                             device=device, top_k=top_k, batch_size=batch_size, **kwargs)
+            vocabulary = self._masked_lm.nlpaug_model_type
+            if model_type and declared != vocabulary:
+                raise ValueError(f"model_type={model_type!r} stands for a {VOCABULARIES[declared]} vocabulary, but "
+                                 f"{model_path!r} has a {VOCABULARIES[vocabulary]} one; pass model_type={vocabulary!r}")
+            super().__init__(model_path=model_path, model_type=vocabulary, action=action, top_k=top_k,
+                             device=self._masked_lm.device, batch_size=batch_size, **kwargs)
 
         def get_model(self, *args, **kwargs) -> MaskedLM:  # instead of nlpaug's cache keyed by folder name
             return self._masked_lm
@@ -253,13 +343,24 @@ def _contextual_augmenter_class():
     return ContextualWordEmbsAug
 
 
-def contextual_word_embs_aug(model_path: str, *, action: str = "substitute", device="cpu", top_k: int | None = 100,
-                             batch_size: int = 32, **kwargs):
-    """nlpaug's ``ContextualWordEmbsAug`` that runs on transformers 4.x and 5.x (bert, distilbert, roberta,
-    local folders): its language model is a :class:`MaskedLM`. ``kwargs`` go to nlpaug (``aug_p``,
-    ``stopwords``, ...). Its output is nlpaug's: the text is re-decoded by the tokenizer, so words the
-    vocabulary lacks come back as the unknown token; rarekit's ``RareAugmenter("contextual")`` keeps them."""
-    return _contextual_augmenter_class()(model_path, action=action, device=device, top_k=top_k,
+def contextual_word_embs_aug(model_path: str = "bert-base-uncased", model_type: str = "", action: str = "substitute",
+                             top_k: int | None = 100, *, device="cpu", batch_size: int = 32, **kwargs):
+    """nlpaug's ``ContextualWordEmbsAug`` (same arguments) that runs on transformers 4.x and 5.x with bert,
+    distilbert and roberta models, hub names or local folders: its language model is a :class:`MaskedLM`.
+
+    As in nlpaug, ``model_type`` (``"bert"``, ``"distilbert"``, ``"roberta"``) may be left out for a hub name
+    that tells it; a name that tells none raises nlpaug's ValueError (``"Model type value is unexpected."``)
+    before anything is loaded. A local folder needs none. What nlpaug is told is the model's vocabulary
+    (WordPiece: ``"bert"``, byte-level BPE: ``"roberta"``); a ``model_type`` that contradicts it raises
+    ValueError. ``device=None`` is the CPU, and ``augmenter.model.get_device()`` says where the model is.
+    A hub name that is neither cached nor downloadable (offline) raises an OSError that says how to get it.
+    ``kwargs`` go to nlpaug (``aug_p``, ``aug_min``, ``aug_max``, ``stopwords``, ...). Each augmenter loads
+    its own model (nlpaug's shared cache is not used, so ``force_reload`` changes nothing, and neither
+    does ``use_custom_api``: :class:`MaskedLM` replaces both of nlpaug's backends).
+
+    Its output is nlpaug's: the text is re-decoded by the tokenizer, so words the vocabulary lacks come
+    back as the unknown token; rarekit's ``RareAugmenter("contextual")`` keeps them."""
+    return _contextual_augmenter_class()(model_path, model_type, action, top_k, device=device,
                                          batch_size=batch_size, **kwargs)
 
 

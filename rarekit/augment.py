@@ -39,8 +39,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rarekit._nlpaug_compat import (WORD_RE, MaskedLM, contextual_word_embs_aug, import_optional,
-                                    sort_spelling_dictionary)
+from rarekit._nlpaug_compat import (WORD_RE, MaskedLM, as_device, check_model_options, contextual_word_embs_aug,
+                                    import_optional, sort_spelling_dictionary)
 from rarekit.counting import is_integer, is_real_number
 from rarekit.strategy import encode_labels, resolve_sampling_strategy, strategy_input
 
@@ -126,17 +126,14 @@ class RareAugmenter:
             raise ValueError(f"action must be one of {ACTIONS}, got {action!r}")
         if not is_real_number(aug_p) or not 0 < aug_p <= 1:
             raise ValueError(f"aug_p must be a number in (0, 1], got {aug_p!r}")
-        if not is_integer(batch_size) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if top_k is not None and (not is_integer(top_k) or top_k < 1):
-            raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
+        check_model_options(top_k, batch_size)
         if seed is not None and not is_integer(seed):
             raise TypeError(f"seed must be an integer or None, got {seed!r}")
         self.method = method
         self.model_path = model_path
         self.action = action
         self.aug_p = float(aug_p)
-        self.device = str(torch.device(device)) if device is not None else \
+        self.device = str(as_device(device)) if device is not None else \
             ("cuda" if torch.cuda.is_available() else "cpu")
         self.batch_size = int(batch_size)
         self.top_k = top_k

@@ -18,71 +18,19 @@ import rarekit  # noqa: E402
 from rarekit import augment  # noqa: E402
 from rarekit._nlpaug_compat import WORD_RE, MaskedLM  # noqa: E402
 from rarekit.augment import RareAugmenter, augment_minority, augment_rare_tokens, contextual_word_embs_aug  # noqa: E402
+from masked_lm_models import BERT_SPECIAL, PIECES, build_masked_lms, one_torch_thread  # noqa: E402,F401
 
-WORDS = ("the a an cat dog bird fish sat ran flew swam on in under over mat rug tree pond big small red blue quick "
-         "lazy happy sad and or but is was were very not it he she they we you i good bad day night sun moon house "
-         "car road river city old new green fast slow jumped walked talked").split()
-PIECES = ["##s", "##ed", "##ing", "##ly", "##er", "##est"]
-BERT_SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SPECIAL = ("[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]", "<s>", "</s>", "<pad>", "<unk>", "<mask>")
 TEXTS = ["The quick cat jumped over the lazy dog.", "a big red bird flew over the old house",
          "She walked to the river at night, and he talked.", "Zebras sat under the green tree!"]
 MODEL_FREE = ("random_swap", "random_delete", "spelling", "keyboard", "ocr")
 
 
-def small_config(config_class, vocab_size, **names):
-    sizes = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
-    return config_class(vocab_size=vocab_size, max_position_embeddings=64,
-                        **{names.get(key, key): value for key, value in sizes.items()})
-
-
-def build_wordpiece_model(folder, model_type):
-    """A random-weight bert or distilbert masked LM with a small WordPiece vocabulary written to vocab.txt
-    (transformers 5 ignores BertTokenizerFast(vocab_file=...): the tokenizer is read from the folder)."""
-    folder.mkdir()
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    vocab = BERT_SPECIAL + list(".,!?'") + WORDS + PIECES + list(letters) + ["##" + c for c in letters]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    torch.manual_seed(0)
-    if model_type == "bert":
-        model = transformers.BertForMaskedLM(small_config(transformers.BertConfig, len(vocab)))
-        tokenizer = transformers.BertTokenizerFast.from_pretrained(folder)
-    else:
-        config = small_config(transformers.DistilBertConfig, len(vocab), hidden_size="dim",
-                              num_hidden_layers="n_layers", num_attention_heads="n_heads",
-                              intermediate_size="hidden_dim")
-        model = transformers.DistilBertForMaskedLM(config)
-        tokenizer = transformers.DistilBertTokenizerFast.from_pretrained(folder)
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-def build_roberta_model(folder):
-    """A random-weight roberta masked LM with a byte-level BPE (vocab.json + merges.txt) trained here."""
-    from tokenizers import ByteLevelBPETokenizer
-
-    folder.mkdir()
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator([" ".join(WORDS)] * 3, vocab_size=400, min_frequency=1,
-                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], show_progress=False)
-    bpe.save_model(str(folder))
-    tokenizer = transformers.RobertaTokenizerFast.from_pretrained(folder)
-    torch.manual_seed(0)
-    config = small_config(transformers.RobertaConfig, len(tokenizer), pad_token_id=1, bos_token_id=0, eos_token_id=2,
-                          type_vocab_size=1)
-    config.max_position_embeddings = 66  # roberta's positions start at padding_idx + 1
-    transformers.RobertaForMaskedLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("masked-lms")
-    return {"bert": build_wordpiece_model(root / "bert", "bert"),
-            "distilbert": build_wordpiece_model(root / "distilbert", "distilbert"),
-            "roberta": build_roberta_model(root / "roberta")}
+    return build_masked_lms(tmp_path_factory.mktemp("masked-lms"))
 
 
 @pytest.fixture(scope="module")
@@ -337,6 +285,8 @@ def test_augment_rare_tokens_with_word_level_counts(models):
     (lambda: RareAugmenter("random_swap", aug_p=0), ValueError, "aug_p"),
     (lambda: RareAugmenter("random_swap", batch_size=0), ValueError, "batch_size"),
     (lambda: RareAugmenter("random_swap", seed=1.5), TypeError, "seed"),
+    (lambda: RareAugmenter("random_swap", device="gpu0"), ValueError, "device"),
+    (lambda: RareAugmenter("random_swap", device=2.0), TypeError, "device"),
     (lambda: RareAugmenter("random_swap").augment("one text"), TypeError, "wrap it in a list"),
     (lambda: RareAugmenter("random_swap").augment(["a", 3]), TypeError, r"texts\[1\]"),
     (lambda: RareAugmenter("random_swap").augment(["a b"], n=-1), ValueError, "n must be"),

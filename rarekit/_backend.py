@@ -6,10 +6,13 @@
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 
 import torch
+
+CPU_ISAS = ("baseline", "avx2", "avx512")  # the names RAREKIT_CPU_ISA and rarekit._C.set_cpu_isa take
 
 try:
     from rarekit import _C
@@ -19,11 +22,27 @@ except ImportError as error:  # not built: the references serve every op
     _IMPORT_ERROR = error
 
 _force_reference = os.environ.get("RAREKIT_FORCE_REFERENCE", "0") not in ("", "0")
+BUILD_HINT = ("build it with `make install`, or `pip install --no-build-isolation -e .` in the source folder "
+              "(needs a C++ compiler and the installed torch)")
+
+
+def _fallback_reason() -> str:
+    """Why ``rarekit._C`` did not load, in words: not built, or built but not loadable (and Python's error)."""
+    if importlib.util.find_spec("rarekit._C") is None:  # Python's own message would say "circular import"
+        return "the compiled extension rarekit._C is not built"
+    return f"the compiled extension rarekit._C failed to load ({_IMPORT_ERROR}); rebuild it against this torch"
+
 
 if _C is None and not _force_reference:
     warnings.warn(
-        f"rarekit: the compiled kernels are not built ({_IMPORT_ERROR}); using the pure-PyTorch "
-        "references. Build them with `pip install --no-build-isolation -e .`.",
+        f"rarekit: {_fallback_reason()}; using the pure-PyTorch references (slower). To get the kernels, "
+        f"{BUILD_HINT}.", RuntimeWarning, stacklevel=2)
+
+_requested_isa = os.environ.get("RAREKIT_CPU_ISA")
+if _requested_isa is not None and _requested_isa not in CPU_ISAS:
+    warnings.warn(
+        f"rarekit: RAREKIT_CPU_ISA={_requested_isa!r} is not a CPU kernel ISA and is ignored; valid values: "
+        f"{', '.join(CPU_ISAS)} (it caps the choice; the best one this CPU runs is used by default)",
         RuntimeWarning, stacklevel=2)
 
 
@@ -69,7 +88,7 @@ def backend_info() -> dict:
         "cpu_isas_supported": list(_C.supported_cpu_isas()) if _C is not None else [],
         "extension_built": _C is not None,
         "extension_has_cuda": flags.get("cuda") == "1",
-        "extension_error": None if _IMPORT_ERROR is None else str(_IMPORT_ERROR),
+        "extension_error": None if _IMPORT_ERROR is None else _fallback_reason(),
         "compiler": flags.get("compiler"),
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,

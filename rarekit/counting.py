@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import threading
 from collections.abc import Iterable, Mapping
 
 import numpy as np
@@ -10,25 +12,45 @@ import torch
 from tqdm.auto import tqdm
 
 from rarekit import ops
+from rarekit._files import atomic_output
 
 UPDATE_FROM_BATCH_IDS = 1 << 20  # ids per update() call in TokenCounter.update_from
 ID_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint16, torch.uint32)
+INT64_MAX = (1 << 63) - 1
 
 
 def as_ids(ids, name: str = "ids") -> torch.Tensor:
     """``ids`` as an integer tensor (tensors pass through; lists and arrays are converted)."""
     if not isinstance(ids, torch.Tensor):
         if isinstance(ids, np.ndarray) and ids.dtype == np.uint64:
-            ids = ids.astype(np.int64)
+            ids = ids.view(np.int64)  # ids >= 2^63 turn negative here and are reported below
+            as_uint64 = True
+        else:
+            as_uint64 = False
         try:
             ids = torch.as_tensor(ids)
         except (TypeError, ValueError, RuntimeError) as error:
             raise TypeError(f"{name} must be a tensor or array of integer ids, got {type(ids).__name__}") from error
         if ids.numel() == 0 and ids.is_floating_point():  # [] converts to float: an empty list has no dtype
             ids = ids.long()
+    else:
+        as_uint64 = ids.dtype == torch.uint64
+        if as_uint64:
+            ids = ids.view(torch.int64)
+    if as_uint64:
+        _check_fits_int64(ids, name)
     if ids.dtype not in ID_DTYPES:
         raise TypeError(f"{name} must have an integer dtype ({', '.join(str(d) for d in ID_DTYPES)}), got {ids.dtype}")
     return ids
+
+
+def _check_fits_int64(ids: torch.Tensor, name: str) -> None:
+    """``ids``: uint64 ids viewed as int64; raises ValueError naming the first one >= 2^63 (negative here)."""
+    too_large = (ids < 0).reshape(-1)
+    if bool(too_large.any()):
+        position = int(too_large.nonzero()[0, 0])
+        value = int(ids.reshape(-1)[position]) + (1 << 64)
+        raise ValueError(f"{name} are uint64 and {name}[{position}] = {value} does not fit int64 (ids must be < 2^63)")
 
 
 def count(ids, num_bins: int | None = None, *, ignore_index: int | None = None,
@@ -40,7 +62,7 @@ def count(ids, num_bins: int | None = None, *, ignore_index: int | None = None,
         num_bins: output length; ``None`` takes ``max(ids) + 1``, which reads the maximum back to the
             host (one synchronization on CUDA).
         ignore_index: an id value to skip (e.g. ``-100`` padding).
-        weights: per-id float weights, same number of elements as ``ids``; the result is then a
+        weights: per-id float weights, of the shape of ``ids``; the result is then a
             float sum (float64 for float64 weights, float32 otherwise) and is differentiable in them.
         check: raise ``ValueError`` naming the first id outside ``[0, num_bins)`` that is not
             ``ignore_index``. On CUDA this synchronizes once; ``check=False`` drops such ids instead
@@ -56,23 +78,28 @@ def count(ids, num_bins: int | None = None, *, ignore_index: int | None = None,
         if not isinstance(weights, torch.Tensor) or not weights.is_floating_point():
             raise TypeError(f"weights must be a floating-point tensor, got "
                             f"{weights.dtype if isinstance(weights, torch.Tensor) else type(weights).__name__}")
-        if weights.numel() != ids.numel():
-            raise ValueError(f"weights must have one value per id: ids has {ids.numel()} elements, "
-                             f"weights has {weights.numel()} (shape {tuple(weights.shape)})")
+        if weights.shape != ids.shape:
+            raise ValueError(f"weights must have the shape of ids (one value per id): ids has shape "
+                             f"{tuple(ids.shape)}, weights {tuple(weights.shape)}")
         if weights.device != ids.device:
             raise ValueError(f"weights must be on the device of ids ({ids.device}), got {weights.device}")
     if num_bins is None:
-        num_bins = max_id(ids, ignore_index) + 1
-    elif not is_integer(num_bins) or num_bins < 0:
-        raise ValueError(f"num_bins must be a non-negative integer or None, got {num_bins!r}")
+        largest = max_id(ids, ignore_index, default=None)
+        if largest is not None and largest < 0 and check:
+            raise ValueError(f"rarekit.count: num_bins=None takes max(ids) + 1, but every id is negative "
+                             f"(max(ids) = {largest}); ids must lie in [0, num_bins)"
+                             f"{' or equal ignore_index' if ignore_index is not None else ''}")
+        num_bins = 0 if largest is None else max(largest + 1, 0)
+    elif not is_integer(num_bins) or not 0 <= num_bins <= INT64_MAX:
+        raise ValueError(f"num_bins must be a non-negative integer below 2^63, or None, got {num_bins!r}")
     return ops.count(ids, int(num_bins), ignore_index, weights, check)
 
 
-def max_id(ids: torch.Tensor, ignore_index: int | None = None) -> int:
-    """The largest id other than ``ignore_index`` (-1 when there is none); reads back to the host."""
+def max_id(ids: torch.Tensor, ignore_index: int | None = None, default: int | None = -1) -> int | None:
+    """The largest id other than ``ignore_index`` (``default`` when there is none); reads back to the host."""
     if ignore_index is not None:
-        ids = torch.where(ids == ignore_index, -1, ids.long())
-    return int(ids.max()) if ids.numel() else -1
+        ids = ids[ids != ignore_index]
+    return int(ids.max()) if ids.numel() else default
 
 
 def as_counts(counts, name: str = "counts") -> torch.Tensor:
@@ -99,6 +126,8 @@ def checked_ignore_index(ignore_index) -> int | None:
     """``ignore_index`` as an int, or None; anything else raises TypeError naming it."""
     if ignore_index is not None and not is_integer(ignore_index):
         raise TypeError(f"ignore_index must be an integer or None, got {ignore_index!r}")
+    if ignore_index is not None and not -INT64_MAX - 1 <= ignore_index <= INT64_MAX:
+        raise ValueError(f"ignore_index must fit int64, got {ignore_index!r}")
     return None if ignore_index is None else int(ignore_index)
 
 
@@ -165,7 +194,8 @@ class TokenCounter:
 
     Ids outside ``[0, num_bins)`` and ids equal to ``ignore_index`` are dropped silently: :meth:`update`
     never checks the range, so on CUDA it never synchronizes with the host. Pass ``ignore_index=None``
-    to count every id in range.
+    to count every id in range. :meth:`update` and :meth:`merge` may be called from several threads at
+    once: each adds under a lock (the counting itself runs outside it), so no count is lost.
 
     Args:
         num_bins: the number of ids (vocabulary size or number of classes).
@@ -179,6 +209,14 @@ class TokenCounter:
         self.num_bins = int(num_bins)
         self.ignore_index = checked_ignore_index(ignore_index)
         self._counts = torch.zeros(self.num_bins, dtype=torch.int64, device=device)
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        return {key: value for key, value in self.__dict__.items() if key != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     @property
     def device(self) -> torch.device:
@@ -203,7 +241,9 @@ class TokenCounter:
         Ids already on the counter's CUDA device are counted asynchronously, with no host synchronization.
         """
         ids = as_ids(ids).to(self.device)
-        self._counts += count(ids, self.num_bins, ignore_index=self.ignore_index, check=False)
+        added = count(ids, self.num_bins, ignore_index=self.ignore_index, check=False)
+        with self._lock:  # `+=` from two threads at once would lose counts
+            self._counts += added
         return self
 
     def update_from(self, sequences: Iterable, progress: bool = True) -> TokenCounter:
@@ -234,7 +274,9 @@ class TokenCounter:
         if not isinstance(other, TokenCounter):
             raise TypeError(f"other must be a TokenCounter, got {type(other).__name__}")
         self._check_compatible(other.num_bins, other.ignore_index, "other")
-        self._counts += other._counts.to(self.device)
+        added = other.counts.to(self.device)
+        with self._lock:
+            self._counts += added
         return self
 
     def all_reduce(self, group=None) -> TokenCounter:
@@ -267,19 +309,51 @@ class TokenCounter:
             raise ValueError(f"state_dict['counts'] must be an integer tensor of shape ({self.num_bins},), got "
                              f"{counts.dtype if isinstance(counts, torch.Tensor) else type(counts).__name__} "
                              f"{tuple(getattr(counts, 'shape', ()))}")
-        self._counts = as_counts(counts, "state_dict['counts']").to(self.device, torch.int64, copy=True)
+        counts = as_counts(counts, "state_dict['counts']").to(self.device, torch.int64, copy=True)
+        with self._lock:
+            self._counts = counts
         return self
 
     def save(self, path) -> None:
-        """Writes the state to ``path`` with ``torch.save`` (counts on the CPU)."""
-        torch.save({**self.state_dict(), "counts": self._counts.cpu()}, path)
+        """Writes the state to ``path`` with ``torch.save`` (counts on the CPU), through a temporary file
+        in the same folder renamed into place: a failed write (disk full, ...) leaves the old file whole."""
+        with self._lock:
+            state = {**self.state_dict(), "counts": self._counts.cpu()}
+        with atomic_output(path) as temporary:
+            torch.save(state, temporary)
 
     @classmethod
-    def load(cls, path, *, device=None) -> TokenCounter:
-        """A counter read from a file written by :meth:`save`, with its counts on ``device``."""
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, Mapping) or "num_bins" not in state or "ignore_index" not in state:
-            raise ValueError(f"{path} does not hold a saved TokenCounter")
+    def load(cls, path, *, num_bins: int | None = None, device=None) -> TokenCounter:
+        """A counter read from a file written by :meth:`save`, with its counts on ``device``.
+
+        The file is read with ``weights_only=True`` and memory-mapped, and its contents are checked
+        before anything is allocated: ValueError names the file and the problem (empty, truncated or
+        not a saved counter, counts of the wrong length or dtype, or a vocabulary of other than
+        ``num_bins`` ids when ``num_bins`` is given).
+        """
+        if os.path.getsize(path) == 0:
+            raise ValueError(f"{path}: the file is empty, not a saved TokenCounter")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as error:  # torch.load raises RuntimeError, EOFError, UnpicklingError, ... for bad files
+            raise ValueError(f"{path}: cannot read a saved TokenCounter: the file is truncated or not written by "
+                             f"TokenCounter.save ({type(error).__name__}: {error})") from error
+        if (not isinstance(state, Mapping) or set(state) != {"num_bins", "ignore_index", "counts"}
+                or not is_integer(state["num_bins"])
+                or not (state["ignore_index"] is None or is_integer(state["ignore_index"]))):
+            raise ValueError(f"{path} does not hold a saved TokenCounter (expected keys num_bins, ignore_index, "
+                             f"counts, got {sorted(state) if isinstance(state, Mapping) else type(state).__name__})")
+        counts = state["counts"]
+        if not isinstance(counts, torch.Tensor) or counts.dtype != torch.int64 or counts.dim() != 1:
+            raise ValueError(f"{path}: counts must be a 1-D int64 tensor, got "
+                             f"{counts.dtype if isinstance(counts, torch.Tensor) else type(counts).__name__} "
+                             f"{tuple(getattr(counts, 'shape', ()))}")
+        if counts.numel() != state["num_bins"]:
+            raise ValueError(f"{path}: inconsistent file: num_bins = {state['num_bins']} but counts has "
+                             f"{counts.numel()} entries")
+        if num_bins is not None and num_bins != state["num_bins"]:
+            raise ValueError(f"{path}: wrong vocabulary size: the file counts {state['num_bins']} ids, "
+                             f"expected num_bins={num_bins}")
         return cls(state["num_bins"], ignore_index=state["ignore_index"], device=device).load_state_dict(state)
 
     def _check_compatible(self, num_bins, ignore_index, name: str) -> None:

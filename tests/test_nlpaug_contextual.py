@@ -6,6 +6,7 @@ and a hub name that cannot be downloaded."""
 import builtins
 import os
 import random
+import re
 import subprocess
 import sys
 import textwrap
@@ -237,6 +238,24 @@ def test_stopwords_are_never_changed(models, model):
                 if old in stopwords:
                     assert new == old, (text, output)
             assert sum(old != new for old, new in zip(words, new_words)) >= len(words) // 2, output
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("action", ["insert", "substitute"])
+def test_long_text_changes_only_its_head_and_punctuation_stays(models, model, action):
+    """nlpaug's max_length, subword and empty_replacement checks: a text longer than the model takes is
+    changed in its head only; punctuation is kept, in order."""
+    long_text = " ".join([TEN_WORDS] * 8)
+    punctuated = "the cat sat on the mat, and the dog ran! did it?"
+    augmenter = contextual_word_embs_aug(models[model], action=action, aug_p=0.3)
+    head = augmenter.max_num_token
+    assert len(augmenter.model.get_tokenizer().tokenize(long_text)) == 80 > head + 10  # one token per word
+    for seed in range(2):
+        outputs = augment_seeded(augmenter, [long_text, punctuated], seed)
+        assert_clean_output(model, augmenter, [long_text, punctuated], outputs)
+        tail = long_text.split()[head:]
+        assert outputs[0].split()[-len(tail):] == tail
+        assert re.findall(r"[^\w\s]", outputs[1]) == re.findall(r"[^\w\s]", punctuated), outputs[1]
 
 
 @pytest.mark.parametrize("model", MODELS)

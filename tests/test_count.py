@@ -75,8 +75,20 @@ def test_weighted_sums(device, gen, weight_dtype):
     weights = torch.rand(7, 300, generator=gen).to(weight_dtype).to(device)
     sums = rarekit.count(ids, 50, weights=weights, check=False)
     assert sums.dtype == (torch.float64 if weight_dtype == torch.float64 else torch.float32)
-    expected = bincount(ids, 50, weights.float())
-    torch.testing.assert_close(sums.cpu().double(), expected, rtol=1e-5, atol=1e-5)
+    expected = bincount(ids, 50, weights)  # summed in float64 from the weights as given
+    tolerance = 1e-12 if weight_dtype == torch.float64 else 1e-6
+    torch.testing.assert_close(sums.cpu().double(), expected, rtol=tolerance, atol=tolerance)
+
+
+def test_float64_weights_keep_every_bit(device):
+    """1 + 2^-40 is 1 in float32: a kernel that rounds float64 weights through float32 loses the 2^-40
+    (csrc/cuda/count.cu once did, issue 13)."""
+    ids = torch.tensor([0, 0, 1, 2, 2, 2], device=device)
+    weights = torch.tensor([1 + 2**-40, 2**-45, 3.0, 2**-30, 1 + 2**-50, 1.0], dtype=torch.float64, device=device)
+    sums = rarekit.count(ids, 3, weights=weights)
+    assert sums.dtype == torch.float64
+    assert torch.equal(sums.cpu(), bincount(ids, 3, weights))
+    assert sums[0].item() != 1.0 and sums[0].item() == 1 + 2**-40 + 2**-45
 
 
 def test_weighted_sums_do_not_depend_on_thread_count(gen):
@@ -158,6 +170,10 @@ def test_bad_arguments():
     ids = torch.tensor([0, 1, 2])
     with pytest.raises(ValueError, match="num_bins"):
         rarekit.count(ids, -1)
+    with pytest.raises(ValueError, match="below 2\\^63"):  # not torch's internal type error
+        rarekit.count(ids, 2**63)
+    with pytest.raises(ValueError, match="ignore_index must fit int64"):
+        rarekit.count(ids, 3, ignore_index=-(2**63) - 1)
     with pytest.raises(ValueError, match="one value per id"):
         rarekit.count(ids, 3, weights=torch.ones(4))
     with pytest.raises(TypeError, match="weights"):
@@ -233,3 +249,113 @@ def test_compiles_without_graph_breaks(device, gen):
 def test_bad_ignore_index(ignore_index):
     with pytest.raises(TypeError, match="ignore_index must be an integer"):
         rarekit.count(torch.tensor([0, 1]), 2, ignore_index=ignore_index)
+
+
+@pytest.mark.parametrize("shape", [(4, 3), (12,), (3, 4, 1)])
+def test_weights_of_another_shape_are_refused_up_front(shape):
+    """Same number of elements, another shape: refused by the forward, not by autograd in backward."""
+    ids = torch.randint(0, 5, (3, 4))
+    weights = torch.rand(shape, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ValueError, match=r"weights must have the shape of ids.*\(3, 4\)"):
+        rarekit.count(ids, 5, weights=weights)
+    if _backend._C is not None:
+        with pytest.raises(ValueError, match="weights must have the shape of ids"):
+            torch.ops.rarekit.count(ids, 5, None, weights.detach(), True)
+    matching = weights.detach().reshape(3, 4).requires_grad_()
+    rarekit.count(ids, 5, weights=matching).sum().backward()
+    assert torch.equal(matching.grad, torch.ones(3, 4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("ignore_index", [None, -100])
+def test_all_negative_ids_with_num_bins_none(ignore_index):
+    ids = torch.tensor([-2, -3, -100])
+    with pytest.raises(ValueError, match=r"every id is negative \(max\(ids\) = -2\)"):
+        rarekit.count(ids, ignore_index=ignore_index)
+    dropped = rarekit.count(ids, ignore_index=ignore_index, check=False)
+    assert dropped.shape == (0,) and dropped.dtype == torch.int64
+    assert rarekit.count(torch.tensor([-100, -100]), ignore_index=-100).shape == (0,)  # nothing to count
+
+
+def test_uint64_ids_at_or_above_2_63_are_named_as_such():
+    np = pytest.importorskip("numpy")
+    large = np.array([3, 2**63 + 7, 1], dtype=np.uint64)
+    for ids in (large, torch.from_numpy(large.view(np.int64)).view(torch.uint64)):
+        with pytest.raises(ValueError, match=r"ids\[1\] = 9223372036854775815 does not fit int64"):
+            rarekit.count(ids, 10)
+    small = np.array([3, 2, 3], dtype=np.uint64)
+    assert torch.equal(rarekit.count(small, 4), torch.tensor([0, 0, 1, 2]))
+    assert torch.equal(rarekit.count(torch.from_numpy(small.view(np.int64)).view(torch.uint64), 4),
+                       torch.tensor([0, 0, 1, 2]))
+
+
+hypothesis = pytest.importorskip("hypothesis")
+st = hypothesis.strategies
+
+
+@hypothesis.settings(max_examples=60, deadline=None, derandomize=False)
+@hypothesis.given(
+    values=st.lists(st.integers(-5, 70), max_size=300),
+    num_bins=st.integers(0, 64),
+    dtype=st.sampled_from(ID_DTYPES),
+    ignore_index=st.one_of(st.none(), st.integers(-5, 70)),
+    weighted=st.sampled_from([None, torch.float32, torch.float64]),
+    rows=st.sampled_from([1, 2, 3]),
+)
+def test_property_count_equals_torch_bincount(values, num_bins, dtype, ignore_index, weighted, rows):
+    """For any ids (in and out of range), ignore_index and weights: count == torch.bincount of the kept ids."""
+    info = torch.iinfo(dtype)
+    values = [value for value in values if info.min <= value <= info.max]
+    values = values[:len(values) // rows * rows]
+    ids = torch.tensor(values, dtype=torch.int64).to(dtype).reshape(rows, -1)
+    weights = None if weighted is None else torch.linspace(-2, 3, ids.numel(), dtype=weighted).reshape(ids.shape)
+    counts = rarekit.count(ids, num_bins, ignore_index=ignore_index, weights=weights, check=False)
+    flat = ids.reshape(-1).long()
+    keep = (flat >= 0) & (flat < num_bins)
+    if ignore_index is not None:
+        keep &= flat != ignore_index
+    expected = torch.bincount(flat[keep], None if weights is None else weights.reshape(-1)[keep].double(),
+                              minlength=num_bins)
+    if weights is None:
+        assert counts.dtype == torch.int64 and torch.equal(counts, expected)
+    else:
+        assert counts.dtype == weighted
+        torch.testing.assert_close(counts.double(), expected.double(), rtol=1e-6, atol=1e-6)  # bincount: int64 if empty
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("n", [0, 1])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_cuda_tiny_inputs(n, weighted):
+    ids = torch.full((n,), 3, device="cuda")
+    weights = torch.full((n,), 0.5, dtype=torch.float64, device="cuda") if weighted else None
+    counts = rarekit.count(ids, 5, weights=weights)
+    expected = torch.zeros(5, dtype=torch.float64 if weighted else torch.int64)
+    expected[3] = n * (0.5 if weighted else 1)
+    assert torch.equal(counts.cpu(), expected)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("num_bins", [64, 12288, 128256])
+def test_cuda_counts_are_bitwise_reproducible(gen, num_bins):
+    """Integer counts, and weighted sums of dyadic weights (exact in float64 whatever the atomic order)."""
+    ids = torch.randint(0, num_bins, (1 << 20,), generator=gen).cuda()
+    weights = (torch.randint(0, 64, (1 << 20,), generator=gen) / 8).double().cuda()
+    first = rarekit.count(ids, num_bins), rarekit.count(ids, num_bins, weights=weights)
+    second = rarekit.count(ids, num_bins), rarekit.count(ids, num_bins, weights=weights)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert torch.equal(first[0].cpu(), bincount(ids, num_bins))
+    assert torch.equal(first[1].cpu(), bincount(ids, num_bins, weights))
+
+
+@pytest.mark.cuda
+def test_cuda_count_on_a_side_stream(gen):
+    ids = torch.randint(0, 1000, (1 << 18,), generator=gen).cuda()
+    weights = torch.rand(1 << 18, generator=gen, dtype=torch.float64).cuda()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        counts = rarekit.count(ids, 1000, check=False)
+        sums = rarekit.count(ids, 1000, weights=weights, check=False)
+    torch.cuda.current_stream().wait_stream(side)
+    assert torch.equal(counts.cpu(), bincount(ids, 1000))
+    torch.testing.assert_close(sums.cpu(), bincount(ids, 1000, weights), rtol=1e-12, atol=1e-12)

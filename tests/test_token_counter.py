@@ -248,3 +248,93 @@ def test_update_does_not_synchronize_on_cuda(gen):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.equal(counter.counts.cpu(), 2 * bincount(ids, 1000))
+
+
+def test_concurrent_updates_from_4_threads_lose_no_count(gen):
+    """TokenCounter.update from 4 threads at once: every count arrives (the add is under a lock)."""
+    import threading
+
+    batches = [[torch.randint(0, 50, (int(torch.randint(1, 300, (1,), generator=gen)),), generator=gen)
+                for _ in range(200)] for _ in range(4)]
+    counter = TokenCounter(50, ignore_index=None)
+    start = threading.Barrier(4)
+
+    def work(own):
+        start.wait()
+        for batch in own:
+            counter.update(batch)
+
+    threads = [threading.Thread(target=work, args=(own,)) for own in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    expected = bincount(torch.cat([batch for own in batches for batch in own]), 50)
+    assert torch.equal(counter.counts, expected)
+
+
+def test_pickle_and_deepcopy_keep_the_counts():
+    import copy
+    import pickle
+
+    counter = TokenCounter(8, ignore_index=None).update(torch.arange(8).repeat(3))
+    for clone in (copy.deepcopy(counter), pickle.loads(pickle.dumps(counter))):
+        assert torch.equal(clone.update(torch.tensor([0])).counts, torch.tensor([4] + [3] * 7))
+    assert torch.equal(counter.counts, torch.full((8,), 3))
+
+
+def test_failed_save_leaves_the_old_file_whole(tmp_path, monkeypatch):
+    """A save that dies half-way (disk full) keeps the earlier file and leaves no temporary behind."""
+    path = tmp_path / "counter.pt"
+    TokenCounter(30, ignore_index=None).update(torch.arange(30)).save(path)
+    real_save = torch.save
+
+    def disk_full(obj, target, *args, **kwargs):
+        real_save(obj, target, *args, **kwargs)
+        with open(target, "r+b") as handle:  # half of it written, then the disk fills up
+            handle.truncate(len(handle.read()) // 2)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        TokenCounter(30, ignore_index=None).update(torch.zeros(99, dtype=torch.int64)).save(path)
+    monkeypatch.undo()
+    assert torch.equal(TokenCounter.load(path).counts, torch.ones(30, dtype=torch.int64))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["counter.pt"]
+
+
+def write_state(path, **state):
+    torch.save({"num_bins": 20, "ignore_index": None, "counts": torch.zeros(20, dtype=torch.int64), **state}, path)
+
+
+@pytest.mark.parametrize("make_file, message", [
+    (lambda path: path.write_bytes(b""), "the file is empty"),
+    (lambda path: path.write_bytes(b"not a torch file at all"), "truncated or not written by TokenCounter.save"),
+    (lambda path: write_state(path, num_bins=2**40), r"num_bins = 1099511627776 but counts has 20 entries"),
+    (lambda path: write_state(path, counts=torch.zeros(20)), "counts must be a 1-D int64 tensor"),
+    (lambda path: write_state(path, counts=torch.zeros(4, 5, dtype=torch.int64)), "counts must be a 1-D int64"),
+    (lambda path: write_state(path, num_bins="20"), "does not hold a saved TokenCounter"),
+    (lambda path: write_state(path, extra=1), "does not hold a saved TokenCounter"),
+    (lambda path: torch.save([1, 2], path), "does not hold a saved TokenCounter"),
+    (lambda path: write_state(path, counts=torch.full((20,), -4)), "non-negative"),
+])
+def test_load_checks_the_file_before_allocating(tmp_path, make_file, message):
+    path = tmp_path / "counter.pt"
+    make_file(path)
+    with pytest.raises(ValueError, match=message) as error:
+        TokenCounter.load(path)
+    assert str(path) in str(error.value) or "state_dict['counts']" in str(error.value)
+
+
+def test_load_names_a_truncated_file_and_a_wrong_vocabulary_size(tmp_path):
+    path = tmp_path / "counter.pt"
+    TokenCounter(500, ignore_index=None).update(torch.arange(500)).save(path)
+    with pytest.raises(ValueError, match=r"counter\.pt: wrong vocabulary size: the file counts 500 ids, "
+                                         r"expected num_bins=400"):
+        TokenCounter.load(path, num_bins=400)
+    assert TokenCounter.load(path, num_bins=500).total == 500
+    data = path.read_bytes()
+    for cut in (len(data) // 2, len(data) - 30, 40):
+        path.write_bytes(data[:cut])
+        with pytest.raises(ValueError, match=r"counter\.pt: cannot read a saved TokenCounter: the file is truncated"):
+            TokenCounter.load(path)

@@ -337,6 +337,51 @@ def test_each_wrong_argument_raises_a_clean_error(op_name, results_by_op):
                          "TypeError or IndexError:\n" + "\n".join(unclean))
 
 
+@pytest.mark.parametrize("op_name", ["draw_from_buckets", "draw_from_buckets_into"])
+def test_reference_path_refuses_what_the_kernels_refuse(op_name, results_by_op):
+    """The pure-PyTorch path (no extension, or set_backend("reference")) raises the kernels' error class
+    for every inconsistent offsets/draw_counts, not an out-of-range read or a silently wrong draw."""
+    import rarekit
+
+    kernel_results = {result["case"]: result for result in results_by_op.get(op_name, [])}
+    if not kernel_results:
+        pytest.skip(f"rarekit::{op_name} is not registered in this build")
+    valid = CASES[op_name]()[0]
+    data_cases = draw_data_cases(valid, with_total=op_name == "draw_from_buckets")
+    wrapper = getattr(rarekit.ops, op_name)
+    rarekit.set_backend("reference")
+    try:
+        for case, args in data_cases:
+            with pytest.raises(ValueError, match="rarekit.draw_from_buckets: ") as error:
+                wrapper(*args)
+            assert kernel_results[case]["raised"][0] == type(error.value).__name__, case
+    finally:
+        rarekit.set_backend("native")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("with_total", [True, False])
+def test_cuda_draws_refuse_or_never_select_another_row(with_total):
+    """On CUDA, check=True raises the CPU's ValueError; check=False (no host sync) writes INT64_MIN where
+    the arguments are inconsistent, which every index op rejects, never the index of another row."""
+    import rarekit
+
+    valid = CASES["draw_from_buckets" if with_total else "draw_from_buckets_into"]()[0]
+    for case, args in draw_data_cases(valid, with_total):
+        on_cuda = tuple(arg.cuda() if isinstance(arg, torch.Tensor) else arg for arg in args)
+        op = rarekit.ops.draw_from_buckets if with_total else rarekit.ops.draw_from_buckets_into
+        with pytest.raises(ValueError, match="rarekit.draw_from_buckets: "):
+            op(*args)
+        with pytest.raises(ValueError, match="rarekit.draw_from_buckets: "):
+            op(*on_cuda)
+        unchecked = on_cuda[:-1] + (False,)
+        drawn = op(*unchecked) if with_total else (op(*unchecked), unchecked[5])[1]
+        order = args[0]
+        torch.cuda.synchronize()
+        for value in drawn.cpu().tolist():
+            assert value == -(2**63) or (0 <= value < order.numel() and value in order.tolist()), (case, value)
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     run_calls(int(sys.argv[1]))

@@ -32,7 +32,8 @@ RAREKIT_HOST_DEVICE uint64_t random_bits(uint64_t base, int64_t counter) {
 
 // floor(u n) with u = (bits >> 11) 2^-53 in [0, 1): uniform on [0, n) for n > 0, each value's
 // probability off by at most 2^-53 relative (the 53-bit uniform double of Vigna's xoshiro notes).
-// Both products are exact or correctly rounded doubles, so every device gets the same value.
+// Both products are exact or correctly rounded doubles, so every device gets the same value (no add
+// follows a multiply, so nvcc's FMA contraction, --fmad under --use_fast_math, cannot change them).
 RAREKIT_HOST_DEVICE int64_t bounded(uint64_t bits, int64_t n) {
   const double u = static_cast<double>(bits >> 11) * 0x1.0p-53;
   const int64_t value = static_cast<int64_t>(u * static_cast<double>(n));

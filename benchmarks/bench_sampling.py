@@ -1,19 +1,28 @@
-"""rarekit.oversample_indices against imbalanced-learn, a naive torch implementation and a write-only floor.
+"""rarekit.oversample_indices against imbalanced-learn, a naive torch implementation and a write-only floor;
+rarekit.RandomOverSampler.fit_resample end to end against imbalanced-learn's.
 
 1e6 labels over 100 long-tail classes (Zipf, exponent 0.9), sampling_strategy='auto': about 15.6M
 output indices. Contenders: imblearn's RandomOverSampler.fit_resample with X = arange(N) as a column
 (CPU only), the obvious torch code (a stable argsort, then one randint + gather per class), and
 torch.full of an int64 tensor of the output size (the floor: allocating and writing the output).
 Targets: CPU >= 20x imblearn and >= 5x naive torch; H200 >= 5x naive torch on the GPU.
+
+fit_resample (CPU): the same labels with float64 X of shape (1e6, 1) as a numpy array, as a pandas
+DataFrame (y a Series) and as a scipy CSR matrix of shape (1e6, 8) with 1/4 of its entries set; the
+two samplers' calls alternate, and the whole comparison is run FIT_RUNS times: the median of each
+run's ratio is quoted with the range of the runs (the spread). Target: >= 20x imblearn on numpy X.
 """
+import statistics
+
 import numpy as np
 import torch
 
 import rarekit
-from common import median_seconds, parse_args, report
+from common import median_seconds, median_seconds_interleaved, parse_args, report
 
 CLASSES = 100
 ZIPF_EXPONENT = 0.9
+FIT_RUNS = 3
 
 
 def zipf_labels(n: int, seed: int = 0) -> torch.Tensor:
@@ -65,7 +74,43 @@ def main() -> None:
     if device.type == "cpu":
         case["note"] = ("rarekit asks Linux for transparent huge pages behind its fresh output (advise_huge_pages); "
                         "torch.full faults its output in 4 KiB pages, hence a ratio to the floor below 1")
-    report("sampling", device, [case], args.out)
+    cases = [case]
+    if device.type == "cpu":
+        cases += fit_resample_cases(y.numpy(), args)
+    report("sampling", device, cases, args.out)
+
+
+def fit_resample_inputs(y: np.ndarray) -> dict:
+    """The X of each fit_resample case (and its y): numpy, pandas and scipy sparse."""
+    import pandas
+    from scipy import sparse
+
+    X = np.random.default_rng(1).normal(size=(len(y), 1))
+    return {"numpy X (N, 1) float64": (X, y),
+            "pandas DataFrame (N, 1), y a Series": (pandas.DataFrame({"x": X[:, 0]}), pandas.Series(y, name="y")),
+            "scipy CSR (N, 8), density 0.25": (sparse.random(len(y), 8, density=0.25, format="csr", random_state=2),
+                                               y)}
+
+
+def fit_resample_cases(y: np.ndarray, args) -> list[dict]:
+    """rarekit's and imblearn's RandomOverSampler.fit_resample on each input of fit_resample_inputs."""
+    from imblearn.over_sampling import RandomOverSampler as ImblearnOverSampler
+
+    cases = []
+    for name, (X, labels) in fit_resample_inputs(y).items():
+        peers = {"rarekit RandomOverSampler": lambda: rarekit.RandomOverSampler(random_state=0).fit_resample(X, labels),
+                 "imblearn RandomOverSampler": lambda: ImblearnOverSampler(random_state=0).fit_resample(X, labels)}
+        runs = [median_seconds_interleaved(peers, torch.device("cpu"), min(args.repeat, 3), warmup=1)
+                for _ in range(FIT_RUNS)]
+        ratios = sorted(run["imblearn RandomOverSampler"] / run["rarekit RandomOverSampler"] for run in runs)
+        X_res, _ = peers["rarekit RandomOverSampler"]()
+        cases.append({
+            "case": f"fit_resample, {name}, {len(y)} Zipf labels, {CLASSES} classes, 'auto' -> {X_res.shape[0]} rows",
+            "median_ms": {peer: statistics.median(run[peer] for run in runs) * 1e3 for peer in peers},
+            "ratios": {"speed-up vs imblearn RandomOverSampler (median of runs)": statistics.median(ratios)},
+            "spread": f"speed-up over {FIT_RUNS} interleaved runs: {ratios[0]:.1f}x to {ratios[-1]:.1f}x",
+        })
+    return cases
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ from rarekit.counting import TokenCounter, count, rare_ids
 from rarekit.linear_cross_entropy import LinearCrossEntropyLoss, linear_cross_entropy
 from rarekit.losses import ClassBalancedLoss, CrossEntropyLoss, FocalLoss, LogitAdjustedLoss, cross_entropy
 from rarekit.plots import plot_frequencies
-from rarekit.sampling import (BalancedSampler, RandomOverSampler, RandomUnderSampler, oversample_indices,
-                              sequence_weights, undersample_indices)
+from rarekit.balanced_sampler import BalancedSampler
+from rarekit.sampling import oversample_indices, sequence_weights, undersample_indices
 from rarekit.strategy import resolve_sampling_strategy
 from rarekit.weights import class_weights
 
@@ -16,3 +16,11 @@ __all__ = ["ClassBalancedLoss", "CrossEntropyLoss", "FocalLoss", "LogitAdjustedL
            "BalancedSampler", "RandomOverSampler", "RandomUnderSampler", "oversample_indices", "resolve_sampling_strategy",
            "sequence_weights", "undersample_indices", "RareAugmenter", "augment_minority", "augment_rare_tokens"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """The imbalanced-learn drop-ins load on first use: they need the ``rarekit[sampling]`` extra."""
+    if name in ("RandomOverSampler", "RandomUnderSampler"):
+        from rarekit import samplers
+        return getattr(samplers, name)
+    raise AttributeError(f"module 'rarekit' has no attribute {name!r}")

@@ -144,3 +144,22 @@ def draw_from_buckets(order: torch.Tensor, offsets: torch.Tensor, draw_counts: t
     rank = outputs - (draw_ends - draw_counts)[bucket]
     in_full = draw_counts[bucket] == size
     return order[torch.where(in_full, start + rank, ranked[start + rank])]
+
+
+def gather_rows(source: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """``source[indices]`` along the first dimension, with the kernels' argument checks and messages."""
+    if source.dim() == 0:
+        raise ValueError("rarekit.gather_rows: source must have a row dimension, got a 0-d tensor")
+    if indices.dim() != 1:
+        raise ValueError(f"rarekit.gather_rows: indices must be 1-D, got shape {tuple(indices.shape)}")
+    if indices.dtype != torch.int64:
+        raise TypeError(f"rarekit.gather_rows: indices must be int64, got {indices.dtype}")
+    if indices.device != source.device:
+        raise ValueError(f"rarekit.gather_rows: indices must be on the device of source ({source.device}), got "
+                         f"{indices.device}")
+    outside = (indices < 0) | (indices >= source.shape[0])
+    if bool(outside.any()):
+        position = int(outside.nonzero()[0, 0])
+        raise IndexError(f"rarekit.gather_rows: indices[{position}] = {int(indices[position])} is outside the "
+                         f"{source.shape[0]} rows of source")
+    return source.index_select(0, indices)

@@ -1,17 +1,22 @@
 """``sampling_strategy``, every form imbalanced-learn accepts, validated and resolved in one place
-(:func:`resolve_sampling_strategy`), and the label encoding the resamplers share (:func:`encode_labels`).
+(:func:`resolve_sampling_strategy`; :func:`check_sampling_strategy` is imbalanced-learn's function of
+that name), and the label encoding the resamplers share (:func:`encode_labels`).
 
-=================================  ============================  ============================
-form                               ``kind="over"``               ``kind="under"``
-=================================  ============================  ============================
-``"auto"``                         ``"not majority"``            ``"not minority"``
-``"minority"``                     the minority class            ValueError
-``"majority"``                     ValueError                    the majority class
-``"not minority"``, ...            up to the majority count      down to the minority count
-float ``α`` in (0, 1], binary y    ``N_min = α N_maj`` after     ``N_maj = N_min / α`` after
-dict ``{class: count}``            counts ≥ the original         counts ≤ the original
-callable ``y -> dict``             as the dict                   as the dict
-=================================  ============================  ============================
+=================================  ============================  ============================  ==================
+form                               ``kind="over"``               ``kind="under"``              ``kind="clean"``
+=================================  ============================  ============================  ==================
+``"auto"``                         ``"not majority"``            ``"not minority"``            as ``"under"``
+``"minority"``                     the minority class            ValueError                    ValueError
+``"majority"``                     ValueError                    the majority class            as ``"under"``
+``"not minority"``, ...            up to the majority count      down to the minority count    as ``"under"``
+float ``α`` in (0, 1], binary y    ``N_min = α N_maj`` after     ``N_maj = N_min / α`` after   ValueError
+dict ``{class: count}``            counts ≥ the original         counts ≤ the original         ValueError
+list ``[class, ...]``              ValueError                    ValueError                    the minority count
+callable ``y, **kw -> dict``       as the dict                   as the dict                   ValueError
+=================================  ============================  ============================  ==================
+
+``"clean"`` is imbalanced-learn's ``"clean-sampling"`` (cleaning methods such as Tomek links), for
+:func:`check_sampling_strategy`; rarekit's samplers over- or under-sample.
 
 Ties go to the smallest class: the majority is the first class (in sorted order) of largest count,
 the minority the first of smallest count, as in imbalanced-learn.
@@ -26,7 +31,10 @@ import torch
 
 from rarekit.counting import as_ids, is_integer, is_real_number
 
-KINDS = ("over", "under")
+KINDS = ("over", "under", "clean")
+# imbalanced-learn's sampling_type -> kind; "ensemble" and "bypass" take sampling_strategy as it is
+SAMPLING_TYPES = {"over-sampling": "over", "under-sampling": "under", "clean-sampling": "clean", "ensemble": None,
+                  "bypass": None}
 STRING_FORMS = ("auto", "minority", "majority", "not minority", "not majority", "all")
 
 
@@ -68,16 +76,18 @@ def strategy_input(y):
     return y if isinstance(y, (torch.Tensor, np.ndarray)) else np.asarray(y)
 
 
-def resolve_sampling_strategy(strategy, class_counts: Mapping, kind: str, *, y=None) -> dict:
+def resolve_sampling_strategy(strategy, class_counts: Mapping, kind: str, *, y=None,
+                              strategy_kwargs: Mapping | None = None) -> dict:
     """imbalanced-learn's ``sampling_strategy_``: ``{class: n}`` over the targeted classes, in sorted
     class order, where ``n`` is the number of samples to generate (``kind="over"``) or to keep
-    (``kind="under"``).
+    (``kind="under"`` and ``"clean"``).
 
     Args:
         strategy: a form of the table above.
         class_counts: ``{class: count}`` of every class present, in sorted class order.
-        kind: ``"over"`` or ``"under"``.
+        kind: ``"over"``, ``"under"`` or ``"clean"``.
         y: the labels, passed to a callable ``strategy`` (see :func:`strategy_input`).
+        strategy_kwargs: keyword arguments of a callable ``strategy``: ``strategy(y, **strategy_kwargs)``.
 
     Raises ValueError, as imbalanced-learn does, for an invalid form or value; the message names it.
     """
@@ -102,6 +112,16 @@ def resolve_sampling_strategy(strategy, class_counts: Mapping, kind: str, *, y=N
         return {label: n_majority - count if over else n_minority
                 for label, count in counts.items() if label not in excluded}
 
+    if isinstance(strategy, list):
+        if kind != "clean":
+            raise ValueError(f"sampling_strategy can be a list of classes only for clean-sampling, not {kind}-sampling; "
+                             f"got {strategy!r}")
+        _check_present(strategy, counts)
+        return {label: n_minority for label in counts if label in strategy}
+    if kind == "clean" and not isinstance(strategy, str):
+        raise ValueError(f"sampling_strategy for clean-sampling is a string or a list of classes, got "
+                         f"{type(strategy).__name__} {strategy!r}")
+
     if is_real_number(strategy):
         if not 0 < strategy <= 1:
             raise ValueError(f"sampling_strategy as a float must be in (0, 1], got {strategy!r}")
@@ -122,7 +142,7 @@ def resolve_sampling_strategy(strategy, class_counts: Mapping, kind: str, *, y=N
         return targets
 
     if callable(strategy) and not isinstance(strategy, Mapping):
-        requested = strategy(y)
+        requested = strategy(y, **(strategy_kwargs or {}))
         if not isinstance(requested, Mapping):
             raise ValueError(f"a callable sampling_strategy must return a dict {{class: count}}, got "
                              f"{type(requested).__name__}")
@@ -135,9 +155,7 @@ def resolve_sampling_strategy(strategy, class_counts: Mapping, kind: str, *, y=N
 
 def _resolve_counts(requested: Mapping, counts: dict, over: bool) -> dict:
     """The dict form: requested counts after resampling, checked against the original ones."""
-    absent = [label for label in requested if label not in counts]
-    if absent:
-        raise ValueError(f"sampling_strategy names classes not present in y: {absent}")
+    _check_present(requested, counts)
     targets = {}
     for label, count in counts.items():
         if label not in requested:
@@ -155,3 +173,32 @@ def _resolve_counts(requested: Mapping, counts: dict, over: bool) -> dict:
                              f"the {count} samples of the class")
         targets[label] = int(wanted) - count if over else int(wanted)
     return targets
+
+
+def _check_present(labels, counts: dict) -> None:
+    absent = [label for label in labels if label not in counts]
+    if absent:
+        raise ValueError(f"sampling_strategy names classes not present in y: {absent}")
+
+
+def class_counts(y, name: str = "y") -> dict:
+    """``{class: count}`` of the labels ``y`` (any kind :func:`encode_labels` takes), in sorted class order."""
+    codes, classes = encode_labels(y, name)
+    values, counts = torch.unique(codes.long(), return_counts=True)
+    labels = values.tolist() if classes is None else classes[values.cpu().numpy()].tolist()
+    return dict(zip(labels, counts.tolist()))
+
+
+def check_sampling_strategy(sampling_strategy, y, sampling_type: str, **kwargs) -> dict:
+    """imbalanced-learn's ``imblearn.utils.check_sampling_strategy`` on :func:`resolve_sampling_strategy`:
+    ``sampling_type`` is one of :data:`SAMPLING_TYPES`, ``kwargs`` go to a callable ``sampling_strategy``.
+    ``"ensemble"`` and ``"bypass"`` return ``sampling_strategy`` itself (after the class count check)."""
+    if sampling_type not in SAMPLING_TYPES:
+        raise ValueError(f"sampling_type must be one of {tuple(SAMPLING_TYPES)}, got {sampling_type!r}")
+    counts = class_counts(y)
+    if len(counts) < 2:
+        raise ValueError(f"y needs more than 1 class to resample, got {len(counts)}: {list(counts)}")
+    kind = SAMPLING_TYPES[sampling_type]
+    if kind is None:
+        return sampling_strategy
+    return resolve_sampling_strategy(sampling_strategy, counts, kind, y=strategy_input(y), strategy_kwargs=kwargs)

@@ -9,7 +9,8 @@ import torch
 
 import rarekit
 from rarekit import _backend, ops, reference
-from rarekit.sampling import bucket_labels, smoothed_bootstrap_scale
+from rarekit.samplers import smoothed_bootstrap_scale
+from rarekit.sampling import bucket_labels
 from rarekit.strategy import resolve_sampling_strategy
 
 imblearn_over = pytest.importorskip("imblearn.over_sampling")
@@ -451,8 +452,16 @@ def test_round_trip_pandas(gen):
         X_res, y_res = resampler.fit_resample(X, series)
         assert isinstance(X_res, pd.DataFrame) and isinstance(y_res, pd.Series)
         assert list(X_res.columns) == list(X.columns) and (X_res.dtypes == X.dtypes).all() and y_res.name == "label"
-        assert X_res.equals(X.iloc[resampler.sample_indices_].reset_index(drop=True))
+        expected = X.iloc[resampler.sample_indices_]  # imblearn: the over-sampler renumbers the rows,
+        if isinstance(resampler, rarekit.RandomOverSampler):  # the under-sampler keeps their labels
+            expected = expected.reset_index(drop=True)
+        assert X_res.equals(expected) and y_res.index.equals(X_res.index)
         assert y_res.tolist() == series.iloc[resampler.sample_indices_].tolist()
+        theirs = type(resampler).__name__
+        module = imblearn_over if theirs == "RandomOverSampler" else imblearn_under
+        X_theirs, y_theirs = getattr(module, theirs)(random_state=3).fit_resample(X, series)
+        assert type(X_theirs.index) is type(X_res.index) and (X_theirs.dtypes == X_res.dtypes).all()
+        assert y_theirs.dtype == y_res.dtype and y_theirs.name == y_res.name
         X_res, y_res = resampler.fit_resample(X["length"], y)  # a Series as X
         assert isinstance(X_res, pd.Series) and isinstance(y_res, np.ndarray)
 
@@ -465,7 +474,7 @@ def test_round_trip_scipy_sparse(gen, fmt):
     X = sparse.random(120, 30, density=0.1, format=fmt, random_state=int(rng.integers(1000)))
     for resampler in (rarekit.RandomOverSampler(random_state=4), rarekit.RandomUnderSampler(random_state=4)):
         X_res, y_res = resampler.fit_resample(X, y)
-        assert sparse.issparse(X_res) and X_res.format == fmt
+        assert sparse.issparse(X_res) and X_res.format == ("csr" if fmt == "coo" else fmt)  # as imblearn
         assert np.array_equal(X_res.toarray(), X.toarray()[resampler.sample_indices_])
         assert np.array_equal(y_res, y[resampler.sample_indices_])
 
@@ -503,7 +512,7 @@ def test_shrinkage_noise_has_the_scale_of_imblearn(gen):
     ours = rarekit.RandomOverSampler(random_state=5, shrinkage=shrinkage)
     X_res, y_res = ours.fit_resample(X.astype(np.float32), y)
     assert X_res.dtype == np.float32 and X_res.shape == (3 * 4000, 3)
-    assert ours.shrinkage_ == {1: 0.5, 2: 2.0}
+    assert ours.shrinkage_ == shrinkage  # imblearn's shrinkage_: the dict given
     assert np.array_equal(X_res[:len(y)], X.astype(np.float32))  # the originals are untouched
     expected = imblearn_over.RandomOverSampler(random_state=5, shrinkage=shrinkage)
     X_expected, y_expected = expected.fit_resample(X, y)
@@ -536,22 +545,60 @@ def test_shrinkage_on_dataframes(gen):
 
 
 def test_bad_shrinkage():
-    sparse = pytest.importorskip("scipy.sparse")
+    """shrinkage is checked as imbalanced-learn checks it; rarekit refuses NaN and infinite factors too."""
     y = np.array([0] * 10 + [1] * 3 + [2] * 4)
     X = np.random.default_rng(0).normal(size=(17, 2))
-    also_rejected_by_imblearn = [(-1.0, "finite number >= 0"), ({1: 1.0}, r"missing \[2\]"),
-                                 ({1: 1.0, 2: -2.0}, r"shrinkage\[2\]")]
+    also_rejected_by_imblearn = [(-1.0, "shrinkage"), ({1: 1.0}, r"missing \[2\]"),
+                                 ({1: 1.0, 2: -2.0}, r"shrinkage\[2\]"),
+                                 ({0: -1.0, 1: 1.0, 2: 1.0}, r"shrinkage\[0\]")]  # 0 is not resampled
     for shrinkage, match in also_rejected_by_imblearn:
         with pytest.raises(ValueError, match=match):
             rarekit.RandomOverSampler(shrinkage=shrinkage).fit_resample(X, y)
         with pytest.raises(ValueError):
             imblearn_over.RandomOverSampler(shrinkage=shrinkage).fit_resample(X, y)
-    for X_in, shrinkage, match in [(X, float("nan"), "finite number >= 0"),
-                                   (X, {1: 1.0, 2: 1.0, 9: 1.0}, r"not in y \[9\]"),
-                                   (sparse.csr_matrix(X), 1.0, "sparse"), (X.astype(int), 1.0, "floating-point"),
-                                   ([["a", "b"]] * 17, 1.0, "floating-point")]:
-        with pytest.raises(ValueError, match=match):
+    for X_in, shrinkage in [(X, float("nan")), (X, {1: 1.0, 2: float("inf")})]:
+        with pytest.raises(ValueError, match="shrinkage"):
             rarekit.RandomOverSampler(shrinkage=shrinkage).fit_resample(X_in, y)
+    with pytest.raises(ValueError, match="numerical"):
+        rarekit.RandomOverSampler(shrinkage=1.0).fit_resample([["a", "b"]] * 17, y)
+    with pytest.raises(TypeError, match="shrinkage"):
+        rarekit.RandomOverSampler(shrinkage={1: "big", 2: 1.0}).fit_resample(X, y)
+    with pytest.raises(ValueError, match="floating-point"):
+        rarekit.RandomOverSampler(shrinkage=1.0).fit_resample(torch.ones(17, 2, dtype=torch.int64), y)
+
+
+def test_shrinkage_accepted_as_imblearn_accepts_it():
+    """A factor for a class absent from y, integer X (made float64) and sparse X are accepted by both."""
+    sparse = pytest.importorskip("scipy.sparse")
+    y = np.array([0] * 10 + [1] * 3 + [2] * 4)
+    X = np.random.default_rng(0).normal(size=(17, 2))
+    for X_in, shrinkage in [(X, {1: 1.0, 2: 1.0, 9: 1.0}), (X.round().astype(int), 1.0),
+                            (sparse.csr_matrix(X), 1.0), (sparse.csc_matrix(X), {1: 0.0, 2: 0.0})]:
+        ours = rarekit.RandomOverSampler(shrinkage=shrinkage, random_state=0)
+        theirs = imblearn_over.RandomOverSampler(shrinkage=shrinkage, random_state=0)
+        (X_res, y_res), (X_theirs, y_theirs) = ours.fit_resample(X_in, y), theirs.fit_resample(X_in, y)
+        assert type(X_res) is type(X_theirs) and X_res.dtype == X_theirs.dtype and X_res.shape == X_theirs.shape
+        assert class_counts(y_res) == class_counts(y_theirs) and ours.shrinkage_ == theirs.shrinkage_
+        dense = X_res.toarray() if sparse.issparse(X_res) else X_res
+        original = X_in.toarray() if sparse.issparse(X_in) else X_in
+        assert np.array_equal(dense[:17], original)
+        if isinstance(shrinkage, dict) and not any(shrinkage.values()):  # zero noise: the drawn rows themselves
+            assert np.array_equal(dense[17:], original[ours.sample_indices_[17:]])
+        else:
+            assert not np.array_equal(dense[17:], original[ours.sample_indices_[17:]])
+
+
+def test_sparse_shrinkage_noise_has_the_scale_of_imblearn(gen):
+    sparse = pytest.importorskip("scipy.sparse")
+    rng = numpy_rng(gen)
+    y = np.repeat([0, 1], [3000, 200])
+    X = sparse.random(3200, 4, density=0.5, format="csr", random_state=int(rng.integers(1000))) * 3
+    ours = rarekit.RandomOverSampler(shrinkage=2.0, random_state=1)
+    X_res, y_res = ours.fit_resample(X, y)
+    members = X[np.flatnonzero(y == 1)].toarray()
+    expected = 2.0 * (4 / (6 * 3200)) ** (1 / 8) * members.std(axis=0)  # imblearn's formula
+    noise = X_res[3200:].toarray() - X[ours.sample_indices_[3200:]].toarray()
+    np.testing.assert_allclose(noise.std(axis=0) / expected, 1, atol=0.06)  # 2800 normals per feature
 
 
 # --- BalancedSampler --------------------------------------------------------------------------------

@@ -1,0 +1,112 @@
+// CUDA implementation of rarekit::gather_rows: out[j] = source[indices[j]] for rows of any dtype, copied
+// as bytes in the widest word (16, 8, 4, 2 or 1 bytes) that the row size and both base addresses allow.
+// One grid-stride kernel over (output row, word). An index outside [0, rows) leaves its output row
+// zero and raises a device flag; with check=true the flag is read back (one host synchronization)
+// and raises IndexError, with check=false nothing waits for it.
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+
+#include "rarekit/gather_op.h"
+
+namespace rarekit::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename Word>
+__global__ void gather_rows_kernel(const Word* __restrict__ source, int64_t rows, int64_t words,
+                                   const int64_t* __restrict__ indices, int64_t total, Word* __restrict__ out,
+                                   unsigned long long* __restrict__ first_bad) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t count = total * words;
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < count; k += stride) {
+    const int64_t j = k / words, word = k - j * words;
+    const int64_t row = indices[j];
+    if (row >= 0 && row < rows) {
+      out[k] = source[row * words + word];
+    } else {
+      out[k] = Word{};
+      atomicMin(first_bad, static_cast<unsigned long long>(j));
+    }
+  }
+}
+
+// Rows of zero bytes: only the indices are checked.
+__global__ void check_indices_kernel(int64_t rows, const int64_t* __restrict__ indices, int64_t total,
+                                     unsigned long long* __restrict__ first_bad) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < total; j += stride) {
+    if (indices[j] < 0 || indices[j] >= rows) atomicMin(first_bad, static_cast<unsigned long long>(j));
+  }
+}
+
+int grid_size(int64_t count) {
+  const int64_t resident =
+      static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) * 2048 / kThreads;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((count + kThreads - 1) / kThreads, resident)));
+}
+
+template <typename Word>
+void launch(const at::Tensor& source, int64_t row_bytes, const at::Tensor& indices, const at::Tensor& out,
+            unsigned long long* first_bad) {
+  const int64_t words = row_bytes / static_cast<int64_t>(sizeof(Word)), total = indices.numel();
+  const int64_t count = total * words;
+  if (count == 0) return;
+  gather_rows_kernel<Word><<<grid_size(count), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+      static_cast<const Word*>(source.const_data_ptr()), source.size(0), words, indices.const_data_ptr<int64_t>(),
+      total, static_cast<Word*>(out.mutable_data_ptr()), first_bad);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+bool fits(int64_t row_bytes, const void* a, const void* b, int64_t size) {
+  return row_bytes % size == 0 && reinterpret_cast<uintptr_t>(a) % size == 0 &&
+         reinterpret_cast<uintptr_t>(b) % size == 0;
+}
+
+at::Tensor gather_rows_cuda(const at::Tensor& source, const at::Tensor& indices, bool check) {
+  check_gather_arguments(source, indices);
+  const c10::cuda::CUDAGuard guard(source.device());
+  const at::Tensor rows_c = source.contiguous(), indices_c = indices.contiguous();
+  at::Tensor out = empty_gather_output(source, indices);
+  const int64_t rows = rows_c.size(0);
+  const int64_t row_bytes = rows == 0 ? 0 : static_cast<int64_t>(rows_c.nbytes()) / rows;
+  const int64_t no_bad = std::numeric_limits<int64_t>::max();
+  at::Tensor first_bad = at::full({1}, no_bad, indices.options());
+  auto* flag = reinterpret_cast<unsigned long long*>(first_bad.mutable_data_ptr<int64_t>());
+  const void* from = rows_c.const_data_ptr();
+  const void* to = out.const_data_ptr();
+  if (row_bytes == 0) {
+    if (indices_c.numel() > 0) {
+      check_indices_kernel<<<grid_size(indices_c.numel()), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+          rows, indices_c.const_data_ptr<int64_t>(), indices_c.numel(), flag);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+  } else if (fits(row_bytes, from, to, 16)) {
+    launch<uint4>(rows_c, row_bytes, indices_c, out, flag);
+  } else if (fits(row_bytes, from, to, 8)) {
+    launch<uint64_t>(rows_c, row_bytes, indices_c, out, flag);
+  } else if (fits(row_bytes, from, to, 4)) {
+    launch<uint32_t>(rows_c, row_bytes, indices_c, out, flag);
+  } else if (fits(row_bytes, from, to, 2)) {
+    launch<uint16_t>(rows_c, row_bytes, indices_c, out, flag);
+  } else {
+    launch<uint8_t>(rows_c, row_bytes, indices_c, out, flag);
+  }
+  if (check) {
+    const int64_t bad = first_bad.item<int64_t>();
+    TORCH_CHECK_INDEX(bad == no_bad, "rarekit.gather_rows: indices[", bad, "] = ", indices_c[bad].item<int64_t>(),
+                      " is outside the ", rows, " rows of source");
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rarekit, CUDA, m) { m.impl("gather_rows", &gather_rows_cuda); }
+
+}  // namespace rarekit::cuda

@@ -124,12 +124,15 @@ def build_ext_class():
             for source in sorted(glob.glob(os.path.join(ROOT, "csrc", "cpu", "isa", "*.cpp"))):
                 for isa, flags in CPU_ISAS.items():
                     obj = os.path.join(out_dir, f"{os.path.basename(source)[:-4]}.{isa}.o")
+                    ext.extra_objects.append(obj)
+                    inputs = [source] + glob.glob(os.path.join(ROOT, "csrc", "include", "rarekit", "*.h"))
+                    if os.path.exists(obj) and os.path.getmtime(obj) > max(map(os.path.getmtime, inputs + [__file__])):
+                        continue  # up to date (an in-place rebuild: setup.py build_ext --inplace)
                     cmd = [compiler, "-O3", "-std=c++17", "-fPIC", "-fno-math-errno", "-fno-trapping-math", "-Wno-psabi",
                            f"-DRAREKIT_ISA={isa}", "-I", os.path.join(ROOT, "csrc", "include"),
                            *flags, "-c", source, "-o", obj]
                     print(" ".join(cmd), flush=True)
                     subprocess.check_call(cmd)
-                    ext.extra_objects.append(obj)
             super().build_extension(ext)
 
     return IsaBuildExtension.with_options(use_ninja=True)

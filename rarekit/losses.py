@@ -87,9 +87,9 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
         raise ValueError(f"smoothing_mode must be one of {SMOOTHING_MODES}, got {smoothing_mode!r}")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
-    if not (math.isfinite(focal_gamma) and math.isfinite(z_loss)) or focal_gamma < 0 or z_loss < 0:
-        raise ValueError(f"focal_gamma and z_loss must be finite and >= 0, got focal_gamma={focal_gamma}, "
-                         f"z_loss={z_loss}")
+    for name, value in (("focal_gamma", focal_gamma), ("z_loss", z_loss)):
+        if not 0 <= value < math.inf:  # also refuses NaN; plain comparisons trace under torch.compile(dynamic=True)
+            raise ValueError(f"{name} must be finite and >= 0, got {value}")
     ignore_index = checked_ignore_index(ignore_index)
     if ignore_index is None:
         raise TypeError("ignore_index must be an integer, got None")
@@ -97,7 +97,13 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
         raise ValueError("logits must have a class dimension, got a scalar")
     if target.device != logits.device:
         raise ValueError(f"target is on {target.device} but logits are on {logits.device}")
+    _refuse_differentiable_weight(weight)
+    if inplace_backward:
+        _check_inplace_allowed(logits)
     if target.is_floating_point():
+        if ignore_index >= 0:  # as torch, which reserves negative values for "no ignore_index"
+            raise ValueError(f"ignore_index={ignore_index} is not supported with probability (floating-point) "
+                             "targets")
         if smoothing_mode != "pytorch":
             raise ValueError(f"smoothing_mode={smoothing_mode!r} needs class-index targets; probability targets "
                              "follow torch's smoothing")
@@ -106,6 +112,8 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
     if target.dtype == torch.bool:
         raise TypeError("target must hold integer class indices (or class probabilities), got torch.bool")
     rows_logits, rows_target, none_shape = _rows_view(logits, target)
+    if rows_logits.shape[1] == 0 and rows_logits.shape[0] > 0:
+        raise ValueError(f"logits must have at least one class, got shape {tuple(logits.shape)}")
     weight = _class_vector(weight, "weight", rows_logits)
     logit_adjustment = _class_vector(logit_adjustment, "logit_adjustment", rows_logits)
     config = (ignore_index, float(label_smoothing), smoothing_mode == "target_weighted",
@@ -113,12 +121,14 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
     divisor = None
     if reduction == "mean":  # Σ w_y over the non-ignored targets, kept on the device
         valid = rows_target != ignore_index
-        divisor = (weight.float()[torch.where(valid, rows_target, 0).long().clamp(0, rows_logits.shape[1] - 1)] * valid
-                   ).sum() if weight is not None else valid.sum().float()
+        accumulator = ops.accumulator_dtype(rows_logits)
+        divisor = (weight.to(accumulator)[torch.where(valid, rows_target, 0).long().clamp(0, rows_logits.shape[1] - 1)]
+                   * valid).sum() if weight is not None else valid.sum().to(accumulator)
     if inplace_backward:
         if rows_logits.data_ptr() != logits.data_ptr() or not logits.is_contiguous():
             raise ValueError("inplace_backward=True needs contiguous (N, C) logits")
-        scale = (1.0 / divisor).reshape(1) if divisor is not None else logits.new_ones(1, dtype=torch.float32)
+        scale = (1.0 / divisor).reshape(1) if divisor is not None else logits.new_ones(
+            1, dtype=ops.accumulator_dtype(logits))
         loss = ops.cross_entropy_inplace(rows_logits, rows_target, weight, logit_adjustment, scale, reduction,
                                          config, check)
         if reduction == "mean":
@@ -129,6 +139,30 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
         return losses.reshape(none_shape).to(logits.dtype)
     total = losses.sum()
     return (total if reduction == "sum" else total / divisor + _nan_if_zero(divisor)).to(logits.dtype)
+
+
+def _refuse_differentiable_weight(weight) -> None:
+    """torch's nll_loss is not differentiable in the class weights and refuses them; so does rarekit
+    rather than return a partial gradient."""
+    if isinstance(weight, torch.Tensor) and weight.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError("rarekit.cross_entropy is not differentiable with respect to `weight` (as torch's "
+                           "nll_loss): pass weight.detach(), or learn a logit_adjustment instead")
+
+
+def _check_inplace_allowed(logits: torch.Tensor) -> None:
+    """inplace_backward overwrites the logits: refused where torch refuses an in-place op, and under
+    torch.compile (the overwrite is a side effect the compiled graph cannot carry)."""
+    if torch.compiler.is_compiling():
+        raise ValueError("inplace_backward=True is not supported under torch.compile; the compiled "
+                         "cross-entropy already avoids the second (N, C) buffer where it can")
+    if logits.requires_grad and torch.is_grad_enabled():
+        if logits.is_leaf:
+            raise RuntimeError("inplace_backward=True: a leaf Variable that requires grad is being used in an "
+                               "in-place operation (the logits would be overwritten by their gradient)")
+        base = logits._base
+        if base is not None and base.is_leaf and base.requires_grad:
+            raise RuntimeError("inplace_backward=True: a view of a leaf Variable that requires grad is being used "
+                               "in an in-place operation")
 
 
 def _nan_if_zero(divisor: torch.Tensor) -> torch.Tensor:
@@ -186,6 +220,8 @@ class FocalLoss(CrossEntropyLoss):
 
     def __init__(self, gamma: float = 2.0, alpha: torch.Tensor | None = None, ignore_index: int = -100,
                  reduction: str = "mean", label_smoothing: float = 0.0, **extras):
+        if not is_real_number(gamma) or not 0 <= gamma < math.inf:
+            raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
         super().__init__(alpha, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
                          focal_gamma=gamma, **extras)
         self.gamma = gamma

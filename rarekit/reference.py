@@ -32,7 +32,8 @@ def cross_entropy_rows(logits: torch.Tensor, target: torch.Tensor, weight: torch
                        logit_adjustment: torch.Tensor | None = None, ignore_index: int = -100,
                        label_smoothing: float = 0.0, target_weighted: bool = False, focal_gamma: float = 0.0,
                        z_loss: float = 0.0) -> torch.Tensor:
-    """Per-row loss of the cross-entropy family for (rows, C) logits, in float32; 0 on ignored rows.
+    """Per-row loss of the cross-entropy family for (rows, C) logits, in float32 (float64 for float64
+    logits); 0 on ignored rows.
 
     With z' = z + a, lse = log Σ_k exp z'_k and p = softmax(z')::
 
@@ -42,14 +43,15 @@ def cross_entropy_rows(logits: torch.Tensor, target: torch.Tensor, weight: torch
 
     (focal loss: Lin et al. 2017; logit adjustment: Menon et al. 2021; z-loss: Chowdhery et al. 2022).
     """
-    z = logits.float()
+    accumulator = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    z = logits.to(accumulator)
     if logit_adjustment is not None:
-        z = z + logit_adjustment.float()
+        z = z + logit_adjustment.to(accumulator)
     classes = z.shape[1]
     valid = target != ignore_index
     in_range = (target >= 0) & (target < classes)  # other targets give NaN (the callers check them)
     safe_target = torch.where(valid & in_range, target, 0).long()
-    class_weight = weight.float() if weight is not None else z.new_ones(classes)
+    class_weight = weight.to(accumulator) if weight is not None else z.new_ones(classes)
     w_y = class_weight[safe_target]
     lse = torch.logsumexp(z, dim=1)
     log_p = torch.log_softmax(z, dim=1)  # (z - max) - log Σ exp(z - max): exact for large logits, unlike z - lse
@@ -69,10 +71,11 @@ def soft_target_cross_entropy_rows(logits: torch.Tensor, target: torch.Tensor, w
                                    label_smoothing: float = 0.0) -> torch.Tensor:
     """Per-row loss for class-probability targets, as torch: ``-Σ_k w_k q_k log p_k`` with
     ``q = (1-ε) target + ε/C``."""
-    log_p = torch.log_softmax(logits.float(), dim=1)
-    q = target.float() * (1 - label_smoothing) + label_smoothing / logits.shape[1]
+    accumulator = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    log_p = torch.log_softmax(logits.to(accumulator), dim=1)
+    q = target.to(accumulator) * (1 - label_smoothing) + label_smoothing / logits.shape[1]
     if weight is not None:
-        q = q * weight.float()
+        q = q * weight.to(accumulator)
     return -(q * log_p).sum(1)
 
 
@@ -163,3 +166,18 @@ def gather_rows(source: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         raise IndexError(f"rarekit.gather_rows: indices[{position}] = {int(indices[position])} is outside the "
                          f"{source.shape[0]} rows of source")
     return source.index_select(0, indices)
+
+
+def linear_cross_entropy_rows(hidden: torch.Tensor, classifier: torch.Tensor, target: torch.Tensor,
+                              bias: torch.Tensor | None = None, weight: torch.Tensor | None = None,
+                              logit_adjustment: torch.Tensor | None = None, ignore_index: int = -100,
+                              label_smoothing: float = 0.0, target_weighted: bool = False, focal_gamma: float = 0.0,
+                              z_loss: float = 0.0, softcap: float | None = None) -> torch.Tensor:
+    """Per-row loss of the fused linear + cross-entropy for (rows, D) hidden states: the
+    :func:`cross_entropy_rows` of ``z = hidden @ classifierᵀ + bias``, soft-capped to ``s · tanh(z / s)``
+    when ``softcap = s`` (Gemma 2)."""
+    logits = torch.nn.functional.linear(hidden, classifier, bias)
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    return cross_entropy_rows(logits, target, weight, logit_adjustment, ignore_index, label_smoothing,
+                              target_weighted, focal_gamma, z_loss)

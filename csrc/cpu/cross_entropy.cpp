@@ -1,9 +1,14 @@
-// CPU operators of the cross-entropy family; the row math is in csrc/cpu/isa/cross_entropy_kernels.cpp.
+// CPU operators of the cross-entropy family. The float32/bf16/fp16 row math is in
+// csrc/cpu/isa/cross_entropy_kernels.cpp (vectorized, per ISA); float64 logits take the scalar
+// double kernels below, for gradcheck-grade accuracy rather than speed. Both call the same
+// per-row helper, cross_entropy_row (csrc/include/rarekit/cross_entropy_math.h).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
+#include <limits>
 #include <tuple>
 
 #include "rarekit/cpu_kernels.h"
@@ -24,32 +29,105 @@ FloatType float_type(at::ScalarType type) {
 // rows per task: at least ~64K logits, so small inputs do not pay for threads
 int64_t row_grain(int64_t classes) { return std::max<int64_t>(1, 65536 / std::max<int64_t>(classes, 1)); }
 
-CrossEntropyArgs make_args(const CrossEntropyInputs& inputs) {
-  CrossEntropyArgs args{};
+template <typename Acc>
+CrossEntropyArgsT<Acc> make_args(const CrossEntropyInputs& inputs) {
+  CrossEntropyArgsT<Acc> args{};
   args.config = inputs.config;
-  if (inputs.weight_total.defined()) args.config.weight_total = inputs.weight_total.item<float>();
+  if (inputs.weight_total.defined()) args.config.weight_total = inputs.weight_total.item<double>();
   args.logits = inputs.logits.const_data_ptr();
   args.target = inputs.target.const_data_ptr<int64_t>();
-  args.weight = inputs.weight.defined() ? inputs.weight.const_data_ptr<float>() : nullptr;
-  args.adjust = inputs.adjust.defined() ? inputs.adjust.const_data_ptr<float>() : nullptr;
+  args.weight = inputs.weight.defined() ? inputs.weight.const_data_ptr<Acc>() : nullptr;
+  args.adjust = inputs.adjust.defined() ? inputs.adjust.const_data_ptr<Acc>() : nullptr;
   return args;
 }
 
-std::tuple<at::Tensor, at::Tensor> forward(const CrossEntropyInputs& inputs, const at::Tensor& grad_out,
-                                           const std::optional<at::Tensor>& grad_scale) {
-  const int64_t rows = inputs.logits.size(0);
-  at::Tensor losses = at::empty({rows}, inputs.logits.options().dtype(at::kFloat));
-  at::Tensor row_terms = at::empty({rows, kRowTermCount}, inputs.logits.options().dtype(at::kFloat));
-  CrossEntropyArgs args = make_args(inputs);
-  args.losses = losses.mutable_data_ptr<float>();
-  args.row_terms = row_terms.mutable_data_ptr<float>();
-  at::Tensor scale;
-  if (grad_out.defined()) {
-    scale = grad_scale->to(at::kFloat).contiguous();
-    args.grad = grad_out.data_ptr();
-    args.grad_scale = scale.const_data_ptr<float>();
+// ---- float64: one scalar pass for the max, one for Σ exp and the smoothing sum, one for the gradient.
+double adjusted(const CrossEntropyArgsT<double>& args, const double* row, int64_t k) {
+  return row[k] + (args.adjust ? args.adjust[k] : 0.0);
+}
+
+void gradient_row_double(const CrossEntropyArgsT<double>& args, const double* row, int64_t target,
+                         const CrossEntropyRowTerms<double>& terms, double scale, double* out) {
+  const int64_t classes = args.config.num_classes;
+  const double* smooth_weight = per_class_smoothing(args.config) ? args.weight : nullptr;
+  const double target_grad = scale * (terms.coef_p * std::exp(adjusted(args, row, target) - terms.max_logit) -
+                                      terms.coef_v * (smooth_weight ? smooth_weight[target] : 1.0) - terms.coef_y);
+  for (int64_t k = 0; k < classes; ++k) {
+    out[k] = scale * (terms.coef_p * std::exp(adjusted(args, row, k) - terms.max_logit) -
+                      terms.coef_v * (smooth_weight ? smooth_weight[k] : 1.0));
   }
-  const CrossEntropyForwardFn kernel = cross_entropy_kernels().forward[float_type(inputs.logits.scalar_type())];
+  out[target] = target_grad;  // computed before the row was overwritten (out may alias row)
+}
+
+int64_t forward_rows_double(const CrossEntropyArgsT<double>& args, int64_t begin, int64_t end) {
+  const CrossEntropyConfig& config = args.config;
+  const int64_t classes = config.num_classes;
+  const double* smooth_weight = per_class_smoothing(config) ? args.weight : nullptr;
+  int64_t first_bad_row = -1;
+  for (int64_t i = begin; i < end; ++i) {
+    const double* row = static_cast<const double*>(args.logits) + i * classes;
+    double* out = args.grad ? static_cast<double*>(args.grad) + i * classes : nullptr;
+    const int64_t target = args.target[i];
+    const bool ignored = target == config.ignore_index, in_range = target >= 0 && target < classes;
+    CrossEntropyRowTerms<double> terms{0.0, 0.0, 0.0, 0.0};
+    double loss = 0.0;
+    if (!ignored && in_range) {
+      double max = -std::numeric_limits<double>::infinity();
+      for (int64_t k = 0; k < classes; ++k) max = std::max(max, adjusted(args, row, k));  // NaN ignored here
+      const double shift = std::isfinite(max) ? max : 0.0;
+      double sum_exp = 0.0, smooth_sum = 0.0;
+      for (int64_t k = 0; k < classes; ++k) {
+        const double z = adjusted(args, row, k);
+        sum_exp += std::exp(z - shift);
+        if (config.label_smoothing > 0.0) smooth_sum += (smooth_weight ? smooth_weight[k] : 1.0) * (z - shift);
+      }
+      loss = cross_entropy_row<double>(config, shift, std::log(sum_exp), adjusted(args, row, target), smooth_sum,
+                                       shift, args.weight ? args.weight[target] : 1.0, &terms);
+      if (out) gradient_row_double(args, row, target, terms, args.grad_scale[0], out);
+    } else {
+      if (!ignored) {  // reported by the caller; NaN keeps the row from passing silently
+        loss = std::numeric_limits<double>::quiet_NaN();
+        if (first_bad_row < 0) first_bad_row = i;
+      }
+      if (out) std::fill(out, out + classes, 0.0);
+    }
+    args.losses[i] = loss;
+    double* saved = args.row_terms + i * kRowTermCount;
+    saved[0] = terms.max_logit, saved[1] = terms.coef_p, saved[2] = terms.coef_y, saved[3] = terms.coef_v;
+  }
+  return first_bad_row;
+}
+
+void backward_rows_double(const CrossEntropyArgsT<double>& args, int64_t begin, int64_t end) {
+  const CrossEntropyConfig& config = args.config;
+  for (int64_t i = begin; i < end; ++i) {
+    double* out = static_cast<double*>(args.grad) + i * config.num_classes;
+    const int64_t target = args.target[i];
+    if (target == config.ignore_index || target < 0 || target >= config.num_classes) {
+      std::fill(out, out + config.num_classes, 0.0);
+      continue;
+    }
+    const double* saved = args.row_terms + i * kRowTermCount;
+    gradient_row_double(args, static_cast<const double*>(args.logits) + i * config.num_classes, target,
+                        {saved[0], saved[1], saved[2], saved[3]}, args.grad_losses[i], out);
+  }
+}
+
+// ---- operators
+template <typename Acc, typename Kernel>
+std::tuple<at::Tensor, at::Tensor> run_forward(const CrossEntropyInputs& inputs, const at::Tensor& grad_out,
+                                               const at::Tensor& scale, Kernel kernel) {
+  const int64_t rows = inputs.logits.size(0);
+  const auto options = inputs.logits.options().dtype(accumulator_type(inputs.logits));
+  at::Tensor losses = at::empty({rows}, options);
+  at::Tensor row_terms = at::empty({rows, kRowTermCount}, options);
+  CrossEntropyArgsT<Acc> args = make_args<Acc>(inputs);
+  args.losses = losses.mutable_data_ptr<Acc>();
+  args.row_terms = row_terms.mutable_data_ptr<Acc>();
+  if (grad_out.defined()) {
+    args.grad = grad_out.data_ptr();
+    args.grad_scale = scale.const_data_ptr<Acc>();
+  }
   std::atomic<int64_t> first_bad_row{rows};
   at::parallel_for(0, rows, row_grain(inputs.config.num_classes), [&](int64_t begin, int64_t end) {
     const int64_t bad = kernel(args, begin, end);
@@ -63,24 +141,34 @@ std::tuple<at::Tensor, at::Tensor> forward(const CrossEntropyInputs& inputs, con
   return {losses, row_terms};
 }
 
+std::tuple<at::Tensor, at::Tensor> forward(const CrossEntropyInputs& inputs, const at::Tensor& grad_out,
+                                           const at::Tensor& scale) {
+  if (inputs.logits.scalar_type() == at::kDouble) {
+    return run_forward<double>(inputs, grad_out, scale, forward_rows_double);
+  }
+  return run_forward<float>(inputs, grad_out, scale,
+                            cross_entropy_kernels().forward[float_type(inputs.logits.scalar_type())]);
+}
+
 std::tuple<at::Tensor, at::Tensor> cross_entropy_forward_cpu(
     const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     const std::optional<at::Tensor>& logit_adjustment, int64_t ignore_index, double label_smoothing,
     bool target_weighted, double focal_gamma, double z_loss, bool /*check: always on CPU*/) {
   return forward(prepare_cross_entropy(logits, target, weight, logit_adjustment, ignore_index, label_smoothing,
                                        target_weighted, focal_gamma, z_loss),
-                 at::Tensor(), std::nullopt);
+                 at::Tensor(), at::Tensor());
 }
 
 std::tuple<at::Tensor, at::Tensor> cross_entropy_forward_inplace_cpu(
     at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     const std::optional<at::Tensor>& logit_adjustment, const at::Tensor& grad_scale, int64_t ignore_index,
     double label_smoothing, bool target_weighted, double focal_gamma, double z_loss, bool /*check*/) {
-  TORCH_CHECK_VALUE(logits.is_contiguous(), "rarekit.cross_entropy: inplace_backward needs contiguous logits");
   const CrossEntropyInputs inputs = prepare_cross_entropy(logits, target, weight, logit_adjustment, ignore_index,
                                                           label_smoothing, target_weighted, focal_gamma, z_loss);
+  TORCH_CHECK_VALUE(logits.is_contiguous(), "rarekit.cross_entropy: inplace_backward needs contiguous logits");
+  const at::Tensor scale = row_vector(grad_scale, "grad_scale", {1}, logits);
   check_targets(inputs.target, inputs.config.num_classes, ignore_index);  // before the logits are overwritten
-  return forward(inputs, logits, grad_scale);
+  return forward(inputs, logits, scale);
 }
 
 at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_losses, const at::Tensor& logits,
@@ -90,17 +178,25 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_losses, const at::T
                                       double focal_gamma, double z_loss) {
   const CrossEntropyInputs inputs = prepare_cross_entropy(logits, target, weight, logit_adjustment, ignore_index,
                                                           label_smoothing, target_weighted, focal_gamma, z_loss);
+  const int64_t rows = inputs.logits.size(0);
+  const at::Tensor upstream = row_vector(grad_losses, "grad_losses", {rows}, logits);
+  const at::Tensor terms = row_vector(row_terms, "row_terms", {rows, kRowTermCount}, logits, true);
   at::Tensor grad = at::empty_like(inputs.logits);
   advise_huge_pages(grad);
-  const at::Tensor upstream = grad_losses.to(at::kFloat).contiguous();
-  const at::Tensor terms = row_terms.contiguous();
-  CrossEntropyArgs args = make_args(inputs);
-  args.row_terms = const_cast<float*>(terms.const_data_ptr<float>());
-  args.grad = grad.mutable_data_ptr();
-  args.grad_losses = upstream.const_data_ptr<float>();
-  const CrossEntropyBackwardFn kernel = cross_entropy_kernels().backward[float_type(inputs.logits.scalar_type())];
-  at::parallel_for(0, inputs.logits.size(0), row_grain(inputs.config.num_classes),
-                   [&](int64_t begin, int64_t end) { kernel(args, begin, end); });
+  const auto run = [&](auto zero, auto kernel) {
+    using Acc = decltype(zero);
+    CrossEntropyArgsT<Acc> args = make_args<Acc>(inputs);
+    args.row_terms = const_cast<Acc*>(terms.const_data_ptr<Acc>());
+    args.grad = grad.mutable_data_ptr();
+    args.grad_losses = upstream.const_data_ptr<Acc>();
+    at::parallel_for(0, rows, row_grain(inputs.config.num_classes),
+                     [&](int64_t begin, int64_t end) { kernel(args, begin, end); });
+  };
+  if (inputs.logits.scalar_type() == at::kDouble) {
+    run(0.0, backward_rows_double);
+  } else {
+    run(0.0f, cross_entropy_kernels().backward[float_type(inputs.logits.scalar_type())]);
+  }
   return grad;
 }
 

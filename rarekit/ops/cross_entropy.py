@@ -1,7 +1,13 @@
 """The cross-entropy family's kernels: fake kernels, autograd, and the inplace-backward variant.
 
-``cross_entropy_rows`` returns float32 per-row losses of (rows, C) logits; the reductions are
-done by the caller (:mod:`rarekit.losses`).
+``cross_entropy_rows`` returns per-row losses of (rows, C) logits in the accumulator dtype (float64
+for float64 logits, float32 otherwise); the reductions are done by the caller (:mod:`rarekit.losses`).
+
+Derivatives, for per-row losses ℓ_i and G = ∂ℓ/∂z (one backward pass of the kernel):
+- logits: ``grad_losses[:, None] · G``; logit adjustment a (z' = z + a): the column sum of that;
+- forward mode (``torch.func.jvp``, dual tensors): ``ℓ̇_i = Σ_k G_ik (ż_ik + ȧ_k)``;
+- ``weight``: not differentiable, as in torch's ``nll_loss`` (callers refuse a weight that requires
+  grad); double backward raises.
 """
 from __future__ import annotations
 
@@ -9,6 +15,11 @@ import torch
 
 from rarekit import _backend, reference
 from rarekit.ops._checks import first_out_of_range
+
+
+def accumulator_dtype(logits: torch.Tensor) -> torch.dtype:
+    """float64 for float64 logits, float32 for float32, bfloat16 and float16 logits."""
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
 
 
 class _NoSecondDerivative(torch.autograd.Function):
@@ -26,15 +37,20 @@ class _NoSecondDerivative(torch.autograd.Function):
 
 
 def _once_differentiable(gradient: torch.Tensor) -> torch.Tensor:
-    if not torch.is_grad_enabled():  # the usual backward (create_graph=False)
-        return gradient
+    if not torch.is_grad_enabled() or torch._C._functorch.is_functorch_wrapped_tensor(gradient):
+        return gradient  # the usual backward (create_graph=False), or torch.func.grad's own
     return _NoSecondDerivative.apply(gradient.detach().requires_grad_())
+
+
+def _adjustment_gradient(gradient: torch.Tensor, needed: bool) -> torch.Tensor | None:
+    """∂/∂a of Σ_i ℓ_i(z_i + a) given the logits' gradient: its column sum."""
+    return _once_differentiable(gradient.sum(0)) if needed else None
 
 
 if _backend._C is not None:
     def _forward_fake(logits, target, weight, logit_adjustment, *args):
-        rows = logits.shape[0]
-        return logits.new_empty((rows,), dtype=torch.float32), logits.new_empty((rows, 4), dtype=torch.float32)
+        rows, dtype = logits.shape[0], accumulator_dtype(logits)
+        return logits.new_empty((rows,), dtype=dtype), logits.new_empty((rows, 4), dtype=dtype)
 
     torch.library.register_fake("rarekit::cross_entropy_forward")(_forward_fake)
     torch.library.register_fake("rarekit::cross_entropy_forward_inplace")(_forward_fake)
@@ -49,14 +65,58 @@ if _backend._C is not None:
         ctx.save_for_backward(logits, target, weight, logit_adjustment, output[1])
         ctx.config = config  # ignore_index, label_smoothing, target_weighted, focal_gamma, z_loss
 
-    def _backward(ctx, grad_losses, _grad_row_terms):
+    def _logits_gradient(ctx, grad_losses):
         logits, target, weight, logit_adjustment, row_terms = ctx.saved_tensors
         with torch.no_grad():
-            grad = torch.ops.rarekit.cross_entropy_backward(
+            return torch.ops.rarekit.cross_entropy_backward(
                 grad_losses, logits, target, weight, logit_adjustment, row_terms, *ctx.config)
-        return _once_differentiable(grad), None, None, None, None, None, None, None, None, None
+
+    def _backward(ctx, grad_losses, _grad_row_terms):
+        grad = _logits_gradient(ctx, grad_losses)
+        return (_once_differentiable(grad), None, None, _adjustment_gradient(grad, ctx.needs_input_grad[3]),
+                None, None, None, None, None, None)
 
     torch.library.register_autograd("rarekit::cross_entropy_forward", _backward, setup_context=_setup_context)
+
+
+class _CrossEntropyRows(torch.autograd.Function):
+    """The eager entry to ``rarekit::cross_entropy_forward``: the op's own backward, plus forward-mode
+    AD and the functorch transforms, which the op's registration cannot carry. (torch.compile calls
+    the op directly: dynamo does not trace a custom jvp.)"""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(logits, target, weight, logit_adjustment, config, check):
+        return torch.ops.rarekit.cross_entropy_forward(logits, target, weight, logit_adjustment, *config, check)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        logits, target, weight, logit_adjustment, config, _check = inputs
+        ctx.save_for_backward(logits, target, weight, logit_adjustment, output[1])
+        ctx.save_for_forward(logits, target, weight, logit_adjustment, output[1])
+        ctx.config = config
+        ctx.mark_non_differentiable(output[1])
+
+    @staticmethod
+    def backward(ctx, grad_losses, _grad_row_terms):
+        grad = _logits_gradient(ctx, grad_losses)
+        return _once_differentiable(grad), None, None, _adjustment_gradient(grad, ctx.needs_input_grad[3]), None, None
+
+    @staticmethod
+    def jvp(ctx, logits_tangent, _target_tangent, weight_tangent, adjustment_tangent, _config, _check):
+        if weight_tangent is not None and bool(weight_tangent.ne(0).any()):  # autograd may pass zeros
+            raise RuntimeError("rarekit.cross_entropy: forward-mode AD through `weight` is not supported "
+                               "(the loss is not differentiable in the class weights, as torch's nll_loss)")
+        logits = ctx.saved_tensors[0]
+        ones = torch.ones(logits.shape[0], dtype=accumulator_dtype(logits), device=logits.device)
+        gradient = _logits_gradient(ctx, ones)  # G = ∂ℓ_i/∂z_ik
+        tangent = torch.zeros_like(ones)
+        if logits_tangent is not None:
+            tangent = tangent + (gradient * logits_tangent).sum(1, dtype=ones.dtype)
+        if adjustment_tangent is not None:
+            tangent = tangent + gradient.to(ones.dtype) @ adjustment_tangent.to(ones.dtype)
+        return tangent, None
 
 
 def _raise_first_out_of_range(target: torch.Tensor, classes: int, ignore_index: int) -> None:
@@ -75,32 +135,34 @@ def _check_reference_targets(logits, target, ignore_index: int, check: bool) -> 
 
 def cross_entropy_rows(logits, target, weight, logit_adjustment, ignore_index: int, label_smoothing: float,
                        target_weighted: bool, focal_gamma: float, z_loss: float, check: bool) -> torch.Tensor:
-    """Per-row losses (float32, differentiable in ``logits``)."""
+    """Per-row losses (accumulator dtype, differentiable in ``logits`` and ``logit_adjustment``)."""
+    config = (ignore_index, label_smoothing, target_weighted, focal_gamma, z_loss)
     if _backend.native(logits.device):
-        return torch.ops.rarekit.cross_entropy_forward(
-            logits, target, weight, logit_adjustment, ignore_index, label_smoothing, target_weighted,
-            focal_gamma, z_loss, check)[0]
+        if torch.compiler.is_compiling():
+            return torch.ops.rarekit.cross_entropy_forward(logits, target, weight, logit_adjustment, *config, check)[0]
+        return _CrossEntropyRows.apply(logits, target, weight, logit_adjustment, config, check)[0]
     _check_reference_targets(logits, target, ignore_index, check)
-    return reference.cross_entropy_rows(logits, target, weight, logit_adjustment, ignore_index, label_smoothing,
-                                        target_weighted, focal_gamma, z_loss)
+    return reference.cross_entropy_rows(logits, target, weight, logit_adjustment, *config)
 
 
 def _reference_forward_inplace(logits, target, weight, logit_adjustment, grad_scale, config, check):
     """The reference path of ``cross_entropy_forward_inplace``: per-row losses, and the logits
-    overwritten with ``grad_scale · ∂(Σ losses)/∂logits`` (computed by autograd on a float32 copy)."""
+    overwritten with ``grad_scale · ∂(Σ losses)/∂logits`` (computed by autograd on an
+    accumulator-dtype copy)."""
     _check_reference_targets(logits, target, config[0], check)
     with torch.enable_grad():
-        work = logits.detach().float().requires_grad_()
+        work = logits.detach().to(accumulator_dtype(logits)).requires_grad_()
         losses = reference.cross_entropy_rows(work, target, weight, logit_adjustment, *config)
         gradient, = torch.autograd.grad(losses.sum(), work)
-    logits.copy_(gradient * grad_scale.float())
+    logits.copy_(gradient * grad_scale.to(gradient.dtype))
     return losses.detach()
 
 
 class _InplaceCrossEntropy(torch.autograd.Function):
     """Writes ``scale · ∂loss/∂logits`` into the logits during the forward (Liger Kernel's trick, made
     safe): the version counter of ``logits`` is bumped, so autograd raises if any other node saved
-    them for its backward instead of silently reading the gradient (Liger-Kernel#272)."""
+    them for its backward instead of silently reading the gradient (Liger-Kernel#272). The buffer is
+    the gradient: one backward per forward (a second one, with retain_graph=True, raises)."""
 
     @staticmethod
     def forward(ctx, logits, target, weight, logit_adjustment, grad_scale, reduction, config, check):
@@ -110,16 +172,27 @@ class _InplaceCrossEntropy(torch.autograd.Function):
         else:
             losses = _reference_forward_inplace(logits, target, weight, logit_adjustment, grad_scale, config, check)
         torch.autograd.graph.increment_version(logits)
-        ctx.gradient, ctx.reduction = logits, reduction
+        ctx.gradient, ctx.reduction, ctx.backward_done = logits, reduction, False
         return losses if reduction == "none" else losses.sum() * grad_scale.squeeze(0)
 
     @staticmethod
     def backward(ctx, grad_output):
+        if ctx.backward_done:
+            raise RuntimeError("rarekit.cross_entropy(inplace_backward=True): the logits buffer holds the gradient "
+                               "and was handed out by the first backward; a second backward through the same "
+                               "forward (retain_graph=True) is not supported. Use inplace_backward=False.")
+        ctx.backward_done = True
         gradient = ctx.gradient.detach()  # the logits buffer, not the logits' history
         scale = grad_output.detach().unsqueeze(1) if ctx.reduction == "none" else grad_output.detach()
         if scale.device.type != "cpu" or not bool((scale == 1).all()):  # CUDA: no host sync
             gradient.mul_(scale.to(gradient.dtype))
-        return _once_differentiable(gradient), None, None, None, None, None, None, None
+        return (_once_differentiable(gradient), None, None, _adjustment_gradient(gradient, ctx.needs_input_grad[3]),
+                None, None, None, None)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise RuntimeError("rarekit.cross_entropy(inplace_backward=True) does not support forward-mode AD; "
+                           "use inplace_backward=False")
 
 
 def cross_entropy_inplace(logits, target, weight, logit_adjustment, grad_scale, reduction: str,

@@ -67,7 +67,7 @@ float block_smooth_sum(const T* logits, const float* adjust, const float* weight
 // Loss and gradient terms of one row whose target is in range: one pass over the row in blocks,
 // each block read twice while it is in cache (online softmax across blocks).
 template <typename T>
-float row_loss(const T* row, int64_t target, const CrossEntropyArgs& args, CrossEntropyRowTerms* terms) {
+float row_loss(const T* row, int64_t target, const CrossEntropyArgs& args, CrossEntropyRowTerms<float>* terms) {
   const CrossEntropyConfig& config = args.config;
   const int64_t classes = config.num_classes;
   const float* smooth_weight = per_class_smoothing(config) ? args.weight : nullptr;
@@ -91,7 +91,7 @@ float row_loss(const T* row, int64_t target, const CrossEntropyArgs& args, Cross
 
 // out_k = scale (coef_p p_k - coef_v v'_k - [k = target] coef_y); out may alias row.
 template <typename T>
-void row_gradient(const T* row, int64_t target, const CrossEntropyRowTerms& terms, float scale,
+void row_gradient(const T* row, int64_t target, const CrossEntropyRowTerms<float>& terms, float scale,
                   const CrossEntropyArgs& args, T* out) {
   const int64_t classes = args.config.num_classes;
   const float* smooth_weight = per_class_smoothing(args.config) ? args.weight : nullptr;
@@ -123,7 +123,7 @@ int64_t forward_rows(const CrossEntropyArgs& args, int64_t begin, int64_t end) {
   for (int64_t i = begin; i < end; ++i) {
     const T* row = logits + i * config.num_classes;
     const int64_t target = args.target[i];
-    CrossEntropyRowTerms terms{0.0f, 0.0f, 0.0f, 0.0f};
+    CrossEntropyRowTerms<float> terms{0.0f, 0.0f, 0.0f, 0.0f};
     float loss = 0.0f;
     const bool ignored = target == config.ignore_index;
     const bool in_range = target >= 0 && target < config.num_classes;
@@ -160,7 +160,7 @@ void backward_rows(const CrossEntropyArgs& args, int64_t begin, int64_t end) {
       continue;
     }
     const float* saved = args.row_terms + i * kRowTermCount;
-    const CrossEntropyRowTerms terms{saved[0], saved[1], saved[2], saved[3]};
+    const CrossEntropyRowTerms<float> terms{saved[0], saved[1], saved[2], saved[3]};
     row_gradient(logits + i * config.num_classes, target, terms, args.grad_losses[i], args, out);
   }
 }

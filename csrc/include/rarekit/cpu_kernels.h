@@ -23,22 +23,26 @@ struct CountKernels {
   HistogramFn histogram[kNumIdTypes];
 };
 
-// Logit dtypes of the cross-entropy kernels, in the order of the tables below.
+// Logit dtypes of the per-ISA cross-entropy kernels, in the order of the tables below (float64
+// logits take the scalar double kernels of csrc/cpu/cross_entropy.cpp).
 enum FloatType { kFloat32, kBFloat16, kFloat16, kNumFloatTypes };
 
-// Contiguous (rows, num_classes) logits; fp32 weight, adjust (nullable), row_terms, losses.
-struct CrossEntropyArgs {
+// Contiguous (rows, num_classes) logits; weight, adjust (nullable), row_terms and losses in the
+// accumulator type Acc (float, or double for float64 logits).
+template <typename Acc>
+struct CrossEntropyArgsT {
   CrossEntropyConfig config;
   const void* logits;
   const int64_t* target;
-  const float* weight;
-  const float* adjust;
-  float* losses;             // forward: per-row loss
-  float* row_terms;          // forward writes, backward reads: kRowTermCount floats per row
-  void* grad;                // forward: the inplace gradient (may alias logits) or null; backward: output
-  const float* grad_scale;   // forward with grad: one scale for every row
-  const float* grad_losses;  // backward: upstream gradient per row
+  const Acc* weight;
+  const Acc* adjust;
+  Acc* losses;             // forward: per-row loss
+  Acc* row_terms;          // forward writes, backward reads: kRowTermCount values per row
+  void* grad;              // forward: the inplace gradient (may alias logits) or null; backward: output
+  const Acc* grad_scale;   // forward with grad: one scale for every row
+  const Acc* grad_losses;  // backward: upstream gradient per row
 };
+using CrossEntropyArgs = CrossEntropyArgsT<float>;
 
 // Returns the first row whose target is out of range and not ignore_index, or -1.
 using CrossEntropyForwardFn = int64_t (*)(const CrossEntropyArgs& args, int64_t begin, int64_t end);

@@ -19,16 +19,37 @@
 
 namespace rarekit {
 
+// Scalars are kept in double; the row math rounds them once to its accumulator type.
 struct CrossEntropyConfig {
   int64_t num_classes;
   int64_t ignore_index;
-  float label_smoothing;  // ε
-  float focal_gamma;      // γ
-  float z_loss;           // ζ
-  float weight_total;     // Σ_k w_k (num_classes without weights)
+  double label_smoothing;  // ε
+  double focal_gamma;      // γ
+  double z_loss;           // ζ
+  double weight_total;     // Σ_k w_k (num_classes without weights)
   bool has_weight;
   bool target_weighted;
 };
+
+// The accumulator of a logit dtype: double for float64 logits, float for float32, bf16 and fp16.
+template <typename T>
+struct Accumulator {
+  using type = float;
+};
+template <>
+struct Accumulator<double> {
+  using type = double;
+};
+template <typename T>
+using acc_t = typename Accumulator<T>::type;
+
+// exp, log, expm1 and pow of the accumulator type (device code needs the float-suffixed names).
+RAREKIT_HOST_DEVICE float exp_of(float x) { return expf(x); }
+RAREKIT_HOST_DEVICE double exp_of(double x) { return exp(x); }
+RAREKIT_HOST_DEVICE float expm1_of(float x) { return expm1f(x); }
+RAREKIT_HOST_DEVICE double expm1_of(double x) { return expm1(x); }
+RAREKIT_HOST_DEVICE float pow_of(float x, float y) { return powf(x, y); }
+RAREKIT_HOST_DEVICE double pow_of(double x, double y) { return pow(x, y); }
 
 // v'_k = w_k (the smoothing term runs over the class weights) only in pytorch mode with weights.
 RAREKIT_HOST_DEVICE bool per_class_smoothing(const CrossEntropyConfig& config) {
@@ -38,8 +59,9 @@ RAREKIT_HOST_DEVICE bool per_class_smoothing(const CrossEntropyConfig& config) {
 // What the backward needs of a row, saved by the forward (ignored rows: all zero). The gradient is
 // coef_p exp(z'_k - max_logit) - coef_v v'_k - [k = y] coef_y: coef_p holds the 1/Σ exp(z' - max)
 // of the softmax, so no lse that lost the low bits of large logits is ever subtracted.
+template <typename Acc>
 struct CrossEntropyRowTerms {
-  float max_logit, coef_p, coef_y, coef_v;
+  Acc max_logit, coef_p, coef_y, coef_v;
 };
 constexpr int kRowTermCount = 4;
 
@@ -48,33 +70,38 @@ constexpr int kRowTermCount = 4;
 // target_logit = z'_y, smooth_sum_shifted = Σ_k v'_k (z'_k - shift), w_y = the target's weight.
 // Differences are taken before adding m or the shift (any value near the logits), which keeps
 // lse - z'_y and Σ v'_k (lse - z'_k) accurate for large logits (±1e4), as torch's log_softmax is.
-RAREKIT_HOST_DEVICE float cross_entropy_row(const CrossEntropyConfig& config, float max_logit, float log_sum,
-                                            float target_logit, float smooth_sum_shifted, float shift, float w_y,
-                                            CrossEntropyRowTerms* terms) {
-  const float eps = config.label_smoothing;
-  const float eps_per_class = eps / static_cast<float>(config.num_classes);
-  const float u = (1.0f - eps) * w_y;
-  const float smooth_scale = config.target_weighted ? w_y : 1.0f;
-  const float v_total = per_class_smoothing(config) ? config.weight_total
-                                                     : smooth_scale * static_cast<float>(config.num_classes);
-  const float lse = max_logit + log_sum;
+// A target on a -inf logit (a masked vocabulary) gives an inf loss and, as in torch, the finite
+// gradient of the softmax: B g enters the coefficients only where the focal slope g is not 0.
+template <typename Acc>
+RAREKIT_HOST_DEVICE Acc cross_entropy_row(const CrossEntropyConfig& config, Acc max_logit, Acc log_sum,
+                                          Acc target_logit, Acc smooth_sum_shifted, Acc shift, Acc w_y,
+                                          CrossEntropyRowTerms<Acc>* terms) {
+  const Acc eps = static_cast<Acc>(config.label_smoothing);
+  const Acc eps_per_class = eps / static_cast<Acc>(config.num_classes);
+  const Acc u = (Acc(1) - eps) * w_y;
+  const Acc smooth_scale = config.target_weighted ? w_y : Acc(1);
+  const Acc v_total = per_class_smoothing(config) ? static_cast<Acc>(config.weight_total)
+                                                   : smooth_scale * static_cast<Acc>(config.num_classes);
+  const Acc lse = max_logit + log_sum;
   // Σ_k v_k (lse - z'_k) = V (lse - shift) - s Σ_k v'_k (z'_k - shift)
-  const float smooth = v_total * ((max_logit - shift) + log_sum) - smooth_scale * smooth_sum_shifted;
-  const float log_p_target = (target_logit - max_logit) - log_sum;
-  const float base = (eps > 0.0f ? u * -log_p_target + eps_per_class * smooth : u * -log_p_target);
-  float focal = 1.0f, focal_slope = 0.0f;
-  if (config.focal_gamma != 0.0f) {
+  const Acc smooth = v_total * ((max_logit - shift) + log_sum) - smooth_scale * smooth_sum_shifted;
+  const Acc log_p_target = (target_logit - max_logit) - log_sum;
+  const Acc base = (eps > Acc(0) ? u * -log_p_target + eps_per_class * smooth : u * -log_p_target);
+  Acc focal = 1, focal_slope = 0;
+  if (config.focal_gamma != 0.0) {
+    const Acc gamma = static_cast<Acc>(config.focal_gamma);
     // log p_y <= 0; an approximate log can overshoot, and pow of a negative base is NaN (NaN stays)
-    const float log_p = log_p_target > 0.0f ? 0.0f : log_p_target;
-    const float p_target = expf(log_p);
-    const float one_minus_p = -expm1f(log_p);
-    focal = powf(one_minus_p, config.focal_gamma);
-    focal_slope = one_minus_p > 0.0f ? config.focal_gamma * powf(one_minus_p, config.focal_gamma - 1.0f) * p_target : 0.0f;
+    const Acc log_p = log_p_target > Acc(0) ? Acc(0) : log_p_target;
+    const Acc p_target = exp_of(log_p);
+    const Acc one_minus_p = -expm1_of(log_p);
+    focal = pow_of(one_minus_p, gamma);
+    focal_slope = one_minus_p > Acc(0) ? gamma * pow_of(one_minus_p, gamma - Acc(1)) * p_target : Acc(0);
   }
-  const float z_term = config.z_loss * w_y;
+  const Acc base_slope = focal_slope != Acc(0) ? base * focal_slope : Acc(0);
+  const Acc z_term = static_cast<Acc>(config.z_loss) * w_y;
   terms->max_logit = max_logit;
-  terms->coef_p = (focal * (u + eps_per_class * v_total) + base * focal_slope + 2.0f * z_term * lse) * expf(-log_sum);
-  terms->coef_y = focal * u + base * focal_slope;
+  terms->coef_p = (focal * (u + eps_per_class * v_total) + base_slope + Acc(2) * z_term * lse) * exp_of(-log_sum);
+  terms->coef_y = focal * u + base_slope;
   terms->coef_v = focal * eps_per_class * smooth_scale;
   return focal * base + z_term * lse * lse;
 }

@@ -1,4 +1,5 @@
-// Argument checks and preparation shared by the CPU and CUDA cross-entropy operators.
+// Argument checks and preparation shared by the CPU and CUDA cross-entropy operators. Every
+// argument's shape, dtype and device is checked here, before any kernel touches memory.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -9,13 +10,19 @@
 namespace rarekit {
 
 struct CrossEntropyInputs {
-  at::Tensor logits;  // (rows, classes), contiguous
-  at::Tensor target;  // (rows,) int64
-  at::Tensor weight;  // (classes,) fp32, or undefined
-  at::Tensor adjust;  // (classes,) fp32, or undefined
-  at::Tensor weight_total;  // () fp32 Σ w, computed on the device, or undefined
+  at::Tensor logits;        // (rows, classes), contiguous
+  at::Tensor target;        // (rows,) int64
+  at::Tensor weight;        // (classes,) in the accumulator dtype, or undefined
+  at::Tensor adjust;        // (classes,) in the accumulator dtype, or undefined
+  at::Tensor weight_total;  // () Σ w in the accumulator dtype, computed on the device, or undefined
   CrossEntropyConfig config;
 };
+
+// float64 for float64 logits, float32 for float32, bfloat16 and float16 logits: the dtype of the
+// per-row losses, the row terms, and the class vectors as the kernels read them.
+inline at::ScalarType accumulator_type(const at::Tensor& logits) {
+  return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
 
 inline at::Tensor class_vector(const std::optional<at::Tensor>& vector, const char* name, const at::Tensor& logits) {
   if (!vector) return {};
@@ -23,9 +30,25 @@ inline at::Tensor class_vector(const std::optional<at::Tensor>& vector, const ch
                     " must have shape (", logits.size(1), ",), got ", vector->sizes());
   TORCH_CHECK_VALUE(vector->device() == logits.device(), "rarekit.cross_entropy: ", name, " is on ",
                     vector->device(), " but logits are on ", logits.device());
-  TORCH_CHECK_VALUE(vector->is_floating_point(), "rarekit.cross_entropy: ", name,
-                    " must be floating point, got ", vector->scalar_type());
-  return vector->to(at::kFloat).contiguous();
+  TORCH_CHECK_TYPE(vector->is_floating_point(), "rarekit.cross_entropy: ", name,
+                   " must be floating point, got ", vector->scalar_type());
+  return vector->to(accumulator_type(logits)).contiguous();
+}
+
+// A per-row tensor the kernels read, of `shape`, on the logits' device, returned in the accumulator
+// dtype: any floating dtype is converted (upstream gradients), or, with exact_dtype (the row terms
+// the forward saved), only the accumulator dtype is accepted.
+inline at::Tensor row_vector(const at::Tensor& tensor, const char* name, at::IntArrayRef shape,
+                             const at::Tensor& logits, bool exact_dtype = false) {
+  TORCH_CHECK_VALUE(tensor.sizes() == shape, "rarekit.cross_entropy: ", name, " must have shape ", shape, ", got ",
+                    tensor.sizes());
+  TORCH_CHECK_VALUE(tensor.device() == logits.device(), "rarekit.cross_entropy: ", name, " is on ", tensor.device(),
+                    " but logits are on ", logits.device());
+  const at::ScalarType expected = accumulator_type(logits);
+  TORCH_CHECK_TYPE(exact_dtype ? tensor.scalar_type() == expected : tensor.is_floating_point(),
+                   "rarekit.cross_entropy: ", name, " must be ", exact_dtype ? c10::toString(expected) : "floating point",
+                   " for ", logits.scalar_type(), " logits, got ", tensor.scalar_type());
+  return tensor.to(expected).contiguous();
 }
 
 inline CrossEntropyInputs prepare_cross_entropy(const at::Tensor& logits, const at::Tensor& target,
@@ -38,11 +61,19 @@ inline CrossEntropyInputs prepare_cross_entropy(const at::Tensor& logits, const 
                     "rarekit.cross_entropy: target must have shape (", logits.size(0), ",), got ", target.sizes());
   TORCH_CHECK_VALUE(target.device() == logits.device(), "rarekit.cross_entropy: target is on ", target.device(),
                     " but logits are on ", logits.device());
-  TORCH_CHECK_TYPE(!at::isFloatingType(target.scalar_type()) && target.scalar_type() != at::kBool,
+  TORCH_CHECK_TYPE(!at::isFloatingType(target.scalar_type()) && !at::isComplexType(target.scalar_type()) &&
+                       target.scalar_type() != at::kBool,
                    "rarekit.cross_entropy: target must hold integer class indices, got ", target.scalar_type());
   const auto type = logits.scalar_type();
-  TORCH_CHECK_TYPE(type == at::kFloat || type == at::kBFloat16 || type == at::kHalf,
-                   "rarekit.cross_entropy: logits must be float32, bfloat16 or float16, got ", type);
+  TORCH_CHECK_TYPE(type == at::kFloat || type == at::kBFloat16 || type == at::kHalf || type == at::kDouble,
+                   "rarekit.cross_entropy: logits must be float32, float64, bfloat16 or float16, got ", type);
+  TORCH_CHECK_VALUE(logits.size(1) > 0 || logits.size(0) == 0,
+                    "rarekit.cross_entropy: logits must have at least one class, got shape ", logits.sizes());
+  TORCH_CHECK_VALUE(label_smoothing >= 0.0 && label_smoothing <= 1.0,
+                    "rarekit.cross_entropy: label_smoothing must be in [0, 1], got ", label_smoothing);
+  TORCH_CHECK_VALUE(std::isfinite(focal_gamma) && focal_gamma >= 0.0 && std::isfinite(z_loss) && z_loss >= 0.0,
+                    "rarekit.cross_entropy: focal_gamma and z_loss must be finite and >= 0, got focal_gamma=",
+                    focal_gamma, ", z_loss=", z_loss);
   CrossEntropyInputs inputs;
   inputs.logits = logits.contiguous();
   inputs.target = target.to(at::kLong).contiguous();
@@ -51,12 +82,12 @@ inline CrossEntropyInputs prepare_cross_entropy(const at::Tensor& logits, const 
   CrossEntropyConfig& config = inputs.config;
   config.num_classes = logits.size(1);
   config.ignore_index = ignore_index;
-  config.label_smoothing = static_cast<float>(label_smoothing);
-  config.focal_gamma = static_cast<float>(focal_gamma);
-  config.z_loss = static_cast<float>(z_loss);
+  config.label_smoothing = label_smoothing;
+  config.focal_gamma = focal_gamma;
+  config.z_loss = z_loss;
   config.has_weight = inputs.weight.defined();
   config.target_weighted = target_weighted;
-  config.weight_total = static_cast<float>(config.num_classes);
+  config.weight_total = static_cast<double>(config.num_classes);
   if (config.has_weight) inputs.weight_total = inputs.weight.sum();  // read by the kernels, no sync
   return inputs;
 }

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from rarekit._files import atomic_output, write_text_atomic
 from rarekit.counting import count, max_id, rare_ids
 from rarekit.plots import plot_frequencies
 from rarekit.weights import SCHEMES, class_weights
@@ -29,6 +30,8 @@ PROGRESS_MIN_BYTES = 1 << 26  # inputs of 64 MiB and more show a progress bar
 MAX_AUTO_BINS = 1 << 31  # without --vocab-size, larger ids are taken for corrupt data
 TOP_IDS = 10  # the most frequent ids listed in the summary
 DEMO_RARE_MAX_COUNT = 2  # the demo corpus is a few KB: rare = seen once or twice
+COUNT_OUTPUTS = ("counts.npy", "summary.json", "weights.json", "vocab.json", "zipf.png")
+BYTES_PER_BIN = 24  # int64 counts, the next chunk's counts, float64 weights: the memory a bin of --vocab-size needs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, OSError) as error:
+    except (ValueError, TypeError, OSError, ImportError, LookupError) as error:
         print(f"rarekit {args.command}: error: {error}", file=sys.stderr)
         return 1
 
@@ -83,24 +86,49 @@ def add_demo_command(commands) -> None:
     command.add_argument("--text-col", metavar="C", help="text column of --data")
     command.add_argument("--label-col", metavar="L", help="label column of --data")
     command.add_argument("--epochs", type=positive_int, default=30, help="training epochs per method (default: 30)")
+    command.add_argument("--batch-size", type=positive_int, metavar="B",
+                         help="samples per optimizer step, split over the ranks under --ddp (default: 64, or "
+                              "training samples / 100 when larger)")
+    command.add_argument("--time-budget", type=positive_float, default=80.0, metavar="S",
+                         help="seconds of training per method: a method projected past it is skipped with the "
+                              "reason, and a study whose cheapest method cannot fit is refused (default: 80)")
+    command.add_argument("--force", action="store_true", help="train every method whatever the time it takes")
+    command.add_argument("--train-threads", type=positive_int, default=1, metavar="N",
+                         help="torch threads while training (default: 1; the small model gains little from more, "
+                              "and a loaded machine makes their barriers slow); the kernel timings use all")
+    command.add_argument("--augment-per-text", type=positive_int, default=4, metavar="K",
+                         help="augment_minority generates at most K texts per original text (default: 4)")
+    command.add_argument("--augment-max", type=positive_int, default=20_000, metavar="N",
+                         help="and at most N texts in all (default: 20000)")
+    command.add_argument("--max-features", type=positive_int, default=50_000, metavar="F",
+                         help="TF-IDF vocabulary: the F most frequent words of the training texts (default: 50000)")
     command.add_argument("--seed", type=int, default=0, help="seed of the splits, models and samplers (default: 0)")
     command.add_argument("--augmenter", default="random_swap", metavar="METHOD",
                          help="augment_minority's augmenter: random_swap (default), contextual, ...")
     command.add_argument("--mlm", metavar="PATH_OR_NAME", help="masked LM folder for --augmenter contextual")
     command.add_argument("--ddp", action="store_true",
                          help="run under torchrun with torch.distributed (gloo on CPU, nccl on GPU)")
-    command.add_argument("--no-progress", action="store_true", help="no progress bars")
+    command.add_argument("--no-progress", action="store_true",
+                         help="no progress bars (they are shown only when stderr is a terminal)")
+    command.add_argument("--lm", action="store_true",
+                         help="run the rare-token language-model study instead (rarekit.lm_study: a GRU LM on "
+                              "chatterbot-corpus, four losses; writes --out/lm-study)")
     command.set_defaults(run=run_demo)
 
 
 def add_bench_command(commands) -> None:
     command = commands.add_parser(
-        "bench", help="run every benchmarks/bench_*.py and regenerate benchmarks/RESULTS.md",
-        description="Run the side-by-side benchmarks of a source checkout, write one JSON with all of them "
-                    "and regenerate benchmarks/RESULTS.md.")
+        "bench", help="run every benchmarks/bench_*.py; write their JSON and a RESULTS.md into --out",
+        description="Run the side-by-side benchmarks of a source checkout and write one JSON per benchmark, "
+                    "all.json and RESULTS.md into --out; --update-results also regenerates the checkout's "
+                    "benchmarks/RESULTS.md.")
     command.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     command.add_argument("--out", type=Path, metavar="DIR", help="folder for the JSON (default: benchmarks/out)")
-    command.add_argument("--quick", action="store_true", help="small inputs, few repeats (a smoke test)")
+    command.add_argument("--quick", action="store_true",
+                         help="small inputs, few repeats: a smoke test of the scripts (about 30 s), its figures "
+                              "labelled as smoke figures")
+    command.add_argument("--update-results", action="store_true",
+                         help="also regenerate benchmarks/RESULTS.md (the tracked figures; not with --quick)")
     command.add_argument("--repeat", type=positive_int, metavar="N", help="timed runs per case (default: each script's)")
     command.add_argument("--benchmarks", type=Path, metavar="DIR",
                          help="the benchmarks folder (default: the checkout's benchmarks/, or ./benchmarks)")
@@ -120,6 +148,8 @@ def run_bench(args: argparse.Namespace) -> int:
     import subprocess
 
     folder = benchmarks_folder(args.benchmarks)
+    if args.update_results and args.quick:
+        raise ValueError("--update-results with --quick would put smoke figures into benchmarks/RESULTS.md")
     out = (args.out or folder / "out").resolve()
     extra = ["--quick"] if args.quick else []
     repeat = args.repeat or (3 if args.quick else None)
@@ -132,9 +162,10 @@ def run_bench(args: argparse.Namespace) -> int:
         if result.returncode != 0:
             failed.append(script.name)
     combined = {path.stem: json.loads(path.read_text()) for path in sorted(out.glob("*.json")) if path.stem != "all"}
-    (out / "all.json").write_text(json.dumps(combined, indent=2))
-    subprocess.run([sys.executable, "write_results.py", "--json-dir", str(out),
-                    "--output", str(folder / "RESULTS.md")], cwd=folder, check=True)
+    write_text_atomic(out / "all.json", json.dumps(combined, indent=2))
+    for results in [out / "RESULTS.md"] + ([folder / "RESULTS.md"] if args.update_results else []):
+        subprocess.run([sys.executable, "write_results.py", "--json-dir", str(out), "--output", str(results)],
+                       cwd=folder, check=True)
     if failed:
         raise ValueError(f"benchmarks failed: {failed}")
     return 0
@@ -150,6 +181,8 @@ def run_count(args: argparse.Namespace) -> int:
     (file_format,) = formats
     if file_format == "txt" and args.vocab_size is not None:
         raise ValueError(f"--vocab-size {args.vocab_size} does not apply to txt files: their vocabulary is built")
+    if args.vocab_size is not None:
+        check_memory(args.vocab_size, f"--vocab-size {args.vocab_size:,}")
     return count_and_report(args.files, file_format, args.out, vocab_size=args.vocab_size, dtype=args.dtype,
                             scheme=args.scheme, rare_max_count=args.rare_max_count)
 
@@ -157,16 +190,62 @@ def run_count(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from rarekit import demo
 
-    if args.data is None and (not args.ddp or int(os.environ.get("RANK", "0")) == 0):
-        corpus = importlib.resources.files("rarekit") / "data" / "corpus.txt"
-        with importlib.resources.as_file(corpus) as path:
-            count_and_report([path], "txt", args.out / "corpus-count", rare_max_count=DEMO_RARE_MAX_COUNT)
+    if args.lm:
+        from rarekit import lm_study
+
+        return lm_study.run(args)
+    if args.ddp:
+        demo.require_torchrun()
+    if not args.ddp or int(os.environ.get("RANK", "0")) == 0:
+        if args.data is None:
+            corpus = importlib.resources.files("rarekit") / "data" / "corpus.txt"
+            with importlib.resources.as_file(corpus) as path:
+                count_and_report([path], "txt", args.out / "corpus-count", rare_max_count=DEMO_RARE_MAX_COUNT)
+        else:
+            remove_count_outputs(args.out / "corpus-count", keep=())  # an earlier run's, not this one's
     return demo.run(args)
+
+
+def check_memory(num_bins: int, what: str) -> None:
+    """Refuses ``num_bins`` counts that would not fit in the memory available, before allocating."""
+    needed = num_bins * BYTES_PER_BIN
+    available = available_memory()
+    if needed > available:
+        raise ValueError(f"{what} needs {needed / 2**30:,.1f} GiB for its counts and weights, more than the "
+                         f"{available / 2**30:,.1f} GiB of memory available")
+
+
+def available_memory() -> int:
+    """Bytes of memory available: MemAvailable of /proc/meminfo, else the physical memory."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_not_overwriting(paths: list[Path], out: Path) -> None:
+    """Refuses an input file that is one of the outputs ``out`` would receive."""
+    outputs = {(out / name).resolve() for name in COUNT_OUTPUTS}
+    for path in paths:
+        if Path(path).resolve() in outputs:
+            raise ValueError(f"{path} is an input and an output of --out {out}: choose another --out folder")
+
+
+def remove_count_outputs(out: Path, keep) -> None:
+    """Removes the count outputs in ``out`` not in ``keep`` (an earlier run's), and ``out`` if left empty."""
+    for name in COUNT_OUTPUTS:
+        if name not in keep:
+            (out / name).unlink(missing_ok=True)
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
 
 
 def count_and_report(paths: list[Path], file_format: str, out: Path, *, vocab_size: int | None = None,
                      dtype: str = "uint16", scheme: str = "inverse", rare_max_count: int = 10) -> int:
-    """Counts ``paths``, writes the outputs into ``out`` and prints the summary."""
+    """Counts ``paths``, writes the outputs into ``out`` (each through a temporary file and a rename;
+    an earlier run's outputs that this run does not write are removed) and prints the summary."""
+    check_not_overwriting(paths, out)
     counts, ids_read, vocab = count_files(paths, file_format, vocab_size, dtype)
     total = int(counts.sum())
     if total == 0:
@@ -190,7 +269,8 @@ def count_and_report(paths: list[Path], file_format: str, out: Path, *, vocab_si
     weights = class_weights(counts, scheme)
 
     out.mkdir(parents=True, exist_ok=True)
-    np.save(out / "counts.npy", counts.numpy())
+    with atomic_output(out / "counts.npy") as temporary:
+        np.save(temporary, counts.numpy())
     write_json(out / "summary.json", summary, indent=1)
     write_json(out / "weights.json", {"scheme": scheme, "normalize": "mean", "zero_count": "max",
                                       "weights": weights.tolist()})
@@ -203,6 +283,7 @@ def count_and_report(paths: list[Path], file_format: str, out: Path, *, vocab_si
         written.append("zipf.png")
     except ImportError as error:
         print(f"rarekit: skipped zipf.png: {error}", file=sys.stderr)
+    remove_count_outputs(out, keep=written)
     print_summary(summary, out, written)
     return 0
 
@@ -214,8 +295,8 @@ def count_files(paths: list[Path], file_format: str, vocab_size: int | None,
     sizes = [os.path.getsize(path) for path in paths]
     counts = torch.zeros(vocab_size or 0, dtype=torch.int64)
     ids_read = 0
-    with tqdm(total=sum(sizes), unit="B", unit_scale=True, desc="counting",
-              disable=sum(sizes) < PROGRESS_MIN_BYTES) as progress:
+    with tqdm(total=sum(sizes), unit="B", unit_scale=True, desc="counting",  # disable=None: on a terminal only
+              disable=True if sum(sizes) < PROGRESS_MIN_BYTES else None) as progress:
         for path, size in zip(paths, sizes):
             chunks = text_chunks(path, vocab) if vocab is not None else id_chunks(path, file_format, dtype)
             bytes_done = 0
@@ -225,6 +306,8 @@ def count_files(paths: list[Path], file_format: str, vocab_size: int | None,
                     if num_bins > MAX_AUTO_BINS:
                         raise ValueError(f"the largest id is {num_bins - 1}: pass --vocab-size V to count ids in "
                                          f"[0, V) and drop the others")
+                    if num_bins > counts.numel():
+                        check_memory(num_bins, f"the largest id, {num_bins - 1:,},")
                     chunk_counts = count(ids, num_bins, check=False)
                     chunk_counts[:counts.numel()] += counts
                     counts = chunk_counts
@@ -240,7 +323,10 @@ def count_files(paths: list[Path], file_format: str, vocab_size: int | None,
 def id_chunks(path: Path, file_format: str, dtype: str):
     """Yields ``(int64 ids, bytes)``, ``CHUNK_IDS`` ids at a time, from a memory-mapped .npy or raw token file."""
     if file_format == "npy":
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (EOFError, ValueError) as error:
+            raise ValueError(f"not a readable .npy file (empty or truncated?): {error}") from error
         if not np.issubdtype(array.dtype, np.integer):
             raise TypeError(f"ids must have an integer dtype, got {array.dtype}")
         ids = array.ravel(order="K")
@@ -285,11 +371,24 @@ def print_summary(summary: dict, out: Path, written: list[str]) -> None:
 
 
 def write_json(path: Path, value, indent: int | None = None) -> None:
-    path.write_text(json.dumps(value, indent=indent, ensure_ascii=False) + "\n")
+    write_text_atomic(path, json.dumps(value, indent=indent, ensure_ascii=False) + "\n")
 
 
 def positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value

@@ -10,6 +10,8 @@
 """
 from __future__ import annotations
 
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,19 +118,38 @@ def load_table(path: str | Path, text_col: str, label_col: str, seed: int = 0) -
 
 
 def load_arrays(path: str | Path, seed: int = 0) -> Split:
-    """A ``.npz`` file with a numeric 2-D ``X`` and labels ``y``."""
+    """A ``.npz`` file with a numeric 2-D ``X`` of finite values and labels ``y`` (integers, strings or
+    finite numbers); an empty, truncated or non-``.npz`` file is refused with the reason."""
     path = Path(path)
     if not path.exists():
         raise ValueError(f"--data: no such file: {path}")
-    with np.load(path, allow_pickle=False) as arrays:
-        missing = {"X", "y"} - set(arrays.files)
-        if missing:
-            raise ValueError(f"--data: {path.name} must hold arrays X and y; missing {sorted(missing)}")
-        x, labels = arrays["X"], arrays["y"]
+    try:
+        arrays = np.load(path, allow_pickle=False)
+        if not isinstance(arrays, np.lib.npyio.NpzFile):
+            raise ValueError(f"--data: {path.name} holds a single .npy array, not an .npz archive of X and y "
+                             "(save with np.savez(path, X=..., y=...))")
+        with arrays:
+            missing = {"X", "y"} - set(arrays.files)
+            if missing:
+                raise ValueError(f"--data: {path.name} must hold arrays X and y; missing {sorted(missing)}")
+            x, labels = arrays["X"], arrays["y"]
+    except (EOFError, OSError, zipfile.BadZipFile, zlib.error) as error:
+        raise ValueError(f"--data: {path.name} is not a readable .npz file (empty or truncated?): {error}") from error
+    except ValueError as error:
+        if str(error).startswith("--data:"):
+            raise
+        raise ValueError(f"--data: {path.name} is not a readable .npz file (empty or truncated?): {error}") from error
     if x.dtype.kind not in "biuf":
         raise ValueError(f"--data: X in {path.name} must be numeric, got dtype {x.dtype}")
-    if x.ndim != 2 or len(x) != len(labels) or len(x) == 0:
+    if x.ndim != 2 or labels.ndim != 1 or len(x) != len(labels) or len(x) == 0:
         raise ValueError(f"--data: X must be (rows, features) with one label per row; got X {x.shape}, y {labels.shape}")
+    if labels.dtype.kind not in "biufUS":
+        raise ValueError(f"--data: y in {path.name} must hold integers, strings or numbers, got dtype {labels.dtype}")
+    for name, values in (("X", x), ("y", labels)):
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            row = int(np.flatnonzero(~np.isfinite(values.reshape(len(values), -1)).all(axis=1))[0])
+            raise ValueError(f"--data: {name} in {path.name} holds NaN or infinite values "
+                             f"({int((~np.isfinite(values)).sum())} of them; the first in row {row})")
     class_names, y = np.unique(labels.astype(str), return_inverse=True)
     if len(class_names) < 2:
         raise ValueError(f"--data: y in {path.name} must hold at least two classes, found {class_names.tolist()}")

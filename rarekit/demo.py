@@ -1,17 +1,28 @@
 """``rarekit demo``: an end-to-end imbalance study on real data, offline.
 
 The same small model, seeds and budget are trained with each method, on digits-LT (images) and on
-chatterbot-corpus topics (text), or on the user's ``--data`` file; the report compares per-class
-recall, macro-F1, balanced accuracy, accuracy on the rarest third of the classes and training time,
-and times rarekit's kernels against torch on this machine. Under ``torchrun ... --ddp`` the label
-counts are all-reduced, the data is sharded per rank, the model is wrapped in
-DistributedDataParallel, and rank 0 writes the report.
+chatterbot-corpus topics (text), or on the user's ``--data`` file; the report
+(:mod:`rarekit.demo_report`) compares per-class recall, macro-F1, balanced accuracy, accuracy on the
+rarest third of the classes and training time, and times rarekit's kernels against torch on this
+machine. Texts become sparse TF-IDF rows (:mod:`rarekit.demo_text`).
+
+Training runs on ``--train-threads`` threads (default 1): the small model gains little from
+intra-op threads, and on a loaded machine their barriers made a step 10x slower here (180 vs 15 ms).
+
+Budgets: every method trains for ``epochs`` passes over the original training set, in optimizer
+steps of ``batch_size`` samples; a method whose projected time exceeds ``--time-budget`` seconds is
+skipped with the reason, and a study whose cheapest method cannot fit is refused up front with an
+estimate unless ``--force`` is given (which lifts the budget).
+
+Under ``torchrun ... --ddp`` the label counts are all-reduced, each rank draws ``batch_size / world``
+samples per step from its shard, gradients are averaged by DistributedDataParallel, so the global
+batch and the step count equal the single-process run's; rank 0 writes the report.
 """
 from __future__ import annotations
 
-import json
+import math
 import os
-import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +31,19 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 import rarekit
-from rarekit.datasets import Split, chatterbot_topics, describe, digits_long_tailed, load_arrays, load_table
+from rarekit.datasets import Split, chatterbot_topics, digits_long_tailed, load_arrays, load_table
+from rarekit.demo_text import (AugmentationBudget, OverBudget, augment_within_budget, augmentation_example,
+                               tfidf_features)
+
+HIDDEN = 128
+CALIBRATION_STEPS = 10  # steps timed before a method's projected time is checked against its budget
+BUDGET_CHECK_EVERY = 200  # and again every so many steps
+EVAL_ROWS = 2048  # test rows per forward pass: (rows, classes) logits stay small with many classes
+AUTO_BATCH_STEPS = 100  # the automatic batch size keeps an epoch to about this many steps
 
 
 @dataclass
@@ -54,6 +72,27 @@ def methods(text: bool) -> list[Method]:
     return found
 
 
+@dataclass(frozen=True)
+class Settings:
+    """The training budget shared by every method of a study."""
+
+    epochs: int
+    seed: int
+    device: torch.device
+    progress: bool
+    batch_size: int | None = None  # None: automatic, see batch_size_for
+    time_budget: float = float("inf")  # seconds per method
+    augmentation: AugmentationBudget = AugmentationBudget()
+    max_features: int | None = 50_000
+
+    def batch_size_for(self, rows: int) -> int:
+        """``--batch-size``, or 64 rising to ``rows / AUTO_BATCH_STEPS`` for large training sets."""
+        return self.batch_size or max(64, -(-rows // AUTO_BATCH_STEPS))
+
+    def total_steps(self, rows: int) -> int:
+        return self.epochs * -(-rows // self.batch_size_for(rows))
+
+
 # --- distributed ---------------------------------------------------------------------------------
 
 def rank_and_world() -> tuple[int, int]:
@@ -62,10 +101,15 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+def require_torchrun() -> None:
+    """``--ddp`` outside torchrun fails here, before anything is counted or trained."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        raise ValueError("--ddp needs torchrun (e.g. torchrun --nproc_per_node=2 -m rarekit demo --ddp)")
+
+
 def start_distributed() -> torch.device:
     """Joins the torchrun job: nccl on GPU, gloo on CPU."""
-    if "RANK" not in os.environ:
-        raise ValueError("--ddp needs torchrun (e.g. torchrun --nproc_per_node=2 -m rarekit demo --ddp)")
+    require_torchrun()
     use_cuda = torch.cuda.is_available()
     dist.init_process_group("nccl" if use_cuda else "gloo")
     if use_cuda:
@@ -74,45 +118,261 @@ def start_distributed() -> torch.device:
     return torch.device("cpu")
 
 
-# --- features ------------------------------------------------------------------------------------
+# --- model and batches ---------------------------------------------------------------------------
 
-WORD = re.compile(r"[a-z0-9']+")
+class DemoModel(nn.Module):
+    """ŷ = W₂ ReLU(x W₁ + b₁) + b₂. Sparse rows (CSR, e.g. TF-IDF) are read as ``(indices, offsets,
+    values)`` by an ``EmbeddingBag`` that sums W₁'s rows weighted by the values, which is x W₁ without
+    a dense row; dense rows go through ``nn.Linear``."""
 
+    def __init__(self, features: int, classes: int, sparse: bool, hidden: int = HIDDEN):
+        super().__init__()
+        self.sparse = sparse
+        self.first = nn.EmbeddingBag(features, hidden, mode="sum") if sparse else nn.Linear(features, hidden)
+        if sparse:
+            nn.init.normal_(self.first.weight, std=1.0 / math.sqrt(hidden))
+            self.first_bias = nn.Parameter(torch.zeros(hidden))
+        self.head = nn.Sequential(nn.ReLU(), nn.Linear(hidden, classes))
 
-def text_features(train: list[str], test: list[str]) -> tuple[np.ndarray, np.ndarray, dict]:
-    """TF-IDF bag of words over the training vocabulary; document frequencies come from rarekit.count."""
-    vocabulary: dict[str, int] = {}
-    train_ids = [[vocabulary.setdefault(word, len(vocabulary)) for word in WORD.findall(text.lower())] for text in train]
-    test_ids = [[vocabulary[word] for word in WORD.findall(text.lower()) if word in vocabulary] for text in test]
-    unique_per_doc = torch.tensor([i for ids in train_ids for i in set(ids)], dtype=torch.int64)
-    document_frequency = rarekit.count(unique_per_doc, len(vocabulary)).double().numpy()
-    idf = np.log((1 + len(train)) / (1 + document_frequency)) + 1.0
-
-    def tfidf(docs):
-        rows = np.zeros((len(docs), len(vocabulary)), dtype=np.float32)
-        doc_of_word = np.repeat(np.arange(len(docs)), [len(ids) for ids in docs])
-        np.add.at(rows, (doc_of_word, np.fromiter((i for ids in docs for i in ids), dtype=np.int64)), 1.0)
-        rows = np.log1p(rows) * idf
-        return (rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-
-    return tfidf(train_ids), tfidf(test_ids), vocabulary
-
-
-def augmented_texts(split: Split, augmenter, seed: int, progress: bool) -> tuple[list[str], np.ndarray]:
-    from rarekit.augment import augment_minority
-
-    texts, labels = augment_minority(split.x_train, split.y_train.tolist(), "auto", augmenter=augmenter, seed=seed,
-                                     progress=progress)
-    return list(texts), np.asarray(labels, dtype=np.int64)
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if self.sparse:
+            indices, offsets, values = inputs
+            return self.head(self.first(indices, offsets, per_sample_weights=values) + self.first_bias)
+        return self.head(self.first(inputs[0]))
 
 
-def rare_class_example(split: Split, augmenter) -> dict:
-    """Two augmented variants of the first training text of the rarest class, for the report."""
-    counts = np.bincount(split.y_train, minlength=len(split.class_names))
-    rarest = int(np.argmin(np.where(counts > 0, counts, counts.max() + 1)))
-    original = split.x_train[int(np.flatnonzero(split.y_train == rarest)[0])]
-    return {"class": split.class_names[rarest], "training_samples": int(counts[rarest]), "original": original,
-            "variants": augmenter.augment([original], n=2)[0]}
+def is_sparse(x) -> bool:
+    return hasattr(x, "tocsr")
+
+
+def batch_inputs(x, rows, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The model inputs of ``rows`` of ``x`` (a dense array or a CSR matrix)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if not is_sparse(x):
+        return (torch.from_numpy(x[rows]).to(device),)
+    part = x[rows]
+    return (torch.from_numpy(part.indices.astype(np.int64)).to(device),
+            torch.from_numpy(part.indptr[:-1].astype(np.int64)).to(device),
+            torch.from_numpy(part.data.astype(np.float32, copy=False)).to(device))
+
+
+def make_model(x, classes: int, seed: int, device: torch.device) -> DemoModel:
+    torch.manual_seed(seed)
+    return DemoModel(x.shape[1], classes, is_sparse(x)).to(device)
+
+
+def make_optimizer(model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    # fused Adam: one kernel over all parameters (10x faster than the default on a 2-core CPU here)
+    return torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=1e-4, fused=device.type in ("cpu", "cuda"))
+
+
+# --- training and evaluation ---------------------------------------------------------------------
+
+def train(method: Method, x, y: np.ndarray, classes: int, settings: Settings,
+          original_size: int | None = None) -> tuple[nn.Module, float]:
+    """Trains the small model with ``method`` for ``settings.epochs`` passes' worth of steps over the
+    original training set (``original_size`` samples; ``len(y)`` unless the data was augmented).
+    Raises :class:`OverBudget` when the projected time exceeds ``settings.time_budget``."""
+    rank, world = rank_and_world()
+    device = settings.device
+    rows = original_size or len(y)
+    batch_size = settings.batch_size_for(rows)
+    counter = rarekit.TokenCounter(classes, device=device)
+    counter.update(torch.as_tensor(y[rank::world], device=device))  # each rank counts its shard
+    counts = counter.all_reduce().counts.cpu()
+    model = make_model(x, classes, settings.seed, device)
+    loss_fn = method.make_loss(counts).to(device)
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(model)
+    optimizer = make_optimizer(model, device)
+    if method.balanced_sampling:
+        sampler = rarekit.BalancedSampler(torch.as_tensor(y), seed=settings.seed, num_replicas=world, rank=rank)
+    else:
+        sampler = torch.utils.data.DistributedSampler(range(len(y)), num_replicas=world, rank=rank, seed=settings.seed)
+    # each rank takes batch_size / world rows a step: the global batch and the step count are the
+    # single-process run's (a balanced sampler or augmented data makes longer epochs, not more steps)
+    batches = torch.utils.data.BatchSampler(sampler, max(1, batch_size // world), drop_last=False)
+    labels = torch.as_tensor(y)
+    total_steps = settings.total_steps(rows)
+    start, step, epoch = time.perf_counter(), 0, 0
+    with tqdm(total=total_steps, desc=method.name, leave=False, disable=not settings.progress or rank != 0) as bar:
+        while step < total_steps:
+            sampler.set_epoch(epoch)
+            for batch in batches:
+                optimizer.zero_grad(set_to_none=True)
+                loss_fn(model(*batch_inputs(x, batch, device)), labels[batch].to(device)).backward()
+                optimizer.step()
+                step += 1
+                bar.update()
+                if step == CALIBRATION_STEPS or step % BUDGET_CHECK_EVERY == 0:
+                    check_budget(time.perf_counter() - start, step, total_steps, settings.time_budget)
+                if step == total_steps:
+                    break
+            epoch += 1
+    return model, time.perf_counter() - start
+
+
+def slowest(value: float) -> float:
+    """The largest ``value`` over the ranks (``value`` itself outside DDP): ranks that decide on it
+    decide alike."""
+    if rank_and_world()[1] == 1:
+        return value
+    largest = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(largest, op=dist.ReduceOp.MAX)
+    return largest.item()
+
+
+def check_budget(elapsed: float, step: int, total_steps: int, budget: float) -> None:
+    """Raises :class:`OverBudget` when ``total_steps`` at the slowest rank's pace so far exceed
+    ``budget`` seconds."""
+    projected = slowest(elapsed / step * total_steps)
+    if projected > budget:
+        raise OverBudget(f"{total_steps:,} steps would take ~{projected:.0f} s ({1e3 * projected / total_steps:.0f} "
+                         f"ms/step), over the --time-budget of {budget:g} s")
+
+
+def evaluate(model: nn.Module, x, y: np.ndarray, train_counts: np.ndarray, device) -> dict:
+    """Per-class recall (None for a class without test samples) and macro metrics over the classes
+    that have test samples, as scikit-learn's ``labels=`` set to those classes computes them."""
+    from sklearn.metrics import f1_score, recall_score
+
+    model.eval()
+    with torch.no_grad():
+        predicted = np.concatenate([model(*batch_inputs(x, np.arange(start, min(start + EVAL_ROWS, len(y))), device))
+                                    .argmax(1).cpu().numpy() for start in range(0, len(y), EVAL_ROWS)])
+    classes = np.arange(len(train_counts))
+    present = np.isin(classes, y)
+    recall = recall_score(y, predicted, labels=classes[present], average=None, zero_division=0)
+    per_class = np.full(len(classes), np.nan)
+    per_class[present] = recall
+    rarest_third = np.argsort(train_counts, kind="stable")[: max(1, len(classes) // 3)]
+    in_rare = np.isin(y, rarest_third)
+    return {
+        "per_class_recall": [None if np.isnan(value) else float(value) for value in per_class],
+        "macro_f1": float(f1_score(y, predicted, labels=classes[present], average="macro", zero_division=0)),
+        "balanced_accuracy": float(recall.mean()),  # mean recall over the classes tested
+        "rare_third_accuracy": float((predicted[in_rare] == y[in_rare]).mean()) if in_rare.any() else float("nan"),
+        "rare_third_test_samples": int(in_rare.sum()),
+    }
+
+
+@dataclass
+class Study:
+    split: Split
+    text: bool
+    results: dict = field(default_factory=dict)  # method name -> metrics
+    skipped: dict = field(default_factory=dict)  # method name -> the reason
+    augmentation_example: dict | None = None  # a rare-class text and its variants, changes marked
+    generated_per_class: list[int] | None = None
+    batch_size: int = 0
+    steps: int = 0
+
+
+def run_study(split: Split, text: bool, settings: Settings, augmenter=None) -> Study:
+    rows = len(split.y_train)
+    study = Study(split, text, batch_size=settings.batch_size_for(rows), steps=settings.total_steps(rows))
+    classes = len(split.class_names)
+    train_counts = np.bincount(split.y_train, minlength=classes)
+    if text:
+        vectorizer, x_train, x_test = tfidf_features(split.x_train, split.x_test, settings.max_features)
+    else:
+        x_train, x_test = split.x_train, split.x_test
+    check_feasible(split, x_train, settings)
+    for method in methods(text):
+        try:
+            x, y = x_train, split.y_train
+            if method.augment:
+                try:
+                    texts, y, generated = augment_within_budget(split, augmenter, settings.augmentation,
+                                                                settings.seed, settings.progress)
+                    over = ""
+                except OverBudget as reason:
+                    over = str(reason)
+                if slowest(float(bool(over))):  # every rank skips if one does
+                    raise OverBudget(over or "another rank's augmentation is over the budget")
+                study.generated_per_class = generated.tolist()
+                study.augmentation_example = augmentation_example(split, augmenter)
+                x = vectorizer.transform(texts)  # the original training vocabulary
+            model, seconds = train(method, x, y, classes, settings, original_size=rows)
+        except OverBudget as reason:
+            study.skipped[method.name] = str(reason)
+            continue
+        metrics = evaluate(model, x_test, split.y_test, train_counts, settings.device)
+        metrics["train_seconds"] = seconds
+        study.results[method.name] = metrics
+    return study
+
+
+def estimate_seconds(x, y: np.ndarray, classes: int, settings: Settings) -> tuple[float, float]:
+    """``(seconds per method, seconds per step)``: plain CE's projected training time on ``x``, from
+    timing :data:`CALIBRATION_STEPS` steps of the real batch shape."""
+    batch_size = settings.batch_size_for(len(y))
+    model = make_model(x, classes, settings.seed, settings.device)
+    optimizer = make_optimizer(model, settings.device)
+    rows = np.random.default_rng(settings.seed).integers(0, len(y), (CALIBRATION_STEPS, batch_size))
+    start = time.perf_counter()
+    for batch in rows:
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(*batch_inputs(x, batch, settings.device)),
+                                    torch.as_tensor(y[batch], device=settings.device)).backward()
+        optimizer.step()
+    per_step = slowest((time.perf_counter() - start) / CALIBRATION_STEPS)
+    return per_step * settings.total_steps(len(y)), per_step
+
+
+def check_feasible(split: Split, x, settings: Settings) -> None:
+    """Refuses, with the estimate, a study whose cheapest method cannot train within the budget."""
+    if math.isinf(settings.time_budget):
+        return
+    seconds, per_step = estimate_seconds(x, split.y_train, len(split.class_names), settings)
+    if seconds > settings.time_budget:
+        count = len(methods(isinstance(split.x_train, list)))
+        raise ValueError(
+            f"{split.name}: {len(split.class_names):,} classes, {len(split.y_train):,} training samples: each method "
+            f"would train ~{seconds:.0f} s ({settings.total_steps(len(split.y_train)):,} steps at {1e3 * per_step:.0f} "
+            f"ms/step; ~{seconds * count / 60:.1f} min for all {count} methods), over the --time-budget of "
+            f"{settings.time_budget:g} s per method. Lower --epochs, raise --time-budget, or pass --force to run "
+            "without a budget")
+
+
+def run(args) -> int:
+    """Entry point of ``rarekit demo`` (arguments from rarekit.cli)."""
+    from rarekit.demo_report import kernel_speed, print_summary, write_report
+
+    start, load_before = time.perf_counter(), os.getloadavg()
+    device = start_distributed() if args.ddp else torch.device("cpu")
+    rank, _ = rank_and_world()
+    time_budget = float("inf") if args.force else args.time_budget
+    settings = Settings(epochs=args.epochs, seed=args.seed, device=device,
+                        progress=not args.no_progress and sys.stderr.isatty(), batch_size=args.batch_size,
+                        time_budget=time_budget,
+                        augmentation=AugmentationBudget(args.augment_per_text, args.augment_max, time_budget),
+                        max_features=args.max_features)
+    if args.data is None:
+        datasets = [(digits_long_tailed(seed=args.seed), False), (chatterbot_topics(seed=args.seed), True)]
+    elif Path(args.data).suffix == ".npz":
+        datasets = [(load_arrays(args.data, seed=args.seed), False)]
+    else:
+        if not args.text_col or not args.label_col:
+            raise ValueError("--data with a text file needs --text-col and --label-col")
+        datasets = [(load_table(args.data, args.text_col, args.label_col, seed=args.seed), True)]
+    augmenter = make_augmenter(args.augmenter, args.mlm, args.seed, device) if any(t for _, t in datasets) else None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.train_threads)
+    try:
+        studies = [run_study(split, text, settings, augmenter) for split, text in datasets]
+    finally:
+        torch.set_num_threads(threads)  # the kernel timings use every thread
+    if rank == 0:
+        speed = kernel_speed(device)
+        machine = {"seconds": time.perf_counter() - start, "load_before": load_before,
+                   "load_after": os.getloadavg(), "world_size": rank_and_world()[1]}
+        report = write_report(studies, speed, Path(args.out), machine, settings)
+        print_summary(studies, speed, Path(args.out), report)
+    if args.ddp:
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0
 
 
 def make_augmenter(method: str, mlm: str | None, seed: int, device: torch.device):
@@ -124,251 +384,3 @@ def make_augmenter(method: str, mlm: str | None, seed: int, device: torch.device
             raise ValueError("--augmenter contextual needs --mlm PATH_OR_NAME (a masked LM folder or hub name)")
         return RareAugmenter("contextual", model_path=mlm, device=device.type, seed=seed)
     return RareAugmenter(method, seed=seed)
-
-
-# --- training and evaluation ---------------------------------------------------------------------
-
-def make_model(features: int, classes: int, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(features, 128), nn.ReLU(), nn.Linear(128, classes))
-
-
-def train(method: Method, x: np.ndarray, y: np.ndarray, classes: int, *, epochs: int, seed: int,
-          device: torch.device, original_size: int | None = None, batch_size: int = 64,
-          progress: bool = True) -> tuple[nn.Module, float]:
-    """Trains the small model with ``method`` for ``epochs`` passes' worth of steps over the original
-    training set (``original_size`` samples; ``len(y)`` unless the data was augmented)."""
-    rank, world = rank_and_world()
-    counter = rarekit.TokenCounter(classes, device=device)
-    counter.update(torch.as_tensor(y[rank::world], device=device))  # each rank counts its shard
-    if world > 1:
-        counter.all_reduce()
-    counts = counter.counts.cpu()
-    model = make_model(x.shape[1], classes, seed).to(device)
-    loss_fn = method.make_loss(counts).to(device)
-    if world > 1:
-        model = nn.parallel.DistributedDataParallel(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    dataset = torch.utils.data.TensorDataset(torch.as_tensor(x), torch.as_tensor(y))
-    if method.balanced_sampling:
-        sampler = rarekit.BalancedSampler(torch.as_tensor(y), seed=seed, num_replicas=world, rank=rank)
-    else:
-        sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, seed=seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler)
-    # the same budget for every method: `epochs` passes over the original training set, in steps
-    # (a balanced sampler or augmented data makes longer epochs)
-    total_steps = epochs * -(-(original_size or len(y)) // (batch_size * world))
-    start, step, epoch = time.perf_counter(), 0, 0
-    with tqdm(total=total_steps, desc=method.name, leave=False, disable=not progress or rank != 0) as bar:
-        while step < total_steps:
-            sampler.set_epoch(epoch)
-            for features, labels in loader:
-                optimizer.zero_grad(set_to_none=True)
-                loss_fn(model(features.to(device)), labels.to(device)).backward()
-                optimizer.step()
-                step += 1
-                bar.update()
-                if step == total_steps:
-                    break
-            epoch += 1
-    return model, time.perf_counter() - start
-
-
-def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, train_counts: np.ndarray, device) -> dict:
-    from sklearn.metrics import f1_score, recall_score
-
-    model.eval()
-    with torch.no_grad():
-        predicted = model(torch.as_tensor(x, device=device)).argmax(1).cpu().numpy()
-    classes = np.arange(len(train_counts))
-    recall = recall_score(y, predicted, labels=classes, average=None, zero_division=0)
-    present = np.isin(classes, y)
-    rarest_third = np.argsort(train_counts, kind="stable")[: max(1, len(classes) // 3)]
-    in_rare = np.isin(y, rarest_third)
-    return {
-        "per_class_recall": recall.tolist(),
-        "macro_f1": float(f1_score(y, predicted, labels=classes[present], average="macro", zero_division=0)),
-        "balanced_accuracy": float(recall[present].mean()),  # mean recall over the classes tested
-        "rare_third_accuracy": float((predicted[in_rare] == y[in_rare]).mean()) if in_rare.any() else float("nan"),
-        "rare_third_test_samples": int(in_rare.sum()),
-    }
-
-
-@dataclass
-class Study:
-    split: Split
-    results: dict = field(default_factory=dict)
-    augmentation_example: dict | None = None  # a text of the rarest class and its augmented variants
-
-
-def run_study(split: Split, text: bool, *, epochs: int, seed: int, device: torch.device, progress: bool,
-              augmenter=None) -> Study:
-    study = Study(split)
-    train_counts = np.bincount(split.y_train, minlength=len(split.class_names))
-    for method in methods(text):
-        x_train, y_train = split.x_train, split.y_train
-        if method.augment:
-            x_train, y_train = augmented_texts(split, augmenter, seed, progress)
-            study.augmentation_example = rare_class_example(split, augmenter)
-        if text:
-            x_train, x_test, _ = text_features(x_train, split.x_test)
-        else:
-            x_test = split.x_test
-        model, seconds = train(method, x_train, y_train, len(split.class_names), epochs=epochs, seed=seed,
-                               device=device, original_size=len(split.y_train), progress=progress)
-        metrics = evaluate(model, x_test, split.y_test, train_counts, device)
-        metrics["train_seconds"] = seconds
-        study.results[method.name] = metrics
-    return study
-
-
-# --- kernel speed ----------------------------------------------------------------------------------
-
-def kernel_speed(device: torch.device) -> dict:
-    """rarekit vs torch on this machine: weighted CE forward+backward, and counting Zipf ids."""
-    def median_ms(fn, repeat=5):
-        fn()
-        times = []
-        for _ in range(repeat):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-        return 1e3 * float(np.median(times))
-
-    gen = torch.Generator().manual_seed(0)
-    logits = torch.randn(1024, 8192, generator=gen).to(device).requires_grad_()
-    target = torch.randint(0, 8192, (1024,), generator=gen).to(device)
-    weight = (torch.rand(8192, generator=gen) + 0.1).to(device)
-    ids = torch.from_numpy((np.random.default_rng(0).zipf(1.2, 10_000_000) - 1) % 50_000).to(device)
-    ce_rarekit = median_ms(lambda: torch.autograd.grad(rarekit.cross_entropy(logits, target, weight), logits))
-    ce_torch = median_ms(lambda: torch.autograd.grad(F.cross_entropy(logits, target, weight), logits))
-    count_rarekit = median_ms(lambda: rarekit.count(ids, 50_000, check=False))
-    count_torch = median_ms(lambda: torch.bincount(ids, minlength=50_000))
-    return {
-        "cross_entropy 1024x8192 fwd+bwd (ms)": {"rarekit": ce_rarekit, "torch": ce_torch, "speed-up": ce_torch / ce_rarekit},
-        "count 1e7 zipf ids, V=50000 (ms)": {"rarekit": count_rarekit, "torch.bincount": count_torch,
-                                            "speed-up": count_torch / count_rarekit},
-    }
-
-
-# --- report ------------------------------------------------------------------------------------------
-
-def verdict(results: dict) -> list[str]:
-    """Plain sentences: does each rarekit method beat plain CE on the rarest third of the classes?"""
-    baseline = results["plain CE"]
-    samples = baseline["rare_third_test_samples"]
-    lines = [f"The rarest third of the classes has {samples} test samples, so one sample moves its accuracy by "
-             f"{1 / max(samples, 1):.3f}: differences of that size are noise, not evidence."]
-    for name, metrics in results.items():
-        if name == "plain CE":
-            continue
-        delta = metrics["rare_third_accuracy"] - baseline["rare_third_accuracy"]
-        word = "beats" if delta > 0 else ("ties with" if delta == 0 else "does NOT beat")
-        lines.append(f"- {name} {word} plain CE on the rarest third ({metrics['rare_third_accuracy']:.3f} vs "
-                     f"{baseline['rare_third_accuracy']:.3f}; macro-F1 {metrics['macro_f1']:.3f} vs {baseline['macro_f1']:.3f}).")
-    return lines
-
-
-def table(results: dict) -> list[str]:
-    lines = ["| method | macro-F1 | balanced acc. | rarest-third acc. | train (s) |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {name} | {m['macro_f1']:.3f} | {m['balanced_accuracy']:.3f} | {m['rare_third_accuracy']:.3f} | "
-              f"{m['train_seconds']:.1f} |" for name, m in results.items()]
-    return lines
-
-
-def plot_recall(study: Study, path: Path) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as error:
-        raise ImportError("plots need matplotlib: pip install rarekit[plot]") from error
-    names = list(study.results)
-    positions = np.arange(len(study.split.class_names))
-    width = 0.8 / len(names)
-    figure, axes = plt.subplots(figsize=(max(8, len(positions) * 0.6), 4.5))
-    for i, name in enumerate(names):
-        axes.bar(positions + i * width, study.results[name]["per_class_recall"], width, label=name)
-    counts = np.bincount(study.split.y_train, minlength=len(positions))
-    axes.set_xticks(positions + 0.4 - width / 2,
-                    [f"{label}\n(n={n})" for label, n in zip(study.split.class_names, counts)],
-                    rotation=90 if len(positions) > 12 else 0, fontsize=7)
-    axes.set_ylabel("test recall")
-    axes.set_title(f"Per-class recall by method: {study.split.name}")
-    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-
-
-def write_report(studies: list[Study], speed: dict, out: Path, total_seconds: float) -> str:
-    out.mkdir(parents=True, exist_ok=True)
-    lines = ["# rarekit demo report", "", f"Machine: {rarekit.backend_info()['cpu_isa']} CPU kernels, "
-             f"torch {torch.__version__}, {torch.get_num_threads()} threads; total time {total_seconds:.0f} s.", ""]
-    payload = {"studies": [], "kernel_speed": speed, "backend": rarekit.backend_info()}
-    for index, study in enumerate(studies):
-        slug = re.sub(r"[^a-z0-9]+", "-", study.split.name.lower()).strip("-")
-        recall_png, freq_png = f"recall-{slug}.png", f"label-frequencies-{slug}.png"
-        plot_recall(study, out / recall_png)
-        counts = torch.as_tensor(np.bincount(study.split.y_train, minlength=len(study.split.class_names)))
-        rarekit.plot_frequencies(counts, out / freq_png)
-        info = describe(study.split)
-        lines += [f"## {study.split.name}", "",
-                  f"{info['train']} training and {info['test']} test samples, {info['classes']} classes, "
-                  f"imbalance {info['imbalance_ratio']:.0f}:1 in training.", ""] + table(study.results) + [
-                  "", "Does rarekit beat plain CE on the rare classes?", ""] + verdict(study.results) + [
-                  "", f"![per-class recall]({recall_png})", f"![label frequencies]({freq_png})", ""]
-        example = study.augmentation_example
-        if example:
-            lines += [f"augment_minority on the rarest class, {example['class']!r} ({example['training_samples']} "
-                      "training texts): an original and two of its variants", "",
-                      f"- original: {example['original'][:200]}"] + [
-                      f"- variant: {variant[:200]}" for variant in example["variants"]] + [""]
-        payload["studies"].append({"data": info, "results": study.results, "class_names": study.split.class_names,
-                                   "augmentation_example": example})
-    lines += ["## Kernel speed on this machine", "", "| job | rarekit (ms) | torch (ms) | speed-up |", "|---|---:|---:|---:|"]
-    for job, figures in speed.items():
-        torch_ms = figures.get("torch", figures.get("torch.bincount"))
-        lines.append(f"| {job.replace(' (ms)', '')} | {figures['rarekit']:.2f} | {torch_ms:.2f} | {figures['speed-up']:.2f}x |")
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    (out / "results.json").write_text(json.dumps(payload, indent=2))
-    return "\n".join(lines)
-
-
-def run(args) -> int:
-    """Entry point of ``rarekit demo`` (arguments from rarekit.cli)."""
-    start = time.perf_counter()
-    device = start_distributed() if args.ddp else torch.device("cpu")
-    rank, _ = rank_and_world()
-    progress = not args.no_progress
-    if args.data is None:
-        datasets = [(digits_long_tailed(seed=args.seed), False), (chatterbot_topics(seed=args.seed), True)]
-    elif Path(args.data).suffix == ".npz":
-        datasets = [(load_arrays(args.data, seed=args.seed), False)]
-    else:
-        if not args.text_col or not args.label_col:
-            raise ValueError("--data with a text file needs --text-col and --label-col")
-        datasets = [(load_table(args.data, args.text_col, args.label_col, seed=args.seed), True)]
-    augmenter = make_augmenter(args.augmenter, args.mlm, args.seed, device) if any(text for _, text in datasets) else None
-    studies = [run_study(split, text, epochs=args.epochs, seed=args.seed, device=device, progress=progress,
-                         augmenter=augmenter) for split, text in datasets]
-    if rank == 0:
-        speed = kernel_speed(device)
-        text = write_report(studies, speed, Path(args.out), time.perf_counter() - start)
-        for study in studies:
-            print(f"\n{study.split.name}")
-            print("\n".join(table(study.results)))
-            if study.augmentation_example:
-                example = study.augmentation_example
-                print(f"augmented rare class {example['class']!r}: {example['original'][:80]!r} -> "
-                      f"{example['variants'][0][:80]!r}")
-        print("\nkernel speed: " + "; ".join(f"{job}: {f['speed-up']:.2f}x" for job, f in speed.items()))
-        print(f"report: {Path(args.out) / 'report.md'} ({len(text.splitlines())} lines), results.json and plots in {args.out}")
-    if args.ddp:
-        dist.barrier()
-        dist.destroy_process_group()
-    return 0

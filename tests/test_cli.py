@@ -106,14 +106,18 @@ def test_count_text_builds_a_vocabulary(tmp_path, gen, monkeypatch):
     assert summary["top"][0] == list(collections.Counter(split).most_common(1)[0])
 
 
-def test_progress_bar_on_large_inputs(tmp_path, monkeypatch, capsys):
+def test_progress_bar_on_large_inputs_and_only_on_a_terminal(tmp_path, monkeypatch, capsys):
     np.arange(1000, dtype=np.uint16).tofile(tmp_path / "train.bin")
     args = ["count", str(tmp_path / "train.bin"), "--out", str(tmp_path / "out")]
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     assert cli.main(args) == 0
-    assert "counting" not in capsys.readouterr().err
+    assert "counting" not in capsys.readouterr().err  # small input
     monkeypatch.setattr(cli, "PROGRESS_MIN_BYTES", 1000)
     assert cli.main(args) == 0
     assert "counting" in capsys.readouterr().err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)  # a log file: no progress-bar lines
+    assert cli.main(args) == 0
+    assert "counting" not in capsys.readouterr().err
 
 
 def test_plot_is_skipped_without_matplotlib(tmp_path, monkeypatch, capsys):

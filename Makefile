@@ -19,21 +19,32 @@ SOURCES := setup.py pyproject.toml $(shell find csrc -type f)
 
 install: $(STAMP)
 
+# pip's own lines (Collecting/Downloading/Installing) are shown, without progress bars, so a log of
+# the set-up says what is being installed; each step first says why.
+PIP := -m pip install --progress-bar off
+
 $(VENV)/bin/python:
+	@echo "==> creating $(VENV) (a virtual environment for rarekit; PYTHON=/path/to/python reuses one instead)"
 	python3 -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python $(PIP) --quiet --upgrade pip
 
 # Build isolation would compile against a different torch from the one installed here, so the
 # build dependencies go in first and rarekit is installed with --no-build-isolation.
 $(STAMP): $(if $(PYTHON),,$(VENV)/bin/python) $(SOURCES)
-	$(PY) -m pip install --quiet "torch>=2.4" setuptools wheel ninja numpy
-	$(PY) -m pip install --quiet --no-build-isolation -e ".[test]"
+	@echo "==> installing torch and the build tools rarekit's C++ extension compiles against (a few minutes on a"
+	@echo "    fresh environment: PyPI's Linux torch wheel brings ~3.2 GB of CUDA libraries; .venv ends up ~6 GB)"
+	$(PY) $(PIP) "torch>=2.4" "setuptools>=77" wheel ninja numpy
+	@echo "==> building rarekit from source (C++ kernels$(if $(filter 0,$(RAREKIT_CUDA)),, and CUDA kernels)) and"
+	@echo "    installing the extras the demo and tests use (scikit-learn, imbalanced-learn, nlpaug, transformers, ...)"
+	$(PY) $(PIP) --no-build-isolation -e ".[test]"
 	@mkdir -p build && touch $@
+	@echo "==> set-up done: $(PY)"
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: install
+	@echo "==> rarekit demo: counts a sample text, then trains 6 methods on digits-LT and chatterbot topics"
 	$(PY) -m rarekit demo
 
 bench: install

@@ -12,8 +12,10 @@ import math
 import torch
 from torch import nn
 
-from rarekit.counting import checked_ignore_index, is_real_number
-from rarekit.losses import REDUCTIONS, SMOOTHING_MODES, _nan_if_zero, cross_entropy
+from rarekit.counting import checked_ignore_index, is_integer, is_real_number
+from rarekit.losses import REDUCTIONS, SMOOTHING_MODES, _nan_if_zero
+from rarekit.ops.linear_cross_entropy import linear_cross_entropy as fused_linear_cross_entropy
+from rarekit.ops.linear_cross_entropy import linear_cross_entropy_chunks
 
 DEFAULT_CHUNK_BYTES = 256 * 2**20  # the logits of one chunk of rows
 
@@ -70,52 +72,85 @@ def _check_inputs(hidden, classifier, target, bias):
                             f"got {bias.dtype}, {bias.device}")
 
 
+def _check_options(reduction, smoothing_mode, label_smoothing, focal_gamma, z_loss, softcap, chunk_size,
+                   ignore_index) -> int:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if smoothing_mode not in SMOOTHING_MODES:
+        raise ValueError(f"smoothing_mode must be one of {SMOOTHING_MODES}, got {smoothing_mode!r}")
+    if not is_real_number(label_smoothing) or not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+    for name, value in (("focal_gamma", focal_gamma), ("z_loss", z_loss)):
+        if not is_real_number(value) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if softcap is not None and (not is_real_number(softcap) or not math.isfinite(softcap) or softcap <= 0):
+        raise ValueError(f"softcap must be None or a finite number > 0, got {softcap!r}")
+    if chunk_size is not None and (not is_integer(chunk_size) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be None or a positive number of rows, got {chunk_size!r}")
+    ignore_index = checked_ignore_index(ignore_index)
+    if ignore_index is None:
+        raise TypeError("ignore_index must be an integer, got None")
+    return ignore_index
+
+
 def linear_cross_entropy(hidden: torch.Tensor, classifier: torch.Tensor, target: torch.Tensor,
                          weight: torch.Tensor | None = None, *, bias: torch.Tensor | None = None,
                          ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
                          smoothing_mode: str = "pytorch", focal_gamma: float = 0.0,
                          logit_adjustment: torch.Tensor | None = None, z_loss: float = 0.0,
-                         softcap: float | None = None, chunk_size: int | None = None) -> torch.Tensor:
+                         softcap: float | None = None, chunk_size: int | None = None,
+                         check: bool = True) -> torch.Tensor:
     """``rarekit.cross_entropy(softcap_fn(hidden @ classifierᵀ + bias), target, weight, ...)``, chunked.
 
     ``hidden`` is (..., D), ``classifier`` (V, D) as ``nn.Linear.weight``, ``target`` (...) and the
-    class vectors ``weight`` / ``logit_adjustment`` (V,). ``softcap = s`` caps the logits with
-    ``s · tanh(z / s)`` (Gemma 2) before the loss. ``chunk_size``: rows of logits held at a time
-    (default: as many as fit 256 MiB). The keywords are :func:`rarekit.cross_entropy`'s.
+    class vectors ``weight`` / ``logit_adjustment`` (V,); the other keywords are
+    :func:`rarekit.cross_entropy`'s. ``softcap = s`` caps the logits to ``s · tanh(z / s)`` (Gemma 2)
+    before the loss. Only ``chunk_size`` rows of logits exist at a time (default: as many as fit
+    256 MiB; one more such buffer with ``softcap`` during training); the forward also computes the
+    gradients of ``hidden``, ``classifier``, ``bias`` and ``logit_adjustment`` (Liger Kernel's
+    strategy), so the backward of a reduced loss only scales them, and ``reduction="none"``
+    recomputes the chunks in the backward. Matmuls run in the input dtype, the loss in float32
+    (float64 for float64), and the classifier's gradient accumulates in float32. A ``weight`` that
+    requires grad raises (as torch's ``nll_loss``); the result is differentiable once.
+    ``check=False`` skips the target range check (one host sync on CUDA).
     """
     _check_inputs(hidden, classifier, target, bias)
     weight = _check_class_vector(weight, "weight", classifier)
     logit_adjustment = _check_class_vector(logit_adjustment, "logit_adjustment", classifier)
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if smoothing_mode not in SMOOTHING_MODES:
-        raise ValueError(f"smoothing_mode must be one of {SMOOTHING_MODES}, got {smoothing_mode!r}")
-    if softcap is not None and (not is_real_number(softcap) or not math.isfinite(softcap) or softcap <= 0):
-        raise ValueError(f"softcap must be None or a finite number > 0, got {softcap!r}")
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be None or a positive number of rows, got {chunk_size!r}")
-    if checked_ignore_index(ignore_index) is None:
-        raise TypeError("ignore_index must be an integer, got None")
+    ignore_index = _check_options(reduction, smoothing_mode, label_smoothing, focal_gamma, z_loss, softcap,
+                                  chunk_size, ignore_index)
+    if weight is not None and weight.requires_grad and torch.is_grad_enabled():
+        raise ValueError("linear_cross_entropy: the gradient of weight is not computed; pass weight.detach() "
+                         "(torch's nll_loss refuses a weight that requires grad too)")
     rows_hidden, rows_target = hidden.reshape(-1, hidden.shape[-1]), target.reshape(-1)
-    step = chunk_rows(classifier.shape[0], hidden.dtype, chunk_size)
-    keywords = dict(ignore_index=ignore_index, label_smoothing=label_smoothing, smoothing_mode=smoothing_mode,
-                    focal_gamma=focal_gamma, logit_adjustment=logit_adjustment, z_loss=z_loss)
-    pieces = []
-    for start in range(0, rows_hidden.shape[0], step):
-        logits = nn.functional.linear(rows_hidden[start:start + step], classifier, bias)
-        if softcap is not None:
-            logits = softcap * torch.tanh(logits / softcap)
-        pieces.append(cross_entropy(logits, rows_target[start:start + step], weight,
-                                    reduction="none" if reduction == "none" else "sum", **keywords))
+    options = (ignore_index, float(label_smoothing), smoothing_mode == "target_weighted", float(focal_gamma),
+               float(z_loss), None if softcap is None else float(softcap),
+               chunk_rows(classifier.shape[0], hidden.dtype, chunk_size), bool(check))
+    accumulate = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    divisor = None
+    if reduction == "mean":  # Σ w_y over the non-ignored targets, kept on the device
+        valid = rows_target != ignore_index
+        safe = torch.where(valid, rows_target, 0).long().clamp(0, classifier.shape[0] - 1)
+        divisor = (weight.to(accumulate)[safe] * valid).sum() if weight is not None else valid.sum().to(accumulate)
+    trained = torch.is_grad_enabled() and any(
+        tensor is not None and tensor.requires_grad for tensor in (hidden, classifier, bias, logit_adjustment))
+    if not trained:  # forward only, same memory bound
+        losses = linear_cross_entropy_chunks(rows_hidden, classifier, bias, rows_target, weight, logit_adjustment,
+                                             None, *options[:-1], False, options[-1])[0]
+        if reduction == "none":
+            return losses.reshape(target.shape).to(hidden.dtype)
+        loss = losses.sum() if reduction == "sum" else losses.sum() / divisor + _nan_if_zero(divisor)
+        return loss.to(hidden.dtype)
     if reduction == "none":
-        return torch.cat(pieces).reshape(target.shape) if pieces else hidden.new_zeros(target.shape)
-    total = torch.stack(pieces).sum() if pieces else hidden.new_zeros(())
-    if reduction == "sum":
-        return total
-    valid = rows_target != ignore_index
-    safe = torch.where(valid, rows_target, 0).long().clamp(0, classifier.shape[0] - 1)
-    divisor = (weight.float()[safe] * valid).sum() if weight is not None else valid.sum().float()
-    return (total / divisor + _nan_if_zero(divisor)).to(hidden.dtype)
+        losses = fused_linear_cross_entropy(rows_hidden, classifier, bias, logit_adjustment, rows_target, weight,
+                                            None, options)
+        return losses.reshape(target.shape).to(hidden.dtype)
+    scale = (1.0 / divisor).reshape(1) if divisor is not None else hidden.new_ones((1,), dtype=accumulate)
+    loss = fused_linear_cross_entropy(rows_hidden, classifier, bias, logit_adjustment, rows_target, weight, scale,
+                                      options)
+    if divisor is not None:
+        loss = loss + _nan_if_zero(divisor)
+    return loss.to(hidden.dtype)
 
 
 class LinearCrossEntropyLoss(nn.Module):
@@ -125,13 +160,13 @@ class LinearCrossEntropyLoss(nn.Module):
     def __init__(self, weight: torch.Tensor | None = None, *, ignore_index: int = -100, reduction: str = "mean",
                  label_smoothing: float = 0.0, smoothing_mode: str = "pytorch", focal_gamma: float = 0.0,
                  logit_adjustment: torch.Tensor | None = None, z_loss: float = 0.0, softcap: float | None = None,
-                 chunk_size: int | None = None):
+                 chunk_size: int | None = None, check: bool = True):
         super().__init__()
         self.register_buffer("weight", weight, persistent=weight is not None)
         self.register_buffer("logit_adjustment", logit_adjustment, persistent=logit_adjustment is not None)
         self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
         self.smoothing_mode, self.focal_gamma, self.z_loss = smoothing_mode, focal_gamma, z_loss
-        self.softcap, self.chunk_size = softcap, chunk_size
+        self.softcap, self.chunk_size, self.check = softcap, chunk_size, check
 
     def forward(self, hidden: torch.Tensor, classifier: torch.Tensor, target: torch.Tensor,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -139,4 +174,5 @@ class LinearCrossEntropyLoss(nn.Module):
                                     ignore_index=self.ignore_index, reduction=self.reduction,
                                     label_smoothing=self.label_smoothing, smoothing_mode=self.smoothing_mode,
                                     focal_gamma=self.focal_gamma, logit_adjustment=self.logit_adjustment,
-                                    z_loss=self.z_loss, softcap=self.softcap, chunk_size=self.chunk_size)
+                                    z_loss=self.z_loss, softcap=self.softcap, chunk_size=self.chunk_size,
+                                    check=self.check)

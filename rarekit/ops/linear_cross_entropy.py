@@ -1,0 +1,121 @@
+"""The fused linear + cross-entropy kernel: its fake kernel, its reference path and its autograd.
+
+``linear_cross_entropy_chunks`` returns the per-row losses of softcap(hidden @ classifierᵀ + bias),
+and, given ``grad_scale`` c, the gradients of Σ_i c_i loss_i, computed chunk by chunk during the
+forward (Liger Kernel's strategy). :class:`_FusedLinearCrossEntropy` turns that into autograd:
+for a reduced loss (c = 1/Σw_y or 1) the backward only scales the saved gradients by the upstream
+scalar; for ``reduction="none"`` the backward recomputes the chunks with c = the upstream per-row
+gradient, so no gradient depends on a guess about the upstream.
+"""
+from __future__ import annotations
+
+import torch
+
+from rarekit import _backend, reference
+from rarekit.ops.cross_entropy import _once_differentiable, _raise_first_out_of_range
+
+if _backend._C is not None:
+    @torch.library.register_fake("rarekit::linear_cross_entropy_forward")
+    def _forward_fake(hidden, classifier, bias, target, weight, logit_adjustment, grad_scale, *args):
+        logit_adjustment_grad = args[-2]
+        loss_dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+        losses = hidden.new_empty((hidden.shape[0],), dtype=loss_dtype)
+        if grad_scale is None:
+            return losses, *(hidden.new_empty((0,)) for _ in range(4))
+        return (losses, torch.empty_like(hidden, memory_format=torch.contiguous_format),
+                torch.empty_like(classifier, memory_format=torch.contiguous_format),
+                bias.new_empty(bias.shape) if bias is not None else hidden.new_empty((0,)),
+                logit_adjustment.new_empty(logit_adjustment.shape)
+                if logit_adjustment is not None and logit_adjustment_grad else hidden.new_empty((0,)))
+
+
+def _reference_forward(hidden, classifier, bias, target, weight, logit_adjustment, grad_scale, ignore_index,
+                       label_smoothing, target_weighted, focal_gamma, z_loss, softcap, chunk_rows,
+                       logit_adjustment_grad, check):
+    """The op on the references, chunk by chunk; each chunk's gradients come from autograd."""
+    if check or hidden.device.type == "cpu":  # as the kernels: always on CPU
+        _raise_first_out_of_range(target, classifier.shape[0], ignore_index)
+    config = (ignore_index, label_smoothing, target_weighted, focal_gamma, z_loss, softcap)
+    accumulate = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    empty = hidden.new_empty((0,))
+    # the inputs whose gradient the op returns, besides hidden
+    wanted = {"classifier": classifier, "bias": bias,
+              "logit_adjustment": logit_adjustment if logit_adjustment_grad else None}
+    wanted = {name: tensor for name, tensor in wanted.items() if tensor is not None and grad_scale is not None}
+    totals = {name: torch.zeros_like(tensor, dtype=accumulate) for name, tensor in wanted.items()}
+    losses, grad_hidden = [], []
+    for start in range(0, hidden.shape[0], chunk_rows):
+        rows = slice(start, start + chunk_rows)
+        with torch.enable_grad():
+            leaves = {name: tensor.detach().requires_grad_() for name, tensor in wanted.items()}
+            rows_hidden = hidden[rows].detach().requires_grad_(grad_scale is not None)
+            inputs = {"classifier": classifier, "bias": bias, "logit_adjustment": logit_adjustment, **leaves}
+            row_losses = reference.linear_cross_entropy_rows(
+                rows_hidden, inputs["classifier"], target[rows], inputs["bias"], weight, inputs["logit_adjustment"],
+                *config).to(accumulate)
+            if grad_scale is not None:
+                scale = grad_scale if grad_scale.shape[0] == 1 else grad_scale[rows]
+                grads = torch.autograd.grad((row_losses * scale).sum(), [rows_hidden, *leaves.values()])
+                grad_hidden.append(grads[0])
+                for total, part in zip(totals.values(), grads[1:]):
+                    total += part
+        losses.append(row_losses.detach())
+    losses = torch.cat(losses) if losses else hidden.new_empty((0,), dtype=accumulate)
+    if grad_scale is None:
+        return losses, empty, empty, empty, empty
+    grad_hidden = torch.cat(grad_hidden) if grad_hidden else torch.empty_like(hidden)
+    totals = {name: total.to(wanted[name].dtype) for name, total in totals.items()}
+    return (losses, grad_hidden, totals["classifier"], totals.get("bias", empty),
+            totals.get("logit_adjustment", empty))
+
+
+def linear_cross_entropy_chunks(hidden, classifier, bias, target, weight, logit_adjustment, grad_scale,
+                                ignore_index: int, label_smoothing: float, target_weighted: bool, focal_gamma: float,
+                                z_loss: float, softcap: float | None, chunk_rows: int, logit_adjustment_grad: bool,
+                                check: bool):
+    """(losses, grad_hidden, grad_classifier, grad_bias, grad_logit_adjustment); see the op's schema."""
+    args = (hidden, classifier, bias, target, weight, logit_adjustment, grad_scale, ignore_index, label_smoothing,
+            target_weighted, focal_gamma, z_loss, softcap, chunk_rows, logit_adjustment_grad, check)
+    if _backend.native(hidden.device):
+        return torch.ops.rarekit.linear_cross_entropy_forward(*args)
+    return _reference_forward(*args)
+
+
+class _FusedLinearCrossEntropy(torch.autograd.Function):
+    """forward(hidden, classifier, bias, logit_adjustment, target, weight, grad_scale, options) returns the
+    per-row losses (``grad_scale`` None: ``reduction="none"``) or ``grad_scale · Σ losses``."""
+
+    @staticmethod
+    def forward(ctx, hidden, classifier, bias, logit_adjustment, target, weight, grad_scale, options):
+        adjustment_grad = logit_adjustment is not None and ctx.needs_input_grad[3]
+        losses, *grads = linear_cross_entropy_chunks(
+            hidden, classifier, bias, target, weight, logit_adjustment, grad_scale, *options[:-1],
+            adjustment_grad, options[-1])
+        ctx.options, ctx.adjustment_grad, ctx.reduced = options, adjustment_grad, grad_scale is not None
+        if grad_scale is None:  # reduction="none": the backward recomputes with the upstream gradients
+            ctx.save_for_backward(hidden, classifier, bias, logit_adjustment, target, weight)
+            return losses
+        ctx.save_for_backward(*grads)
+        return (losses.sum() * grad_scale.squeeze(0)).to(losses.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        if ctx.reduced:
+            scale = grad_output.detach()
+            grads = [grad * scale.to(grad.dtype) for grad in ctx.saved_tensors]
+        else:
+            hidden, classifier, bias, logit_adjustment, target, weight = ctx.saved_tensors
+            _, *grads = linear_cross_entropy_chunks(
+                hidden, classifier, bias, target, weight, logit_adjustment,
+                grad_output.detach().to(torch.float64 if hidden.dtype == torch.float64 else torch.float32),
+                *ctx.options[:-1], ctx.adjustment_grad, False)
+        grad_hidden, grad_classifier, grad_bias, grad_adjustment = (_once_differentiable(grad) for grad in grads)
+        return (grad_hidden, grad_classifier, grad_bias if ctx.needs_input_grad[2] else None,
+                grad_adjustment if ctx.adjustment_grad else None, None, None, None, None)
+
+
+def linear_cross_entropy(hidden, classifier, bias, logit_adjustment, target, weight, grad_scale, options):
+    """Differentiable entry point; ``options`` = (ignore_index, label_smoothing, target_weighted,
+    focal_gamma, z_loss, softcap, chunk_rows, check)."""
+    return _FusedLinearCrossEntropy.apply(hidden, classifier, bias, logit_adjustment, target, weight, grad_scale,
+                                          options)

@@ -81,6 +81,12 @@ def linear_cross_entropy_chunks(hidden, classifier, bias, target, weight, logit_
     return _reference_forward(*args)
 
 
+def _needs_scaling(scale: torch.Tensor) -> bool:
+    """False when the upstream gradient is 1 (loss.backward()), checked on the CPU only: the saved
+    gradients are then handed over without a copy. On CUDA (no host sync) and while compiling, always True."""
+    return scale.device.type != "cpu" or torch.compiler.is_compiling() or not bool(scale == 1)
+
+
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     """forward(hidden, classifier, bias, logit_adjustment, target, weight, grad_scale, options) returns the
     per-row losses (``grad_scale`` None: ``reduction="none"``) or ``grad_scale · Σ losses``."""
@@ -102,7 +108,9 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_output):
         if ctx.reduced:
             scale = grad_output.detach()
-            grads = [grad * scale.to(grad.dtype) for grad in ctx.saved_tensors]
+            grads = ctx.saved_tensors
+            if _needs_scaling(scale):
+                grads = [grad * scale.to(grad.dtype) for grad in grads]
         else:
             hidden, classifier, bias, logit_adjustment, target, weight = ctx.saved_tensors
             _, *grads = linear_cross_entropy_chunks(

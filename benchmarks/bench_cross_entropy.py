@@ -8,17 +8,13 @@ Targets: CPU >= 3x eager, >= 2x torch.compile, peak extra <= 1x the logits (~0 w
 H200 >= 85 % of copy bandwidth (read logits + write grad), >= 1.25x Liger.
 """
 import functools
-import gc
 import json
-import os
-import threading
-import time
 
 import torch
 import torch.nn.functional as F
 
 import rarekit
-from common import median_seconds, parse_args, report
+from common import cpu_peak_extra_bytes, median_seconds, parse_args, report
 
 
 def contenders(device: torch.device) -> dict:
@@ -64,30 +60,10 @@ def copy_floor(buffer: torch.Tensor, pristine: torch.Tensor) -> None:
     buffer.copy_(pristine)
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def cpu_peak_extra(fn, buffer, pristine, target, weight) -> int:
-    """Peak resident memory during one step beyond what existed before it (sampled every 0.2 ms);
-    the returned gradient counts, the buffer and the inputs do not."""
-    peak, done = [0], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], rss_bytes())
-            time.sleep(0.0002)
-
-    gc.collect()
-    base = rss_bytes()
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    grad = step(fn, buffer, pristine, target, weight)
-    done.set()
-    sampler.join()
-    del grad
-    return max(peak[0], rss_bytes()) - base
+    """Peak resident memory during one step beyond what existed before it; the returned gradient
+    counts, the buffer and the inputs do not."""
+    return cpu_peak_extra_bytes(lambda: step(fn, buffer, pristine, target, weight))
 
 
 def main() -> None:

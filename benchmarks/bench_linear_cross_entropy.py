@@ -10,17 +10,13 @@ max_memory_allocated), which counts the returned gradients for every contender a
 Targets (issue 14): CPU peak extra <= 1/4 of eager's, step time <= eager's; H200 time <= 1.15x the
 matmuls, peak <= Cut Cross-Entropy's plus one chunk, not slower than eager at 1024 tokens.
 """
-import gc
 import json
-import os
-import threading
-import time
 
 import torch
 import torch.nn.functional as F
 
 import rarekit
-from common import median_seconds_interleaved, parse_args, report
+from common import cpu_peak_extra_bytes, median_seconds_interleaved, parse_args, report
 
 
 def contenders(device: torch.device) -> tuple[dict, list[str]]:
@@ -73,32 +69,6 @@ def matmuls(hidden, classifier):
     return logits @ classifier, logits.t() @ hidden
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def cpu_peak_extra(run) -> int:
-    """Peak resident memory during run() beyond what existed before it (sampled every 0.2 ms); what
-    run() returns counts until it is dropped."""
-    peak, done = [0], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], rss_bytes())
-            time.sleep(0.0002)
-
-    gc.collect()
-    base = rss_bytes()
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    result = run()
-    done.set()
-    sampler.join()
-    del result
-    return max(peak[0], rss_bytes()) - base
-
-
 def cuda_peak_extra(run) -> int:
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -127,7 +97,7 @@ def main() -> None:
         ratios = {f"speed-up vs {name}": seconds / fused for name, seconds in times.items()
                   if not name.startswith("rarekit") and "floor" not in name}
         ratios["rarekit / three matmuls"] = fused / times["three matmuls (floor)"]
-        peak = cpu_peak_extra if device.type == "cpu" else cuda_peak_extra
+        peak = cpu_peak_extra_bytes if device.type == "cpu" else cuda_peak_extra
         peaks = {name: peak(run) / 2**20 for name, run in peers.items() if "floor" not in name}
         logits_mib = tokens * vocab * torch.empty((), dtype=dtype).element_size() / 2**20
         case = {"case": f"{str(dtype).replace('torch.', '')} {tokens} tokens x {dim} hidden x {vocab} vocab, "

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
 import statistics
+import threading
 import time
 
 import torch
@@ -53,6 +55,32 @@ def median_seconds_interleaved(fns: dict, device: torch.device, repeat: int, war
             sync(device)
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(seconds) for name, seconds in times.items()}
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def cpu_peak_extra_bytes(run) -> int:
+    """Peak resident memory during run() beyond what existed before it (sampled every 0.2 ms); what
+    run() returns counts until it is dropped."""
+    peak, done = [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_bytes())
+            time.sleep(0.0002)
+
+    gc.collect()
+    base = rss_bytes()
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    result = run()
+    done.set()
+    sampler.join()
+    del result
+    return max(peak[0], rss_bytes()) - base
 
 
 def machine() -> dict:

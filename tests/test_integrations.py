@@ -319,8 +319,8 @@ def test_fused_loss_refuses_heads_it_cannot_reproduce(gen):
 
 @pytest.mark.parametrize("kind", ["llama", "gemma2"])
 def test_fused_trainer_trains_as_the_trainer_with_the_models_own_loss(gen, tmp_path, kind):
-    """3 optimizer steps with 2 accumulated micro-batches each: the same losses and weights as the
-    plain Trainer with the model's own labels= loss."""
+    """3 optimizer steps with 2 accumulated micro-batches each: the same losses, weights and evaluation
+    loss as the plain Trainer with the model's own labels= loss."""
     pytest.importorskip("accelerate")
     from transformers import Trainer, TrainingArguments
 
@@ -330,16 +330,19 @@ def test_fused_trainer_trains_as_the_trainer_with_the_models_own_loss(gen, tmp_p
     data = [{"input_ids": i, "labels": l} for i, l in zip(input_ids, labels)]
     finished = {}
     for name, make in (("fused", lambda model, args: FusedCausalLMTrainer(
-                            model=model, args=args, train_dataset=data, fused_loss=fused_causal_lm_loss(chunk_size=7))),
-                       ("own", lambda model, args: Trainer(model=model, args=args, train_dataset=data))):
+                            model=model, args=args, train_dataset=data, eval_dataset=data[:8],
+                            fused_loss=fused_causal_lm_loss(chunk_size=7))),
+                       ("own", lambda model, args: Trainer(model=model, args=args, train_dataset=data,
+                                                           eval_dataset=data[:8]))):
         args = TrainingArguments(output_dir=str(tmp_path / name), use_cpu=True, report_to=[], save_strategy="no",
                                  per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=3,
-                                 learning_rate=1e-2, logging_steps=1, disable_tqdm=True, seed=0)
-        trainer = make(tiny_causal_lm(kind, 6), args)
+                                 optim="sgd", learning_rate=0.5, logging_steps=1, disable_tqdm=True, seed=0)
+        trainer = make(tiny_causal_lm(kind, 6), args)  # SGD: Adam's m/√v would blow float noise up near 0
         trainer.train()
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        losses.append(trainer.evaluate()["eval_loss"])
         finished[name] = losses, {key: value.clone() for key, value in trainer.model.state_dict().items()}
-    assert len(finished["fused"][0]) == 3
+    assert len(finished["fused"][0]) == 3 + 1
     torch.testing.assert_close(finished["fused"][0], finished["own"][0], rtol=1e-4, atol=1e-5)
     for key, value in finished["own"][1].items():
         torch.testing.assert_close(finished["fused"][1][key], value, rtol=1e-4, atol=1e-5, msg=key)

@@ -85,8 +85,15 @@ def test_bad_arguments():
 
 def test_missing_transformers_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` now raises ImportError
+    from rarekit.integrations import transformers as integration
+
     with pytest.raises(ImportError, match=r"rarekit\[augment\]"):
         weighted_causal_lm_loss()
+    with pytest.raises(ImportError, match=r"rarekit\[augment\]"):
+        integration.fused_causal_lm_loss()
+    monkeypatch.delitem(vars(integration), "FusedCausalLMTrainer", raising=False)  # built on first use
+    with pytest.raises(ImportError, match=r"rarekit\[augment\]"):
+        integration.FusedCausalLMTrainer
 
 
 def tiny_llama(seed):

@@ -12,6 +12,9 @@ import time
 
 import torch
 
+from rarekit._files import write_text_atomic
+
+QUICK = False  # set by parse_args: --quick runs are smoke tests, and their JSON says so
 
 def parse_args(description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
@@ -19,8 +22,11 @@ def parse_args(description: str) -> argparse.Namespace:
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"),
                         help="folder for the JSON results (default: benchmarks/out)")
     parser.add_argument("--repeat", type=int, default=7, help="timed runs per case (median reported)")
-    parser.add_argument("--quick", action="store_true", help="smaller inputs (smoke test)")
-    return parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="smaller inputs, short warm-up (a smoke test)")
+    args = parser.parse_args()
+    global QUICK
+    QUICK = args.quick
+    return args
 
 
 def sync(device: torch.device) -> None:
@@ -29,6 +35,7 @@ def sync(device: torch.device) -> None:
 
 
 WARMUP_SECONDS = 1.0
+QUICK_WARMUP_SECONDS = 0.05
 
 
 def median_seconds(fn, device: torch.device, repeat: int, warmup: int = 2) -> float:
@@ -42,7 +49,8 @@ def median_seconds_interleaved(fns: dict, device: torch.device, repeat: int, war
     warm-up rounds come first: `warmup` of them, and more until WARMUP_SECONDS have passed (the first
     half second after a large allocation runs slow on the 2-core VM)."""
     start, rounds = time.perf_counter(), 0
-    while rounds < warmup or time.perf_counter() - start < WARMUP_SECONDS:
+    warmup_seconds = QUICK_WARMUP_SECONDS if QUICK else WARMUP_SECONDS
+    while rounds < warmup or time.perf_counter() - start < warmup_seconds:
         for fn in fns.values():
             fn()
         sync(device)
@@ -114,7 +122,7 @@ def report(job: str, device: torch.device, cases: list[dict], out_dir: str) -> s
             print(f"  {name:<40} {ratio:8.2f}x")
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{job}-{device.type}.json")
-    with open(path, "w") as handle:
-        json.dump({"job": job, "device": device.type, "machine": machine(), "cases": cases}, handle, indent=2)
+    write_text_atomic(path, json.dumps({"job": job, "device": device.type, "quick": QUICK, "machine": machine(),
+                                        "cases": cases}, indent=2))
     print(f"\nwrote {path}")
     return path

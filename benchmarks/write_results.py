@@ -2,12 +2,17 @@
 
     python benchmarks/write_results.py [--json-dir benchmarks/out] [--output benchmarks/RESULTS.md]
 
+`rarekit bench` runs it with --output DIR/RESULTS.md, and also onto benchmarks/RESULTS.md only with
+--update-results. Results of --quick runs are labelled as smoke figures.
+
 Figures from several JSON files are kept apart per job and device, each with its machine.
 """
 import argparse
 import glob
 import json
 import os
+
+from rarekit._files import write_text_atomic
 
 
 def machine_line(machine: dict) -> str:
@@ -19,8 +24,13 @@ def machine_line(machine: dict) -> str:
     return ", ".join(str(part) for part in parts)
 
 
+SMOKE_NOTE = ("**Smoke figures** (`rarekit bench --quick`): small inputs, a short warm-up and few repeats. They show "
+              "that the benchmarks run; they are not performance figures.")
+
+
 def job_section(result: dict) -> list[str]:
-    lines = [f"## {result['job']} on {result['device']}", "", f"Machine: {machine_line(result['machine'])}", ""]
+    smoke = " (smoke figures)" if result.get("quick") else ""
+    lines = [f"## {result['job']} on {result['device']}{smoke}", "", f"Machine: {machine_line(result['machine'])}", ""]
     for case in result["cases"]:
         lines += [f"### {case['case']}", "", "| contender | median (ms) |", "|---|---:|"]
         lines += [f"| {name} | {ms:.3f} |" for name, ms in case["median_ms"].items()]
@@ -48,10 +58,11 @@ def main() -> None:
              "Written by `benchmarks/write_results.py` from the JSON of `benchmarks/bench_*.py`. Every ratio "
              "compares contenders measured in the same run on the same machine (medians of repeated runs, "
              "count times its contenders round-robin).", ""]
+    if any(result.get("quick") for result in results):
+        lines += [SMOKE_NOTE, ""]
     for result in results:
         lines += job_section(result)
-    with open(args.output, "w") as handle:
-        handle.write("\n".join(lines).rstrip() + "\n")
+    write_text_atomic(args.output, "\n".join(lines).rstrip() + "\n")
     print(f"wrote {args.output} ({len(results)} result files)")
 
 

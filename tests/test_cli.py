@@ -5,6 +5,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,3 +204,109 @@ def test_huge_ids_without_vocab_size_ask_for_it(tmp_path, capsys):
     np.save(path, np.array([1, 2**63 + 5], dtype=np.uint64))
     assert cli.main(["count", str(path), "--out", str(tmp_path / "out")]) == 1
     assert "does not fit in int64" in capsys.readouterr().err
+
+
+FAKE_BENCH = '''"""A stand-in benchmark: one case, timed with common.py."""
+import torch
+from common import median_seconds, parse_args, report
+
+args = parse_args(__doc__)
+seconds = median_seconds(lambda: torch.ones(10).sum(), torch.device("cpu"), args.repeat)
+report("fake", torch.device("cpu"), [{"case": "ones", "median_ms": {"torch.sum": seconds * 1e3}}], args.out)
+'''
+
+
+def fake_benchmarks(tmp_path):
+    """A benchmarks folder with the real common.py and write_results.py and one quick benchmark."""
+    import shutil
+
+    source = Path(__file__).resolve().parent.parent / "benchmarks"
+    folder = tmp_path / "benchmarks"
+    folder.mkdir()
+    for name in ("common.py", "write_results.py"):
+        shutil.copy(source / name, folder / name)
+    (folder / "bench_fake.py").write_text(FAKE_BENCH)
+    (folder / "RESULTS.md").write_text("# tracked figures\n")
+    return folder
+
+
+def test_bench_quick_writes_only_into_out_and_labels_smoke_figures(tmp_path, capsys):
+    folder = fake_benchmarks(tmp_path)
+    out = tmp_path / "out"
+    assert cli.main(["bench", "--quick", "--benchmarks", str(folder), "--out", str(out)]) == 0
+    assert (folder / "RESULTS.md").read_text() == "# tracked figures\n"
+    assert sorted(path.name for path in folder.iterdir() if path.name != "__pycache__") == [
+        "RESULTS.md", "bench_fake.py", "common.py", "write_results.py"]
+    assert json.loads((out / "fake-cpu.json").read_text())["quick"] is True
+    results = (out / "RESULTS.md").read_text()
+    assert "**Smoke figures**" in results and "## fake on cpu (smoke figures)" in results
+    assert cli.main(["bench", "--quick", "--update-results", "--benchmarks", str(folder), "--out", str(out)]) == 1
+    assert "--update-results with --quick" in capsys.readouterr().err
+    assert cli.main(["bench", "--repeat", "2", "--update-results", "--benchmarks", str(folder), "--out", str(out)]) == 0
+    tracked = (folder / "RESULTS.md").read_text()
+    assert "## fake on cpu" in tracked and "moke" not in tracked
+
+
+def test_count_refuses_to_overwrite_its_own_input(tmp_path, capsys):
+    out = tmp_path / "out"
+    np.save(tmp_path / "ids.npy", np.array([1, 2, 2]))
+    assert cli.main(["count", str(tmp_path / "ids.npy"), "--out", str(out)]) == 0
+    before = (out / "counts.npy").read_bytes()
+    assert cli.main(["count", str(out / "counts.npy"), "--out", str(out)]) == 1
+    assert "is an input and an output of --out" in capsys.readouterr().err
+    assert (out / "counts.npy").read_bytes() == before
+
+
+def test_outputs_in_the_folder_come_from_one_run(tmp_path):
+    out = tmp_path / "out"
+    (tmp_path / "words.txt").write_text("a b b c")
+    assert cli.main(["count", str(tmp_path / "words.txt"), "--out", str(out)]) == 0
+    assert (out / "vocab.json").exists()
+    np.save(tmp_path / "ids.npy", np.array([0, 1, 1]))
+    assert cli.main(["count", str(tmp_path / "ids.npy"), "--out", str(out)]) == 0
+    assert sorted(path.name for path in out.iterdir()) == ["counts.npy", "summary.json", "weights.json", "zipf.png"]
+
+
+def test_a_failed_write_keeps_the_earlier_output(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    np.save(tmp_path / "ids.npy", np.array([1, 2, 2]))
+    assert cli.main(["count", str(tmp_path / "ids.npy"), "--out", str(out)]) == 0
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    real_save = np.save
+
+    def disk_full(path, array, *args, **kwargs):
+        with open(path, "wb") as handle:
+            handle.write(b"\x93NUMPY half")  # a partial write, then the error
+        raise OSError(28, "No space left on device")
+
+    real_save(tmp_path / "more.npy", np.array([3, 3]))
+    monkeypatch.setattr(np, "save", disk_full)
+    assert cli.main(["count", str(tmp_path / "more.npy"), "--out", str(out)]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before  # no half file, no temporary
+
+
+@pytest.mark.parametrize("setup, args, message", [
+    (lambda folder: (folder / "empty.npy").write_bytes(b""), ["empty.npy"],
+     r"empty.npy: not a readable .npy file \(empty or truncated\?\)"),
+    (lambda folder: (folder / "cut.npy").write_bytes(b"\x93NUMPY\x01\x00v\x00{'descr'"), ["cut.npy"],
+     "cut.npy: not a readable .npy file"),
+    (lambda folder: np.save(folder / "ids.npy", np.array([1, 2])), ["ids.npy", "--vocab-size", "1099511627776"],
+     r"--vocab-size 1,099,511,627,776 needs 24,576.0 GiB for its counts and weights, more than the .* GiB of memory"),
+])
+def test_bad_inputs_end_in_an_error_not_a_traceback(tmp_path, monkeypatch, capsys, setup, args, message):
+    setup(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["count", *args, "--out", "out"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("rarekit count: error: ") and re.search(message, error), error
+    assert "Traceback" not in error
+
+
+@pytest.mark.parametrize("option, value", [("--rare-max-count", "1e30"), ("--rare-max-count", "ten"),
+                                           ("--vocab-size", "-3")])
+def test_non_integer_options_are_usage_errors(tmp_path, capsys, option, value):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["count", "ids.npy", option, value])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and f"rarekit count: error: argument {option}: must be a positive integer" in error

@@ -162,12 +162,13 @@ def test_inconsistent_draw_arguments_raise_value_error():
         ((order, torch.tensor([0, 2, 2, 7]), torch.tensor([1, 0, 1]), 2, 0, True), "exceeds the length"),
         ((order, torch.tensor([1, 2, 2, 6]), torch.tensor([1, 0, 1]), 2, 0, True), r"offsets\[0\] must be 0"),
         ((order, offsets, torch.tensor([1, 1]), 2, 0, True), "one entry more"),
-        ((order.int(), offsets, torch.tensor([1, 0, 1]), 2, 0, True), "1-D int64"),
         ((order, offsets, torch.tensor([1, 0, 1]), -1, 0, True), "total must be >= 0"),
     ]
     for args, match in cases:
         with pytest.raises(ValueError, match=match):
             draw(*args)
+    with pytest.raises(TypeError, match="1-D int64"):  # a wrong dtype is a TypeError
+        draw(order.int(), offsets, torch.tensor([1, 0, 1]), 2, 0, True)
     with pytest.raises(ValueError, match="out must be contiguous"):
         torch.ops.rarekit.draw_from_buckets_into(order, offsets, torch.tensor([1, 0, 1]), 0, True,
                                                  torch.empty(4, dtype=torch.int64)[::2])

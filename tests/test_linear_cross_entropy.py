@@ -123,6 +123,24 @@ def test_ignored_whole_chunks(device, gen):
     assert torch.isnan(rarekit.linear_cross_entropy(case["hidden"], case["classifier"], case["target"]))
 
 
+def test_int32_targets_and_repeated_backward(device, gen):
+    """int32 targets; a graph kept with retain_graph accumulates the same gradient twice."""
+    case = make_case(gen, device, weighted=True)
+    case["target"] = case["target"].int()
+    hidden = case["hidden"].clone().requires_grad_()
+    classifier = case["classifier"].clone().requires_grad_()
+    loss = rarekit.linear_cross_entropy(hidden, classifier, case["target"], case["weight"], chunk_size=4)
+    loss.backward(retain_graph=True)
+    loss.backward()
+    expected_hidden = case["hidden"].clone().requires_grad_()
+    expected_classifier = case["classifier"].clone().requires_grad_()
+    expected = definition(expected_hidden, expected_classifier, case["target"].long(), case["weight"])
+    (2 * expected).backward()
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(hidden.grad, expected_hidden.grad)
+    torch.testing.assert_close(classifier.grad, expected_classifier.grad)
+
+
 def test_no_rows(device, gen):
     case = make_case(gen, device, rows=0, ignore_rows=())
     compare(case, 6, reduction="sum")

@@ -292,20 +292,22 @@ def _run_lm_study(epochs, seed, progress, batch_rows, window, max_steps, memory_
 
 
 def lm_verdict(study: dict) -> list[str]:
-    """Plain sentences: which method recalls more rare tokens than plain CE, and at what perplexity."""
+    """Plain sentences: which method recalls more rare tokens than plain CE, at what perplexity, and
+    a conclusion."""
     results = study["results"]
     base = results["plain CE"]
     samples = base["rare_third_targets"]
     lines = [f"The held-out text has {samples} tokens from the rarest third of the vocabulary, so one of them moves "
              f"the rare-third recall by {1 / max(samples, 1):.4f}; differences of a few of them are noise."]
+    helping = {}
     for name, metrics in results.items():
         if name == "plain CE":
             continue
-        recall_gain = metrics["rare_third_recall"] - base["rare_third_recall"]
+        hits = round((metrics["rare_third_recall"] - base["rare_third_recall"]) * samples)
         perplexity_cost = metrics["perplexity"] / base["perplexity"] - 1
-        hits = round(recall_gain * samples)
         if hits > 2:
             word = "recalls more rare tokens than"
+            helping[name] = metrics
         elif hits < -2:
             word = "recalls fewer rare tokens than"
         else:
@@ -314,6 +316,20 @@ def lm_verdict(study: dict) -> list[str]:
                      f"{hits:+d} tokens; precision of its rare predictions {_share(metrics['rare_third_precision'])} "
                      f"vs {_share(base['rare_third_precision'])}) at {perplexity_cost:+.1%} perplexity "
                      f"({metrics['perplexity']:.1f} vs {base['perplexity']:.1f}).")
+    if not helping:
+        lines.append("In short: no method recalls measurably more rare tokens than plain CE here.")
+        return lines
+    most = max(helping, key=lambda name: helping[name]["rare_third_recall"])
+    cheapest = min(helping, key=lambda name: helping[name]["perplexity"])
+    guessing = [name for name, m in helping.items() if (m["rare_third_precision"] or 0.0) < 0.05]
+    free = [name for name, m in helping.items() if m["perplexity"] <= base["perplexity"]]
+    costs = [m["perplexity"] / base["perplexity"] - 1 for m in helping.values()]
+    price = (f"{', '.join(free)} helps at no perplexity cost" if free else
+             f"none is free: they raise the perplexity by {min(costs):+.0%} to {max(costs):+.0%}")
+    lines.append(f"In short: {most} recalls the most rare tokens and {cheapest} costs the least perplexity of the "
+                 f"methods that help; {price}"
+                 + (f"; the rare words predicted by {', '.join(guessing)} are mostly wrong (precision below "
+                    f"0.05)." if guessing else "."))
     return lines
 
 

@@ -74,3 +74,23 @@ def test_shortened_study_through_the_cli(tmp_path, monkeypatch, capsys):
     assert all(f"| {name} |" in report for name in results) and "rarest third" in report
     assert (out / "bucket-accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "report:" in capsys.readouterr().out
+
+
+def metrics(perplexity, recall, precision):
+    return {"perplexity": perplexity, "rare_third_recall": recall, "rare_third_precision": precision,
+            "rare_third_targets": 100}
+
+
+def test_verdict_follows_the_numbers():
+    results = {"plain CE": metrics(10.0, 0.0, None), "weights": metrics(12.0, 0.05, 0.2),
+               "adjusted": metrics(20.0, 0.10, 0.01), "smoothing": metrics(10.5, 0.01, 0.3)}
+    lines = lm_study.lm_verdict({"results": results})
+    assert "one of them moves the rare-third recall by 0.0100" in lines[0]
+    assert lines[1].startswith("- weights recalls more rare tokens than plain CE") and "+5 tokens" in lines[1]
+    assert lines[3].startswith("- smoothing is no better on rare tokens than plain CE")  # +1 token: noise
+    assert "adjusted recalls the most" in lines[-1] and "weights costs the least" in lines[-1]
+    assert "+20% to +100%" in lines[-1] and "predicted by adjusted are mostly wrong" in lines[-1]
+    free = lm_study.lm_verdict({"results": {**results, "weights": metrics(9.0, 0.05, 0.2)}})
+    assert "weights helps at no perplexity cost" in free[-1]
+    none = lm_study.lm_verdict({"results": {"plain CE": metrics(10.0, 0.02, 0.5), "weights": metrics(11.0, 0.03, 0.5)}})
+    assert none[-1] == "In short: no method recalls measurably more rare tokens than plain CE here."

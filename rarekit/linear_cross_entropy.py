@@ -20,11 +20,14 @@ from rarekit.ops.linear_cross_entropy import linear_cross_entropy_chunks
 DEFAULT_CHUNK_BYTES = 256 * 2**20  # the logits of one chunk of rows
 
 
-def chunk_rows(vocab: int, dtype: torch.dtype, chunk_size: int | None) -> int:
-    """Rows per chunk: ``chunk_size``, or as many rows as fit DEFAULT_CHUNK_BYTES of logits."""
+def chunk_rows(rows: int, vocab: int, dtype: torch.dtype, chunk_size: int | None) -> int:
+    """Rows per chunk: ``chunk_size``, or the rows split evenly into as few chunks as keep each chunk's
+    logits within DEFAULT_CHUNK_BYTES."""
     if chunk_size is not None:
         return chunk_size
-    return max(1, DEFAULT_CHUNK_BYTES // (max(vocab, 1) * torch.empty((), dtype=dtype).element_size()))
+    most = max(1, DEFAULT_CHUNK_BYTES // (max(vocab, 1) * torch.empty((), dtype=dtype).element_size()))
+    chunks = max(1, -(-rows // most))
+    return max(1, -(-rows // chunks))
 
 
 def _check_class_vector(value, name: str, classifier: torch.Tensor) -> torch.Tensor | None:
@@ -125,7 +128,7 @@ def linear_cross_entropy(hidden: torch.Tensor, classifier: torch.Tensor, target:
     rows_hidden, rows_target = hidden.reshape(-1, hidden.shape[-1]), target.reshape(-1)
     options = (ignore_index, float(label_smoothing), smoothing_mode == "target_weighted", float(focal_gamma),
                float(z_loss), None if softcap is None else float(softcap),
-               chunk_rows(classifier.shape[0], hidden.dtype, chunk_size), bool(check))
+               chunk_rows(rows_hidden.shape[0], classifier.shape[0], hidden.dtype, chunk_size), bool(check))
     accumulate = torch.float64 if hidden.dtype == torch.float64 else torch.float32
     divisor = None
     if reduction == "mean":  # Σ w_y over the non-ignored targets, kept on the device

@@ -357,3 +357,15 @@ def test_torch_compile_fullgraph(gen):
     for grad, expected_grad in zip(grads, expected_grads):
         torch.testing.assert_close(grad, expected_grad)
     torch._dynamo.reset()
+
+
+def test_default_chunks_are_even_and_within_budget():
+    from rarekit.linear_cross_entropy import DEFAULT_CHUNK_BYTES, chunk_rows
+
+    for rows, vocab, dtype in ((4096, 32000, torch.float32), (16384, 128256, torch.bfloat16), (5, 10, torch.float64),
+                               (0, 7, torch.float32), (3, 2**30, torch.float32)):
+        step = chunk_rows(rows, vocab, dtype, None)
+        chunks = -(-rows // step)
+        assert step == 1 or step * vocab * torch.empty((), dtype=dtype).element_size() <= DEFAULT_CHUNK_BYTES
+        assert chunks * step - rows < chunks  # the last chunk is at most one row per chunk short
+    assert chunk_rows(4096, 32000, torch.float32, 100) == 100

@@ -94,9 +94,14 @@ def plot_class_recall(recalls: dict, train_counts, names, path, title: str = "")
     width = 0.8 / max(len(recalls), 1)
     figure = Figure(figsize=(max(8.0, len(order) * 0.3), 5.0), layout="constrained")
     axes = figure.subplots()
+    untested = np.ones(len(order), dtype=bool)
     for index, (method, per_class) in enumerate(recalls.items()):
         heights = np.array([np.nan if per_class[c] is None else per_class[c] for c in order], dtype=float)
+        untested &= np.isnan(heights)
         axes.bar(positions + index * width, heights, width, label=method)
+    for position in positions[untested] if recalls else ():
+        axes.text(position + 0.4 - width / 2, 0.02, "n/a (no test samples)", rotation=90, ha="center", va="bottom",
+                  fontsize=7, color="0.4")
     axes.set_xticks(positions + 0.4 - width / 2, [f"{names[c]} (n train={train_counts[c]})" for c in order],
                     rotation=90 if len(order) > 12 else 0, fontsize=7)
     axes.set(ylabel="test recall", ylim=(0, 1.05), title=f"Per-class recall by method: {title}".rstrip(": "))

@@ -238,6 +238,19 @@ def test_fused_loss_equals_the_models_own_loss(gen, kind):
         assert_same(ours, theirs)
 
 
+@pytest.mark.parametrize("kind", ["llama", "gemma2"])
+def test_fused_loss_of_a_bf16_model_is_the_models_own_to_bf16_rounding(gen, kind):
+    from rarekit.integrations.transformers import fused_causal_lm_loss
+
+    model = tiny_causal_lm(kind, 7).to(torch.bfloat16)
+    input_ids, labels = lm_batch(gen)
+    with torch.no_grad():
+        ours = fused_causal_lm_loss()(model, {"input_ids": input_ids, "labels": labels})[0]
+        theirs = model(input_ids=input_ids, labels=labels).loss
+    assert ours.dtype == theirs.dtype == torch.float32
+    torch.testing.assert_close(ours, theirs, rtol=2**-8, atol=0)
+
+
 @pytest.mark.parametrize("kind", FAMILIES)
 def test_fused_loss_with_class_weights_equals_the_weighted_loss_on_logits(gen, kind):
     from rarekit.integrations.transformers import fused_causal_lm_loss

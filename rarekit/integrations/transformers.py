@@ -298,6 +298,10 @@ def fused_causal_lm_loss(class_weights=None, *, ignore_index: int = -100, **keyw
     * without ``num_items_in_batch``, the mean over the kept tokens (divided by Σ w_y with weights);
     * with it, the summed loss divided by ``num_items_in_batch`` (gradient accumulation).
 
+    The loss is returned as float32 but computed as :func:`rarekit.linear_cross_entropy` returns it, in
+    the model's dtype: for a bf16 model it is rounded to bf16 (relative error ≤ 2^-9) where transformers,
+    which upcasts the whole logits, keeps float32.
+
     ``compute_loss_func`` cannot do this: the Trainer calls it with outputs that already hold the
     logits, so the fused loss replaces ``Trainer.compute_loss`` instead (:class:`FusedCausalLMLossMixin`).
 

@@ -115,8 +115,19 @@ def linear_cross_entropy(hidden: torch.Tensor, classifier: torch.Tensor, target:
     recomputes the chunks in the backward. Matmuls run in the input dtype, the loss in float32
     (float64 for float64), and the classifier's gradient accumulates in float32. A ``weight`` that
     requires grad raises (as torch's ``nll_loss``); the result is differentiable once.
-    ``check=False`` skips the target range check (one host sync on CUDA).
+    ``check=False`` skips the target range check (one host sync on CUDA). Under ``torch.autocast``,
+    ``hidden``, ``classifier`` and ``bias`` are cast to the autocast dtype first, as ``F.linear`` is.
     """
+    if isinstance(hidden, torch.Tensor) and torch.is_autocast_enabled(hidden.device.type):
+        device_type, dtype = hidden.device.type, torch.get_autocast_dtype(hidden.device.type)
+        hidden, classifier, bias = (tensor.to(dtype) if isinstance(tensor, torch.Tensor) and tensor.is_floating_point()
+                                    else tensor for tensor in (hidden, classifier, bias))
+        with torch.autocast(device_type, enabled=False):  # the op's own matmuls keep their dtypes
+            return linear_cross_entropy(hidden, classifier, target, weight, bias=bias, ignore_index=ignore_index,
+                                        reduction=reduction, label_smoothing=label_smoothing,
+                                        smoothing_mode=smoothing_mode, focal_gamma=focal_gamma,
+                                        logit_adjustment=logit_adjustment, z_loss=z_loss, softcap=softcap,
+                                        chunk_size=chunk_size, check=check)
     _check_inputs(hidden, classifier, target, bias)
     weight = _check_class_vector(weight, "weight", classifier)
     logit_adjustment = _check_class_vector(logit_adjustment, "logit_adjustment", classifier)

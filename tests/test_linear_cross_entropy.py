@@ -166,6 +166,18 @@ def test_half_precision(device, gen, dtype):
     assert abs(fused[0].double() - exact[0].double()) <= 2 * abs(half_definition[0].double() - exact[0].double()) + 1e-2
 
 
+def test_autocast_casts_as_linear(gen):
+    """Under CPU autocast, float32 parameters meet bfloat16 as in F.linear; the gradients flow back in float32."""
+    case = make_case(gen, "cpu", rows=16, dim=16, classes=40, weighted=True)
+    seed_gen = lambda: torch.Generator().manual_seed(9)  # noqa: E731
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = loss_and_grads(rarekit.linear_cross_entropy, case, seed_gen(), chunk_size=5, softcap=4.0)
+        expected = loss_and_grads(definition, case, seed_gen(), softcap=4.0)
+    assert fused[0].dtype == expected[0].dtype == torch.bfloat16
+    assert all(grad.dtype == torch.float32 for grad in fused[1].values())
+    assert_same(fused, expected, rtol=2e-2, atol=2e-2)
+
+
 def test_tied_embeddings(device, gen):
     """The classifier is also the input embedding: its gradient adds both uses."""
     vocab, dim = 17, 8

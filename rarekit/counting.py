@@ -98,6 +98,7 @@ def count(ids, num_bins: int | None = None, *, ignore_index: int | None = None,
 def max_id(ids: torch.Tensor, ignore_index: int | None = None, default: int | None = -1) -> int | None:
     """The largest id other than ``ignore_index`` (``default`` when there is none); reads back to the host."""
     if ignore_index is not None:
+        ids = ids.long()  # compared as uint8, -100 would equal id 156
         ids = ids[ids != ignore_index]
     return int(ids.max()) if ids.numel() else default
 

@@ -274,6 +274,7 @@ def test_all_negative_ids_with_num_bins_none(ignore_index):
     dropped = rarekit.count(ids, ignore_index=ignore_index, check=False)
     assert dropped.shape == (0,) and dropped.dtype == torch.int64
     assert rarekit.count(torch.tensor([-100, -100]), ignore_index=-100).shape == (0,)  # nothing to count
+    assert rarekit.count(torch.tensor([156, 3], dtype=torch.uint8), ignore_index=-100).shape == (157,)  # not 156 - 100
 
 
 def test_uint64_ids_at_or_above_2_63_are_named_as_such():

@@ -82,11 +82,13 @@ def gather_array(array: np.ndarray, rows: torch.Tensor) -> np.ndarray:
 
 
 def gather_tensor(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``tensor[rows]`` on the tensor's device (``index_select`` where autograd needs the graph)."""
+    """``tensor[rows]`` on the tensor's device (``index_select`` where autograd needs the graph). ``rows``
+    are the samplers' own draws, within range by construction: on CUDA the gather skips its index check
+    (``check=False``), which would wait for the kernel."""
     rows = rows.to(tensor.device)
     if tensor.requires_grad:
         return tensor.index_select(0, rows)
-    return ops.gather_rows(tensor, rows)
+    return ops.gather_rows(tensor, rows, check=False)
 
 
 def gather_frame(frame, rows: torch.Tensor, keep_index: bool):

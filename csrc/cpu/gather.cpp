@@ -33,8 +33,10 @@ at::Tensor empty_gather_output(const at::Tensor& source, const at::Tensor& indic
 namespace cpu {
 namespace {
 
-// Output rows per parallel task.
-constexpr int64_t kGatherGrain = int64_t{1} << 14;
+// Output bytes per parallel task: smaller outputs are gathered by the calling thread alone, as waking
+// another costs more than it saves there (158,600 rows of 8 bytes, on a busy 2-core VM: 0.1 ms on one
+// thread, 20 ms on two).
+constexpr int64_t kGatherGrainBytes = int64_t{1} << 22;
 
 // Copies rows of row_bytes bytes (kBytes, a compile-time constant, when it is not 0); returns the first
 // output position in [first, last) whose index is outside [0, rows), or last if none is.
@@ -54,7 +56,8 @@ template <int64_t kBytes>
 int64_t gather_all(const void* source, int64_t rows, int64_t row_bytes, const int64_t* indices, int64_t total,
                    void* out) {
   std::atomic<int64_t> first_bad{std::numeric_limits<int64_t>::max()};
-  at::parallel_for(0, total, kGatherGrain, [&](int64_t first, int64_t last) {
+  const int64_t grain = std::max<int64_t>(1, kGatherGrainBytes / std::max<int64_t>(row_bytes, 1));
+  at::parallel_for(0, total, grain, [&](int64_t first, int64_t last) {
     const int64_t stop = gather_range<kBytes>(static_cast<const char*>(source), rows, row_bytes, indices, first, last,
                                               static_cast<char*>(out));
     for (int64_t seen = first_bad.load(); stop < last && stop < seen;) {

@@ -25,7 +25,7 @@ __global__ void gather_rows_kernel(const Word* __restrict__ source, int64_t rows
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t count = total * words;
   for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < count; k += stride) {
-    const int64_t j = k / words, word = k - j * words;
+    const int64_t j = words == 1 ? k : k / words, word = k - j * words;  // one-word rows: no division
     const int64_t row = indices[j];
     if (row >= 0 && row < rows) {
       out[k] = source[row * words + word];

@@ -370,8 +370,8 @@ def plot_bucket_accuracy(study: dict, path: Path) -> None:
     for i, (name, metrics) in enumerate(results.items()):
         axes.bar(positions + i * width, [metrics["bucket_accuracy"].get(label, 0.0) for label in labels], width,
                  label=f"{name} (ppl {metrics['perplexity']:.0f})")
-    axes.set_xticks(positions + 0.4 - width / 2, [f"{label}\n({targets[label]:,} held-out)" for label in labels])
-    axes.set_xlabel("training count of the target word")
+    axes.set_xticks(positions + 0.4 - width / 2, [f"{label}\nn={targets[label]:,}" for label in labels])
+    axes.set_xlabel("training count of the target word (n: its held-out tokens)")
     axes.set_ylabel("held-out next-token accuracy")
     axes.set_title("Next-token accuracy by training frequency (chatterbot-corpus, 2-layer GRU)")
     axes.legend(fontsize=7)

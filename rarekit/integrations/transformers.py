@@ -224,6 +224,7 @@ class FusedCausalLMLoss:
         self.ignore_index = ignore_index
         self.keywords = keywords
         self._checked: weakref.WeakSet = weakref.WeakSet()  # models whose post-head step was verified
+        self._capture = _HeadInput()  # one instance, so that a torch.compile'd model is not recompiled per call
 
     def __call__(self, model: nn.Module, inputs: Mapping, num_items_in_batch=None):
         from rarekit.linear_cross_entropy import linear_cross_entropy
@@ -236,16 +237,19 @@ class FusedCausalLMLoss:
         name, head = _plain_linear_head(inner)
         parent_name, _, attribute = name.rpartition(".")
         parent = inner.get_submodule(parent_name)
-        capture = _HeadInput()
+        capture = self._capture
+        capture.seen.clear()
         setattr(parent, attribute, capture)
         try:
             outputs = model(**inputs)
         finally:
             setattr(parent, attribute, head)
-        if len(capture.seen) != 1:
-            raise ValueError(f"{type(inner).__name__} called its LM head {len(capture.seen)} times in one forward; "
+        seen = list(capture.seen)
+        capture.seen.clear()  # the hidden states are not kept past the call
+        if len(seen) != 1:
+            raise ValueError(f"{type(inner).__name__} called its LM head {len(seen)} times in one forward; "
                              "fused_causal_lm_loss supports models that call it once")
-        hidden = capture.seen[0]
+        hidden = seen[0]
         softcap = getattr(getattr(inner, "config", None), "final_logit_softcapping", None)
         if inner not in self._checked:
             self._check_post_head(inner, hidden, _logits_of(outputs), softcap)

@@ -224,7 +224,7 @@ class FusedCausalLMLoss:
         self.ignore_index = ignore_index
         self.keywords = keywords
         self._checked: weakref.WeakSet = weakref.WeakSet()  # models whose post-head step was verified
-        self._capture = _HeadInput()  # one instance, so that a torch.compile'd model is not recompiled per call
+        self._capture = _HeadInput()  # one instance: a torch.compile'd model sees the same module on every call
 
     def __call__(self, model: nn.Module, inputs: Mapping, num_items_in_batch=None):
         from rarekit.linear_cross_entropy import linear_cross_entropy

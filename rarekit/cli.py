@@ -12,6 +12,7 @@ import importlib.resources
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -157,8 +158,10 @@ def run_bench(args: argparse.Namespace) -> int:
     failed = []
     for script in sorted(folder.glob("bench_*.py")):
         print(f"== {script.name} ({args.device})", flush=True)
+        start = time.perf_counter()
         result = subprocess.run([sys.executable, script.name, "--device", args.device, "--out", str(out), *extra],
                                 cwd=folder)
+        print(f"== {script.name}: {time.perf_counter() - start:.1f} s", flush=True)
         if result.returncode != 0:
             failed.append(script.name)
     combined = {path.stem: json.loads(path.read_text()) for path in sorted(out.glob("*.json")) if path.stem != "all"}

@@ -100,7 +100,7 @@ def fit_resample_cases(y: np.ndarray, args) -> list[dict]:
     for name, (X, labels) in fit_resample_inputs(y).items():
         peers = {"rarekit RandomOverSampler": lambda: rarekit.RandomOverSampler(random_state=0).fit_resample(X, labels),
                  "imblearn RandomOverSampler": lambda: ImblearnOverSampler(random_state=0).fit_resample(X, labels)}
-        runs = [median_seconds_interleaved(peers, torch.device("cpu"), min(args.repeat, 3), warmup=1)
+        runs = [median_seconds_interleaved(peers, torch.device("cpu"), min(args.repeat, 2), warmup=1)
                 for _ in range(FIT_RUNS)]
         ratios = sorted(run["imblearn RandomOverSampler"] / run["rarekit RandomOverSampler"] for run in runs)
         X_res, _ = peers["rarekit RandomOverSampler"]()

@@ -119,9 +119,8 @@ def test_feature_names_and_tags():
 def test_grid_search_over_strategy_and_shrinkage_in_a_pipeline():
     rng = np.random.default_rng(3)
     X, y = imbalanced_data(rng, n=400, classes=2)
-    grids = {"RandomOverSampler": {"sampler__sampling_strategy": [0.5, 1.0, "minority"],
-                                   "sampler__shrinkage": [None, 0.0, 1.5]},
-             "RandomUnderSampler": {"sampler__sampling_strategy": [0.5, 1.0, "majority"],
+    grids = {"RandomOverSampler": {"sampler__sampling_strategy": [0.5, "minority"], "sampler__shrinkage": [None, 1.5]},
+             "RandomUnderSampler": {"sampler__sampling_strategy": [0.5, "majority"],
                                     "sampler__replacement": [False, True]}}
     for name, grid in grids.items():
         results = []

@@ -36,7 +36,7 @@ try:
     from imblearn.utils import check_target_type
     from scipy import sparse
     from sklearn.preprocessing import label_binarize
-    from sklearn.utils import check_array, check_consistent_length
+    from sklearn.utils import check_array
     from sklearn.utils._param_validation import Interval
     from sklearn.utils.multiclass import check_classification_targets
     from sklearn.utils.sparsefuncs import mean_variance_axis

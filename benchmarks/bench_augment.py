@@ -67,7 +67,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         sentences = build_tiny_bert(folder)
         texts = (sentences * (num_texts // len(sentences) + 1))[:num_texts]
-        for action in ("substitute", "insert"):
+        for action in ("substitute",) if args.quick else ("substitute", "insert"):  # a smoke test: one action
             ours = RareAugmenter("contextual", model_path=folder, action=action, aug_p=0.15, device=device.type,
                                  batch_size=64, top_k=100, seed=0)
             stock = naw.ContextualWordEmbsAug(model_path=folder, model_type="bert", action=action, aug_p=0.15,

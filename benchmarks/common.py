@@ -49,7 +49,7 @@ def median_seconds_interleaved(fns: dict, device: torch.device, repeat: int, war
     warm-up rounds come first: `warmup` of them, and more until WARMUP_SECONDS have passed (the first
     half second after a large allocation runs slow on the 2-core VM)."""
     start, rounds = time.perf_counter(), 0
-    warmup_seconds = QUICK_WARMUP_SECONDS if QUICK else WARMUP_SECONDS
+    warmup, warmup_seconds = (1, QUICK_WARMUP_SECONDS) if QUICK else (warmup, WARMUP_SECONDS)
     while rounds < warmup or time.perf_counter() - start < warmup_seconds:
         for fn in fns.values():
             fn()

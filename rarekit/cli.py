@@ -153,7 +153,7 @@ def run_bench(args: argparse.Namespace) -> int:
         raise ValueError("--update-results with --quick would put smoke figures into benchmarks/RESULTS.md")
     out = (args.out or folder / "out").resolve()
     extra = ["--quick"] if args.quick else []
-    repeat = args.repeat or (3 if args.quick else None)
+    repeat = args.repeat or (1 if args.quick else None)  # a smoke test: one timed run after one warm-up
     extra += ["--repeat", str(repeat)] if repeat else []
     failed = []
     for script in sorted(folder.glob("bench_*.py")):

@@ -327,7 +327,7 @@ def test_many_classes_with_force_keep_plots_bounded_and_write_the_report(tmp_pat
     recall = image.imread(next(out.glob("recall-*.png")))
     assert recall.shape[1] <= 20 * 110  # 60 classes drawn at most: 18 inches at 110 dpi
     report = (out / "report.md").read_text()
-    assert "... 240 classes ..." in report and "rarest of 300 classes" not in report  # the table is cut too
+    assert "... 240 classes ..." in report  # the per-class table is cut too
     assert report.count("\n| ") < 120
 
 

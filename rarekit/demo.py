@@ -366,7 +366,7 @@ def run(args) -> int:
     if rank == 0:
         speed = kernel_speed(device)
         machine = {"seconds": time.perf_counter() - start, "load_before": load_before,
-                   "load_after": os.getloadavg(), "world_size": rank_and_world()[1]}
+                   "load_after": os.getloadavg(), "world_size": rank_and_world()[1], "train_threads": args.train_threads}
         report = write_report(studies, speed, Path(args.out), machine, settings)
         print_summary(studies, speed, Path(args.out), report)
     if args.ddp:

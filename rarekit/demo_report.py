@@ -184,7 +184,8 @@ def write_report(studies: list, speed: dict, out: Path, machine: dict, settings)
              "on a loaded machine every time here is inflated.", "",
              f"Budget per method: {settings.epochs} epochs over the original training set, in optimizer steps of "
              "the batch size below; a method projected past "
-             f"{settings.time_budget:g} s (--time-budget) is skipped with the reason.", "",
+             f"{settings.time_budget:g} s (--time-budget) is skipped with the reason. \"train (s)\" is one run per "
+             f"method on {machine['train_threads']} thread(s): a guide to the cost, not a benchmark.", "",
              "Macro-F1 and balanced accuracy average over the classes that have test samples (scikit-learn's "
              "`labels=` set to them); a class without test samples reads \"" + NO_TEST + "\" and is left out.", ""]
     payload = {"studies": [], "kernel_speed": speed, "backend": rarekit.backend_info(), "machine": machine}

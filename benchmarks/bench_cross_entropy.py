@@ -76,7 +76,8 @@ def main() -> None:
     cases = []
     for rows, classes, dtype in shapes:
         pristine, target, weight = make_inputs(rows, classes, dtype, device)
-        buffer = torch.empty_like(pristine).requires_grad_()
+        # a non-leaf, as an LM head's output is (inplace_backward refuses a leaf that requires grad)
+        buffer = torch.empty(1, dtype=dtype, device=device).requires_grad_().expand_as(pristine).contiguous()
         # each contender's steps back to back, as a training loop calls them: a step's fresh gradient
         # then reuses the memory the previous step freed (round-robin timing would hand it memory the
         # other contenders just churned; see the note below)

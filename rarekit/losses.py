@@ -89,7 +89,7 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     for name, value in (("focal_gamma", focal_gamma), ("z_loss", z_loss)):
         if not 0 <= value < math.inf:  # also refuses NaN; plain comparisons trace under torch.compile(dynamic=True)
-            raise ValueError(f"{name} must be finite and >= 0, got {value}")
+            raise ValueError(f"{name} must be finite and >= 0, got {name}={value}")
     ignore_index = checked_ignore_index(ignore_index)
     if ignore_index is None:
         raise TypeError("ignore_index must be an integer, got None")

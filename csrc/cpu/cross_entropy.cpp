@@ -181,6 +181,7 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_losses, const at::T
   const int64_t rows = inputs.logits.size(0);
   const at::Tensor upstream = row_vector(grad_losses, "grad_losses", {rows}, logits);
   const at::Tensor terms = row_vector(row_terms, "row_terms", {rows, kRowTermCount}, logits, true);
+  check_targets(inputs.target, inputs.config.num_classes, ignore_index);  // O(rows), as the forward
   at::Tensor grad = at::empty_like(inputs.logits);
   advise_huge_pages(grad);
   const auto run = [&](auto zero, auto kernel) {

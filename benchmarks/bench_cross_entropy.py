@@ -13,6 +13,7 @@ import json
 import torch
 import torch.nn.functional as F
 
+import common
 import rarekit
 from common import cpu_peak_extra_bytes, median_seconds, parse_args, report
 
@@ -27,8 +28,9 @@ def contenders(device: torch.device) -> dict:
     def eager(x, t, w):
         return F.cross_entropy(x, t, w.to(x.dtype))
 
-    found = {"rarekit": rarekit_ce, "rarekit inplace_backward": rarekit_inplace, "torch eager": eager,
-             "torch.compile": torch.compile(eager)}
+    found = {"rarekit": rarekit_ce, "rarekit inplace_backward": rarekit_inplace, "torch eager": eager}
+    if not common.QUICK:  # compiling takes seconds: the smoke test (--quick) leaves it out
+        found["torch.compile"] = torch.compile(eager)
     if device.type == "cuda":
         try:
             from liger_kernel.transformers import LigerCrossEntropyLoss

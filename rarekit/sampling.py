@@ -107,8 +107,9 @@ def bucket_draw_counts(buckets: LabelBuckets, per_class: list[int]) -> torch.Ten
 def draw_per_class(buckets: LabelBuckets, per_class: list[int], seed: int, replacement: bool) -> torch.Tensor:
     """``per_class[i]`` random sample indices of class ``labels[i]``, class after class
     (``rarekit::draw_from_buckets``)."""
+    # the counts come from the buckets themselves: no CUDA host sync to re-check them (CPU always checks)
     return ops.draw_from_buckets(buckets.order, buckets.offsets, bucket_draw_counts(buckets, per_class),
-                                 sum(per_class), seed, replacement)
+                                 sum(per_class), seed, replacement, check=False)
 
 
 def resample(buckets: LabelBuckets, targets: dict, kind: str, replacement: bool, seed: int) -> torch.Tensor:
@@ -127,7 +128,7 @@ def resample(buckets: LabelBuckets, targets: dict, kind: str, replacement: bool,
         _backend.advise_huge_pages(indices)
         torch.arange(n, out=indices[:n])
         ops.draw_from_buckets_into(buckets.order, buckets.offsets, bucket_draw_counts(buckets, per_class), seed, True,
-                                   indices[n:])
+                                   indices[n:], check=False)  # counts from the buckets: no CUDA host sync
         return indices
     if not replacement:  # untargeted classes are drawn in full, which keeps them in order
         return draw_per_class(buckets, [targets.get(label, count) for label, count in buckets.class_counts.items()],

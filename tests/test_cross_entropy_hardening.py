@@ -286,3 +286,20 @@ def test_zero_classes_and_focal_gamma_messages(gen):
         rarekit.FocalLoss(gamma=-1.0)
     with pytest.raises(ValueError, match="focal_gamma"):
         rarekit.cross_entropy(torch.randn(2, 3), torch.tensor([0, 1]), focal_gamma=float("nan"))
+
+
+@needs_native
+def test_float64_ops_pass_opcheck(gen):
+    """The fake kernels give float64 losses and row terms for float64 logits, as the kernels do."""
+    logits = torch.randn(6, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([0, 1, 2, 3, 4, -100])
+    weight = torch.rand(5, generator=gen, dtype=torch.float64) + 0.5
+    config = (-100, 0.1, False, 2.0, 1e-3)
+    torch.library.opcheck(torch.ops.rarekit.cross_entropy_forward.default,
+                          (logits, target, weight, None, *config, True))
+    rows, terms = torch.ops.rarekit.cross_entropy_forward(logits.detach(), target, weight, None, *config, True)
+    torch.library.opcheck(torch.ops.rarekit.cross_entropy_backward.default,
+                          (torch.ones(6, dtype=torch.float64), logits.detach(), target, weight, None, terms, *config))
+    torch.library.opcheck(torch.ops.rarekit.cross_entropy_forward_inplace.default,
+                          (logits.detach().clone(), target, weight, None, torch.ones(1, dtype=torch.float64), *config,
+                           True))

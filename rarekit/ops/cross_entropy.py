@@ -99,9 +99,8 @@ class _CrossEntropyRows(torch.autograd.Function):
         ctx.mark_non_differentiable(output[1])
 
     @staticmethod
-    def backward(ctx, grad_losses, _grad_row_terms):
-        grad = _logits_gradient(ctx, grad_losses)
-        return _once_differentiable(grad), None, None, _adjustment_gradient(grad, ctx.needs_input_grad[3]), None, None
+    def backward(ctx, grad_losses, grad_row_terms):
+        return _backward(ctx, grad_losses, grad_row_terms)[:6]  # the op's backward, for this Function's 6 inputs
 
     @staticmethod
     def jvp(ctx, logits_tangent, _target_tangent, weight_tangent, adjustment_tangent, _config, _check):

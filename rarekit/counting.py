@@ -97,10 +97,14 @@ def count(ids, num_bins: int | None = None, *, ignore_index: int | None = None,
 
 def max_id(ids: torch.Tensor, ignore_index: int | None = None, default: int | None = -1) -> int | None:
     """The largest id other than ``ignore_index`` (``default`` when there is none); reads back to the host."""
-    if ignore_index is not None:
-        ids = ids.long()  # compared as uint8, -100 would equal id 156
-        ids = ids[ids != ignore_index]
-    return int(ids.max()) if ids.numel() else default
+    if ids.numel() == 0:
+        return default
+    if ignore_index is None:
+        return int(ids.max())
+    wide = ids.long()  # compared as uint8, -100 would equal id 156
+    low = torch.iinfo(torch.int64).min  # ignored ids drop out of the max without a masked copy
+    largest = int(torch.where(wide == ignore_index, low, wide).max())
+    return default if largest == low else largest  # every id ignored (INT64_MIN itself is no valid id)
 
 
 def as_counts(counts, name: str = "counts") -> torch.Tensor:

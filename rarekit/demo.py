@@ -245,13 +245,14 @@ def evaluate(model: nn.Module, x, y: np.ndarray, train_counts: np.ndarray, devic
     recall = recall_score(y, predicted, labels=classes[present], average=None, zero_division=0)
     per_class = np.full(len(classes), np.nan)
     per_class[present] = recall
-    rarest_third = np.argsort(train_counts, kind="stable")[: max(1, len(classes) // 3)]
+    tested = classes[present]  # the rarest third of the classes that have test samples
+    rarest_third = tested[np.argsort(np.asarray(train_counts)[tested], kind="stable")[: max(1, len(tested) // 3)]]
     in_rare = np.isin(y, rarest_third)
     return {
         "per_class_recall": [None if np.isnan(value) else float(value) for value in per_class],
         "macro_f1": float(f1_score(y, predicted, labels=classes[present], average="macro", zero_division=0)),
         "balanced_accuracy": float(recall.mean()),  # mean recall over the classes tested
-        "rare_third_accuracy": float((predicted[in_rare] == y[in_rare]).mean()) if in_rare.any() else float("nan"),
+        "rare_third_accuracy": float((predicted[in_rare] == y[in_rare]).mean()) if in_rare.any() else None,
         "rare_third_test_samples": int(in_rare.sum()),
     }
 

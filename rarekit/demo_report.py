@@ -83,6 +83,8 @@ def verdict(results: dict) -> list[str]:
         return ["Plain CE was skipped, so there is no baseline to compare with."]
     baseline = results["plain CE"]
     samples = baseline["rare_third_test_samples"]
+    if baseline["rare_third_accuracy"] is None:
+        return ["No class of the rarest third has test samples: there is nothing to compare on them."]
     lines = [f"The rarest third of the classes has {samples} test samples, so one sample moves its accuracy by "
              f"{1 / max(samples, 1):.3f}: differences of that size are noise, not evidence."]
     for name, metrics in results.items():
@@ -96,9 +98,14 @@ def verdict(results: dict) -> list[str]:
     return lines
 
 
+def share(value: float | None) -> str:
+    """A share to 3 decimals, or "n/a" where there was nothing to measure it on."""
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def table(results: dict, skipped: dict | None = None) -> list[str]:
     lines = ["| method | macro-F1 | balanced acc. | rarest-third acc. | train (s) |", "|---|---:|---:|---:|---:|"]
-    lines += [f"| {name} | {m['macro_f1']:.3f} | {m['balanced_accuracy']:.3f} | {m['rare_third_accuracy']:.3f} | "
+    lines += [f"| {name} | {m['macro_f1']:.3f} | {m['balanced_accuracy']:.3f} | {share(m['rare_third_accuracy'])} | "
               f"{m['train_seconds']:.1f} |" for name, m in results.items()]
     lines += [f"| {name} | skipped: {reason} | | | |" for name, reason in (skipped or {}).items()]
     return lines

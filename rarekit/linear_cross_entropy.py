@@ -12,8 +12,12 @@ import math
 import torch
 from torch import nn
 
-from rarekit.counting import checked_ignore_index, is_integer, is_real_number
-from rarekit.losses import REDUCTIONS, SMOOTHING_MODES, _nan_if_zero
+from torch.autograd import forward_ad
+
+from rarekit.counting import is_integer, is_real_number
+from rarekit.losses import (_nan_if_zero, check_loss_options, class_vector, mean_divisor,
+                            refuse_differentiable_weight)
+from rarekit.ops.cross_entropy import accumulator_dtype
 from rarekit.ops.linear_cross_entropy import linear_cross_entropy as fused_linear_cross_entropy
 from rarekit.ops.linear_cross_entropy import linear_cross_entropy_chunks
 
@@ -28,20 +32,6 @@ def chunk_rows(rows: int, vocab: int, dtype: torch.dtype, chunk_size: int | None
     most = max(1, DEFAULT_CHUNK_BYTES // (max(vocab, 1) * torch.empty((), dtype=dtype).element_size()))
     chunks = max(1, -(-rows // most))
     return max(1, -(-rows // chunks))
-
-
-def _check_class_vector(value, name: str, classifier: torch.Tensor) -> torch.Tensor | None:
-    if value is None:
-        return None
-    vocab = classifier.shape[0]
-    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor of shape ({vocab},), got "
-                        f"{value.dtype if isinstance(value, torch.Tensor) else type(value).__name__}")
-    if value.shape != (vocab,):
-        raise ValueError(f"{name} must have shape ({vocab},) (one value per class), got {tuple(value.shape)}")
-    if value.device != classifier.device:
-        raise ValueError(f"{name} is on {value.device} but classifier is on {classifier.device}")
-    return value
 
 
 def _check_inputs(hidden, classifier, target, bias):
@@ -77,23 +67,22 @@ def _check_inputs(hidden, classifier, target, bias):
 
 def _check_options(reduction, smoothing_mode, label_smoothing, focal_gamma, z_loss, softcap, chunk_size,
                    ignore_index) -> int:
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if smoothing_mode not in SMOOTHING_MODES:
-        raise ValueError(f"smoothing_mode must be one of {SMOOTHING_MODES}, got {smoothing_mode!r}")
-    if not is_real_number(label_smoothing) or not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
-    for name, value in (("focal_gamma", focal_gamma), ("z_loss", z_loss)):
-        if not is_real_number(value) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    ignore_index = check_loss_options(reduction, smoothing_mode, label_smoothing, focal_gamma, z_loss, ignore_index)
     if softcap is not None and (not is_real_number(softcap) or not math.isfinite(softcap) or softcap <= 0):
         raise ValueError(f"softcap must be None or a finite number > 0, got {softcap!r}")
     if chunk_size is not None and (not is_integer(chunk_size) or chunk_size < 1):
         raise ValueError(f"chunk_size must be None or a positive number of rows, got {chunk_size!r}")
-    ignore_index = checked_ignore_index(ignore_index)
-    if ignore_index is None:
-        raise TypeError("ignore_index must be an integer, got None")
     return ignore_index
+
+
+def _refuse_forward_ad(*tensors) -> None:
+    """Forward-mode AD (dual tensors) is not implemented: raise rather than drop a tangent."""
+    if torch.compiler.is_compiling():
+        return
+    for tensor in tensors:
+        if isinstance(tensor, torch.Tensor) and forward_ad.unpack_dual(tensor).tangent is not None:
+            raise RuntimeError("rarekit.linear_cross_entropy does not support forward-mode AD (dual tensors, "
+                               "torch.func.jvp); compose F.linear with rarekit.cross_entropy for that")
 
 
 def linear_cross_entropy(hidden: torch.Tensor, classifier: torch.Tensor, target: torch.Tensor,
@@ -129,23 +118,20 @@ def linear_cross_entropy(hidden: torch.Tensor, classifier: torch.Tensor, target:
                                         logit_adjustment=logit_adjustment, z_loss=z_loss, softcap=softcap,
                                         chunk_size=chunk_size, check=check)
     _check_inputs(hidden, classifier, target, bias)
-    weight = _check_class_vector(weight, "weight", classifier)
-    logit_adjustment = _check_class_vector(logit_adjustment, "logit_adjustment", classifier)
+    weight = class_vector(weight, "weight", classifier.shape[0], classifier.device)
+    logit_adjustment = class_vector(logit_adjustment, "logit_adjustment", classifier.shape[0], classifier.device)
     ignore_index = _check_options(reduction, smoothing_mode, label_smoothing, focal_gamma, z_loss, softcap,
                                   chunk_size, ignore_index)
-    if weight is not None and weight.requires_grad and torch.is_grad_enabled():
-        raise ValueError("linear_cross_entropy: the gradient of weight is not computed; pass weight.detach() "
-                         "(torch's nll_loss refuses a weight that requires grad too)")
+    refuse_differentiable_weight(weight)
+    _refuse_forward_ad(hidden, classifier, bias, weight, logit_adjustment)
     rows_hidden, rows_target = hidden.reshape(-1, hidden.shape[-1]), target.reshape(-1)
     options = (ignore_index, float(label_smoothing), smoothing_mode == "target_weighted", float(focal_gamma),
                float(z_loss), None if softcap is None else float(softcap),
                chunk_rows(rows_hidden.shape[0], classifier.shape[0], hidden.dtype, chunk_size), bool(check))
-    accumulate = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    accumulate = accumulator_dtype(hidden)
     divisor = None
-    if reduction == "mean":  # Σ w_y over the non-ignored targets, kept on the device
-        valid = rows_target != ignore_index
-        safe = torch.where(valid, rows_target, 0).long().clamp(0, classifier.shape[0] - 1)
-        divisor = (weight.to(accumulate)[safe] * valid).sum() if weight is not None else valid.sum().to(accumulate)
+    if reduction == "mean":
+        divisor = mean_divisor(rows_target, weight, classifier.shape[0], ignore_index, accumulate)
     trained = torch.is_grad_enabled() and any(
         tensor is not None and tensor.requires_grad for tensor in (hidden, classifier, bias, logit_adjustment))
     if not trained:  # forward only, same memory bound

@@ -38,6 +38,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import rarekit
+from rarekit.demo_report import share
+from rarekit.plots import _figure
 from rarekit._files import atomic_output, write_text_atomic
 from rarekit.linear_cross_entropy import linear_cross_entropy
 from rarekit.losses import cross_entropy, log_prior
@@ -313,8 +315,8 @@ def lm_verdict(study: dict) -> list[str]:
         else:
             word = "is no better on rare tokens than"
         lines.append(f"- {name} {word} plain CE ({metrics['rare_third_recall']:.3f} vs {base['rare_third_recall']:.3f}, "
-                     f"{hits:+d} tokens; precision of its rare predictions {_share(metrics['rare_third_precision'])} "
-                     f"vs {_share(base['rare_third_precision'])}) at {perplexity_cost:+.1%} perplexity "
+                     f"{hits:+d} tokens; precision of its rare predictions {share(metrics['rare_third_precision'])} "
+                     f"vs {share(base['rare_third_precision'])}) at {perplexity_cost:+.1%} perplexity "
                      f"({metrics['perplexity']:.1f} vs {base['perplexity']:.1f}).")
     if not helping:
         lines.append("In short: no method recalls measurably more rare tokens than plain CE here.")
@@ -333,15 +335,11 @@ def lm_verdict(study: dict) -> list[str]:
     return lines
 
 
-def _share(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
 def lm_table(results: dict) -> list[str]:
     lines = ["| method | perplexity | accuracy | rare-third recall | rare-third precision | rare predictions | train (s) |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {name} | {m['perplexity']:.1f} | {m['accuracy']:.3f} | {m['rare_third_recall']:.3f} | "
-              f"{_share(m['rare_third_precision'])} | {m['rare_third_predictions']} | {m['train_seconds']:.1f} |"
+              f"{share(m['rare_third_precision'])} | {m['rare_third_predictions']} | {m['train_seconds']:.1f} |"
               for name, m in results.items()]
     return lines
 
@@ -356,10 +354,7 @@ def memory_table(memory: list[dict]) -> list[str]:
 
 
 def plot_bucket_accuracy(study: dict, path: Path) -> None:
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as error:
-        raise ImportError("the language-model study's plot needs matplotlib: pip install rarekit[plot]") from error
+    Figure = _figure()
     results = study["results"]
     targets = next(iter(results.values()))["bucket_targets"]
     labels = list(targets)

@@ -18,17 +18,47 @@ REDUCTIONS = ("mean", "sum", "none")
 SMOOTHING_MODES = ("pytorch", "target_weighted")
 
 
-def _class_vector(value, name: str, logits: torch.Tensor) -> torch.Tensor | None:
+def class_vector(value, name: str, classes: int, device: torch.device) -> torch.Tensor | None:
+    """A per-class vector argument (``weight``, ``logit_adjustment``): None, or a floating-point
+    tensor of shape (classes,) on ``device``."""
     if value is None:
         return None
     if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor of shape ({logits.shape[1]},), got "
+        raise TypeError(f"{name} must be a floating-point tensor of shape ({classes},), got "
                         f"{value.dtype if isinstance(value, torch.Tensor) else type(value).__name__}")
-    if value.shape != (logits.shape[1],):
-        raise ValueError(f"{name} must have shape ({logits.shape[1]},) (one value per class), got {tuple(value.shape)}")
-    if value.device != logits.device:
-        raise ValueError(f"{name} is on {value.device} but logits are on {logits.device}")
+    if value.shape != (classes,):
+        raise ValueError(f"{name} must have shape ({classes},) (one value per class), got {tuple(value.shape)}")
+    if value.device != device:
+        raise ValueError(f"{name} is on {value.device} but the inputs are on {device}")
     return value
+
+
+def check_loss_options(reduction, smoothing_mode, label_smoothing, focal_gamma, z_loss, ignore_index) -> int:
+    """Validates the keywords shared by :func:`cross_entropy` and ``linear_cross_entropy``; returns
+    ``ignore_index`` as an int."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if smoothing_mode not in SMOOTHING_MODES:
+        raise ValueError(f"smoothing_mode must be one of {SMOOTHING_MODES}, got {smoothing_mode!r}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    for name, value in (("focal_gamma", focal_gamma), ("z_loss", z_loss)):
+        if not 0 <= value < math.inf:  # also refuses NaN; plain comparisons trace under torch.compile(dynamic=True)
+            raise ValueError(f"{name} must be finite and >= 0, got {name}={value}")
+    ignore_index = checked_ignore_index(ignore_index)
+    if ignore_index is None:
+        raise TypeError("ignore_index must be an integer, got None")
+    return ignore_index
+
+
+def mean_divisor(target: torch.Tensor, weight: torch.Tensor | None, classes: int, ignore_index: int,
+                 dtype: torch.dtype) -> torch.Tensor:
+    """Σ w_y over the targets other than ``ignore_index`` (their count without weights), torch's
+    divisor of ``reduction="mean"``; stays on the device."""
+    valid = target != ignore_index
+    if weight is None:
+        return valid.sum().to(dtype)
+    return (weight.to(dtype)[torch.where(valid, target, 0).long().clamp(0, classes - 1)] * valid).sum()
 
 
 def _rows_view(logits: torch.Tensor, target: torch.Tensor):
@@ -81,23 +111,12 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
                         f"{logits.dtype if isinstance(logits, torch.Tensor) else type(logits).__name__}")
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a tensor, got {type(target).__name__}")
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if smoothing_mode not in SMOOTHING_MODES:
-        raise ValueError(f"smoothing_mode must be one of {SMOOTHING_MODES}, got {smoothing_mode!r}")
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
-    for name, value in (("focal_gamma", focal_gamma), ("z_loss", z_loss)):
-        if not 0 <= value < math.inf:  # also refuses NaN; plain comparisons trace under torch.compile(dynamic=True)
-            raise ValueError(f"{name} must be finite and >= 0, got {name}={value}")
-    ignore_index = checked_ignore_index(ignore_index)
-    if ignore_index is None:
-        raise TypeError("ignore_index must be an integer, got None")
+    ignore_index = check_loss_options(reduction, smoothing_mode, label_smoothing, focal_gamma, z_loss, ignore_index)
     if logits.dim() == 0:
         raise ValueError("logits must have a class dimension, got a scalar")
     if target.device != logits.device:
         raise ValueError(f"target is on {target.device} but logits are on {logits.device}")
-    _refuse_differentiable_weight(weight)
+    refuse_differentiable_weight(weight)
     if inplace_backward:
         _check_inplace_allowed(logits)
     if target.is_floating_point():
@@ -114,16 +133,14 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
     rows_logits, rows_target, none_shape = _rows_view(logits, target)
     if rows_logits.shape[1] == 0 and rows_logits.shape[0] > 0:
         raise ValueError(f"logits must have at least one class, got shape {tuple(logits.shape)}")
-    weight = _class_vector(weight, "weight", rows_logits)
-    logit_adjustment = _class_vector(logit_adjustment, "logit_adjustment", rows_logits)
+    weight = class_vector(weight, "weight", rows_logits.shape[1], logits.device)
+    logit_adjustment = class_vector(logit_adjustment, "logit_adjustment", rows_logits.shape[1], logits.device)
     config = (ignore_index, float(label_smoothing), smoothing_mode == "target_weighted",
               float(focal_gamma), float(z_loss))
     divisor = None
-    if reduction == "mean":  # Σ w_y over the non-ignored targets, kept on the device
-        valid = rows_target != ignore_index
-        accumulator = ops.accumulator_dtype(rows_logits)
-        divisor = (weight.to(accumulator)[torch.where(valid, rows_target, 0).long().clamp(0, rows_logits.shape[1] - 1)]
-                   * valid).sum() if weight is not None else valid.sum().to(accumulator)
+    if reduction == "mean":
+        divisor = mean_divisor(rows_target, weight, rows_logits.shape[1], ignore_index,
+                               ops.accumulator_dtype(rows_logits))
     if inplace_backward:
         if rows_logits.data_ptr() != logits.data_ptr() or not logits.is_contiguous():
             raise ValueError("inplace_backward=True needs contiguous (N, C) logits")
@@ -141,7 +158,7 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
     return (total if reduction == "sum" else total / divisor + _nan_if_zero(divisor)).to(logits.dtype)
 
 
-def _refuse_differentiable_weight(weight) -> None:
+def refuse_differentiable_weight(weight) -> None:
     """torch's nll_loss is not differentiable in the class weights and refuses them; so does rarekit
     rather than return a partial gradient."""
     if isinstance(weight, torch.Tensor) and weight.requires_grad and torch.is_grad_enabled():
@@ -183,7 +200,7 @@ def _soft_target_cross_entropy(logits, target, weight, reduction, label_smoothin
                          f"got {tuple(target.shape)}")
     flat_logits = logits.unsqueeze(0) if logits.dim() == 1 else logits.movedim(1, -1).reshape(-1, logits.shape[1])
     flat_target = target.unsqueeze(0) if target.dim() == 1 else target.movedim(1, -1).reshape(-1, target.shape[1])
-    weight = _class_vector(weight, "weight", flat_logits)
+    weight = class_vector(weight, "weight", flat_logits.shape[1], logits.device)
     losses = reference.soft_target_cross_entropy_rows(flat_logits, flat_target, weight, label_smoothing)
     if reduction == "none":
         return losses.reshape(logits.shape[:1] + logits.shape[2:] if logits.dim() > 1 else ()).to(logits.dtype)

@@ -185,10 +185,10 @@ def sparse_bootstrap_scale(X, buckets: LabelBuckets, shrinkage: list[float]) -> 
     ``sklearn.utils.sparsefuncs.mean_variance_axis``, as imbalanced-learn computes it."""
     n, d = X.shape
     scale = torch.zeros(len(shrinkage), d, dtype=torch.float64)
-    offsets = buckets.offsets.cpu()
+    order, offsets = buckets.order.cpu().numpy(), buckets.offsets.cpu().tolist()  # one copy, not one per class
     for i, (bucket, factor) in enumerate(zip(buckets.bucket_of_class.tolist(), shrinkage)):
         if factor:
-            members = buckets.order[offsets[bucket]:offsets[bucket + 1]].cpu().numpy()
+            members = order[offsets[bucket]:offsets[bucket + 1]]
             _, variance = mean_variance_axis(X[members], axis=0)
             scale[i] = factor * bandwidth_factor(n, d) * torch.from_numpy(np.sqrt(variance).astype(np.float64))
     return scale
@@ -339,7 +339,7 @@ class RandomOverSampler(_IndexSampler, BaseOverSampler):
                              f"{type(X).__name__}: {error}") from error
         if sparse.issparse(matrix):
             scale = sparse_bootstrap_scale(matrix, data.buckets, factors)
-            base = torch.from_numpy(matrix[indices[n:].numpy()].toarray().astype(np.float64, copy=False))
+            base = torch.from_numpy(matrix[indices[n:].cpu().numpy()].toarray().astype(np.float64, copy=False))
             new = self._noisy(base, data.buckets, scale, seed)
             return restore_form(sparse.vstack([matrix, sparse.csr_matrix(new.numpy(), dtype=matrix.dtype)],
                                               format=matrix.format), X)
@@ -377,7 +377,7 @@ class RandomOverSampler(_IndexSampler, BaseOverSampler):
         sample_class[buckets.order.to(device)] = torch.repeat_interleave(
             torch.arange(len(buckets.labels), device=device), torch.tensor(buckets.counts, device=device),
             output_size=X.shape[0])
-        scale = smoothed_bootstrap_scale(X, sample_class, torch.tensor(factors, device=device))
+        scale = smoothed_bootstrap_scale(X, sample_class, torch.tensor(factors, dtype=torch.float64, device=device))
         rows = self._noisy(gather_tensor(X, new).double(), buckets, scale, seed)
         return torch.cat([X, rows.to(X.dtype)])
 

@@ -303,3 +303,14 @@ def test_float64_ops_pass_opcheck(gen):
     torch.library.opcheck(torch.ops.rarekit.cross_entropy_forward_inplace.default,
                           (logits.detach().clone(), target, weight, None, torch.ones(1, dtype=torch.float64), *config,
                            True))
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_second_derivative_wrt_an_upstream_weight_raises(gen, inplace):
+    """autograd.grad of the gradient wrt a tensor before the logits reaches the raise, not a silent None."""
+    w = torch.randn(8, 5, generator=gen, requires_grad=True)
+    x = torch.randn(6, 8, generator=gen, requires_grad=True)
+    loss = rarekit.cross_entropy(x @ w, torch.tensor([0, 1, 2, 3, 4, 0]), inplace_backward=inplace)
+    grad, = torch.autograd.grad(loss, x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        torch.autograd.grad(grad.sum(), w, allow_unused=True)

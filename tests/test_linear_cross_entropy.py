@@ -289,7 +289,7 @@ def test_reference_rows_is_the_definition(gen):
 def test_refusals(gen):
     case = make_case(gen, "cpu", weighted=True)
     hidden, classifier, target, weight = case["hidden"], case["classifier"], case["target"], case["weight"]
-    with pytest.raises(ValueError, match="weight"):
+    with pytest.raises(RuntimeError, match="not differentiable with respect to `weight`"):  # as torch's nll_loss
         rarekit.linear_cross_entropy(hidden, classifier, target, weight.clone().requires_grad_())
     with pytest.raises(ValueError, match="hidden must have shape"):
         rarekit.linear_cross_entropy(hidden[:, :3], classifier, target)
@@ -325,6 +325,19 @@ def test_second_derivatives_and_forward_mode_raise(gen):
         with torch.autograd.forward_ad.dual_level():
             dual = torch.autograd.forward_ad.make_dual(case["hidden"], torch.ones_like(case["hidden"]))
             rarekit.linear_cross_entropy(dual, case["classifier"], case["target"])
+    # a tangent on any input, the class vectors included, raises instead of being dropped
+    vocab = case["classifier"].shape[0]
+    for name in ("weight", "logit_adjustment"):
+        with torch.autograd.forward_ad.dual_level(), pytest.raises(RuntimeError, match="forward-mode AD"):
+            dual = torch.autograd.forward_ad.make_dual(torch.rand(vocab) + 0.5, torch.ones(vocab))
+            rarekit.linear_cross_entropy(case["hidden"], case["classifier"], case["target"], **{name: dual})
+    # the second derivative wrt another input reaches the raise too, for every reduction
+    for reduction in ("mean", "none"):
+        classifier = case["classifier"].clone().requires_grad_()
+        loss = rarekit.linear_cross_entropy(hidden, classifier, case["target"], reduction=reduction, chunk_size=4)
+        grad, = torch.autograd.grad(loss.sum(), hidden, create_graph=True)
+        with pytest.raises(RuntimeError, match="differentiable once"):
+            torch.autograd.grad(grad.sum(), classifier, allow_unused=True)
 
 
 # ----------------------------------------------------------------------------------------------

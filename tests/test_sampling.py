@@ -755,3 +755,19 @@ def test_bucket_labels_dense_and_unique_paths(gen):
         for label, bucket in zip(buckets.labels, buckets.bucket_of_class.tolist()):
             members = buckets.order[buckets.offsets[bucket]:buckets.offsets[bucket + 1]].numpy()
             assert np.array_equal(members, np.flatnonzero(y == label))
+
+
+def test_reference_draw_into_refuses_the_outs_the_kernel_refuses(monkeypatch):
+    """The pure-PyTorch path raises where the kernel raises instead of converting into a wrong ``out``."""
+    from rarekit import _backend
+    from rarekit.ops import draw_from_buckets_into
+
+    monkeypatch.setattr(_backend, "native", lambda device: False)
+    order, offsets, draws = torch.arange(4), torch.tensor([0, 2, 4]), torch.tensor([1, 1])
+    with pytest.raises(TypeError, match="int64"):
+        draw_from_buckets_into(order, offsets, draws, 0, True, torch.empty(2, dtype=torch.int32))
+    with pytest.raises(ValueError, match="contiguous 1-D"):
+        draw_from_buckets_into(order, offsets, draws, 0, True, torch.empty(2, 2, dtype=torch.int64)[:, 0])
+    out = torch.empty(2, dtype=torch.int64)
+    draw_from_buckets_into(order, offsets, draws, 0, True, out)
+    assert out[0] in (0, 1) and out[1] in (2, 3)

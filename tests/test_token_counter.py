@@ -250,12 +250,20 @@ def test_update_does_not_synchronize_on_cuda(gen):
     assert torch.equal(counter.counts.cpu(), 2 * bincount(ids, 1000))
 
 
-def test_concurrent_updates_from_4_threads_lose_no_count(gen):
-    """TokenCounter.update from 4 threads at once: every count arrives (the add is under a lock)."""
+def test_concurrent_updates_from_4_threads_lose_no_count(gen, monkeypatch):
+    """TokenCounter.update from 4 threads at once: every count arrives (the add is under a lock). The
+    in-place add is slowed into read, pause, write, so an unsynchronized update would lose counts here."""
     import threading
+    import time
 
+    def racy_iadd(self, other):
+        before = self.clone()
+        time.sleep(1e-4)  # another thread runs here
+        return self.copy_(before + other)
+
+    monkeypatch.setattr(torch.Tensor, "__iadd__", racy_iadd)
     batches = [[torch.randint(0, 50, (int(torch.randint(1, 300, (1,), generator=gen)),), generator=gen)
-                for _ in range(200)] for _ in range(4)]
+                for _ in range(50)] for _ in range(4)]
     counter = TokenCounter(50, ignore_index=None)
     start = threading.Barrier(4)
 

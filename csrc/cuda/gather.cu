@@ -74,7 +74,9 @@ at::Tensor gather_rows_cuda(const at::Tensor& source, const at::Tensor& indices,
   const at::Tensor rows_c = source.contiguous(), indices_c = indices.contiguous();
   at::Tensor out = empty_gather_output(source, indices);
   const int64_t rows = rows_c.size(0);
-  const int64_t row_bytes = rows == 0 ? 0 : static_cast<int64_t>(rows_c.nbytes()) / rows;
+  // from the row shape, not nbytes / rows: a source of no rows still has rows of this size to zero
+  const int64_t row_bytes = static_cast<int64_t>(rows_c.element_size()) *
+                            c10::multiply_integers(rows_c.sizes().begin() + 1, rows_c.sizes().end());
   const int64_t no_bad = std::numeric_limits<int64_t>::max();
   at::Tensor first_bad = at::full({1}, no_bad, indices.options());
   auto* flag = reinterpret_cast<unsigned long long*>(first_bad.mutable_data_ptr<int64_t>());

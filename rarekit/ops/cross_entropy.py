@@ -24,27 +24,33 @@ def accumulator_dtype(logits: torch.Tensor) -> torch.dtype:
 
 class _NoSecondDerivative(torch.autograd.Function):
     """Wraps a gradient that the kernels computed outside autograd: differentiating it again raises,
-    instead of autograd's silent zeros (or, for the inplace path, a walk through the logits' history)."""
+    instead of autograd's silent zeros (or, for the inplace path, a walk through the logits' history).
+    The ``sources`` (the inputs the gradient depends on) connect it to the graph, so that
+    ``autograd.grad(gradient, inputs)`` reaches the raise instead of answering None."""
 
     @staticmethod
-    def forward(ctx, gradient):
-        return gradient.view_as(gradient)
+    def forward(ctx, gradient, *sources):
+        return gradient.clone()
 
     @staticmethod
-    def backward(ctx, _):
-        raise RuntimeError("rarekit.cross_entropy is differentiable once: double backward (a second derivative "
+    def backward(ctx, *_):
+        raise RuntimeError("rarekit's fused losses are differentiable once: double backward (a second derivative "
                            "through autograd.grad(..., create_graph=True)) is not supported")
 
 
-def _once_differentiable(gradient: torch.Tensor) -> torch.Tensor:
+def _once_differentiable(gradient: torch.Tensor, *sources) -> torch.Tensor:
+    """``gradient``, made to raise if differentiated again (create_graph=True)."""
     if not torch.is_grad_enabled() or torch._C._functorch.is_functorch_wrapped_tensor(gradient):
         return gradient  # the usual backward (create_graph=False), or torch.func.grad's own
-    return _NoSecondDerivative.apply(gradient.detach().requires_grad_())
+    sources = [source for source in sources if isinstance(source, torch.Tensor) and source.requires_grad]
+    if not sources:
+        sources = [gradient.detach().requires_grad_()]
+    return _NoSecondDerivative.apply(gradient.detach(), *sources)
 
 
-def _adjustment_gradient(gradient: torch.Tensor, needed: bool) -> torch.Tensor | None:
+def _adjustment_gradient(gradient: torch.Tensor, needed: bool, *sources) -> torch.Tensor | None:
     """∂/∂a of Σ_i ℓ_i(z_i + a) given the logits' gradient: its column sum."""
-    return _once_differentiable(gradient.sum(0)) if needed else None
+    return _once_differentiable(gradient.sum(0), *sources) if needed else None
 
 
 if _backend._C is not None:
@@ -73,7 +79,9 @@ if _backend._C is not None:
 
     def _backward(ctx, grad_losses, _grad_row_terms):
         grad = _logits_gradient(ctx, grad_losses)
-        return (_once_differentiable(grad), None, None, _adjustment_gradient(grad, ctx.needs_input_grad[3]),
+        logits, _, _, logit_adjustment, _ = ctx.saved_tensors
+        return (_once_differentiable(grad, logits, logit_adjustment, grad_losses), None, None,
+                _adjustment_gradient(grad, ctx.needs_input_grad[3], logits, logit_adjustment, grad_losses),
                 None, None, None, None, None, None)
 
     torch.library.register_autograd("rarekit::cross_entropy_forward", _backward, setup_context=_setup_context)
@@ -185,7 +193,8 @@ class _InplaceCrossEntropy(torch.autograd.Function):
         scale = grad_output.detach().unsqueeze(1) if ctx.reduction == "none" else grad_output.detach()
         if scale.device.type != "cpu" or not bool((scale == 1).all()):  # CUDA: no host sync
             gradient.mul_(scale.to(gradient.dtype))
-        return (_once_differentiable(gradient), None, None, _adjustment_gradient(gradient, ctx.needs_input_grad[3]),
+        return (_once_differentiable(gradient, ctx.gradient, grad_output), None, None,
+                _adjustment_gradient(gradient, ctx.needs_input_grad[3], ctx.gradient, grad_output),
                 None, None, None, None)
 
     @staticmethod

@@ -17,6 +17,8 @@ def gather_rows(source: torch.Tensor, indices: torch.Tensor, check: bool = True)
     """``source[indices]`` along the first dimension into a fresh contiguous tensor. IndexError for an index
     outside ``[0, len(source))``; on CUDA ``check=False`` skips that check (one host synchronization) and
     leaves such rows zero."""
+    if source.requires_grad and torch.is_grad_enabled():  # the op has no backward: keep the graph exact
+        return source.index_select(0, indices)
     if _backend.native(source.device):
         return torch.ops.rarekit.gather_rows(source, indices, check)
     return reference.gather_rows(source, indices)

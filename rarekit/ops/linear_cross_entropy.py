@@ -12,13 +12,13 @@ from __future__ import annotations
 import torch
 
 from rarekit import _backend, reference
-from rarekit.ops.cross_entropy import _once_differentiable, _raise_first_out_of_range
+from rarekit.ops.cross_entropy import _once_differentiable, _raise_first_out_of_range, accumulator_dtype
 
 if _backend._C is not None:
     @torch.library.register_fake("rarekit::linear_cross_entropy_forward")
     def _forward_fake(hidden, classifier, bias, target, weight, logit_adjustment, grad_scale, *args):
         logit_adjustment_grad = args[-2]
-        loss_dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+        loss_dtype = accumulator_dtype(hidden)
         losses = hidden.new_empty((hidden.shape[0],), dtype=loss_dtype)
         if grad_scale is None:
             return losses, *(hidden.new_empty((0,)) for _ in range(4))
@@ -36,7 +36,7 @@ def _reference_forward(hidden, classifier, bias, target, weight, logit_adjustmen
     if check or hidden.device.type == "cpu":  # as the kernels: always on CPU
         _raise_first_out_of_range(target, classifier.shape[0], ignore_index)
     config = (ignore_index, label_smoothing, target_weighted, focal_gamma, z_loss, softcap)
-    accumulate = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    accumulate = accumulator_dtype(hidden)
     empty = hidden.new_empty((0,))
     # the inputs whose gradient the op returns, besides hidden
     wanted = {"classifier": classifier, "bias": bias,
@@ -101,23 +101,25 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         if grad_scale is None:  # reduction="none": the backward recomputes with the upstream gradients
             ctx.save_for_backward(hidden, classifier, bias, logit_adjustment, target, weight)
             return losses
-        ctx.save_for_backward(*grads)
+        ctx.save_for_backward(*grads, hidden, classifier, bias, logit_adjustment)
         return (losses.sum() * grad_scale.squeeze(0)).to(losses.dtype)
 
     @staticmethod
     def backward(ctx, grad_output):
         if ctx.reduced:
             scale = grad_output.detach()
-            grads = ctx.saved_tensors
+            *grads, hidden, classifier, bias, logit_adjustment = ctx.saved_tensors
             if _needs_scaling(scale):
                 grads = [grad * scale.to(grad.dtype) for grad in grads]
         else:
             hidden, classifier, bias, logit_adjustment, target, weight = ctx.saved_tensors
-            _, *grads = linear_cross_entropy_chunks(
-                hidden, classifier, bias, target, weight, logit_adjustment,
-                grad_output.detach().to(torch.float64 if hidden.dtype == torch.float64 else torch.float32),
-                *ctx.options[:-1], ctx.adjustment_grad, False)
-        grad_hidden, grad_classifier, grad_bias, grad_adjustment = (_once_differentiable(grad) for grad in grads)
+            with torch.no_grad():  # the op's out= matmuls refuse a graph (create_graph=True)
+                _, *grads = linear_cross_entropy_chunks(
+                    hidden, classifier, bias, target, weight, logit_adjustment,
+                    grad_output.detach().to(accumulator_dtype(hidden)), *ctx.options[:-1], ctx.adjustment_grad, False)
+        sources = (hidden, classifier, bias, logit_adjustment, grad_output)
+        grad_hidden, grad_classifier, grad_bias, grad_adjustment = (_once_differentiable(grad, *sources)
+                                                                    for grad in grads)
         return (grad_hidden, grad_classifier, grad_bias if ctx.needs_input_grad[2] else None,
                 grad_adjustment if ctx.adjustment_grad else None, None, None, None, None)
 

@@ -93,4 +93,8 @@ def draw_from_buckets_into(order: torch.Tensor, offsets: torch.Tensor, draw_coun
     if _backend.native(order.device):
         torch.ops.rarekit.draw_from_buckets_into(order, offsets, draw_counts, seed, replacement, out, check)
     else:
+        if out.dtype != torch.int64 or out.dim() != 1 or not out.is_contiguous() or out.device != order.device:
+            raise (TypeError if out.dtype != torch.int64 else ValueError)(
+                f"rarekit.draw_from_buckets_into: out must be a contiguous 1-D int64 tensor on {order.device}, got "
+                f"{out.dtype}, shape {tuple(out.shape)}, contiguous={out.is_contiguous()}, on {out.device}")
         out.copy_(draw_from_buckets(order, offsets, draw_counts, out.numel(), seed, replacement, check))

@@ -24,15 +24,33 @@ inline at::ScalarType accumulator_type(const at::Tensor& logits) {
   return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// A per-class vector (weight, logit_adjustment, bias): floating point, (classes,), on `device`.
+// `op` names the operator in the messages.
+inline void check_class_vector(const std::optional<at::Tensor>& vector, const char* name, int64_t classes,
+                               const at::Device& device, const char* op) {
+  if (!vector) return;
+  TORCH_CHECK_VALUE(vector->dim() == 1 && vector->size(0) == classes, op, ": ", name, " must have shape (", classes,
+                    ",), got ", vector->sizes());
+  TORCH_CHECK_VALUE(vector->device() == device, op, ": ", name, " is on ", vector->device(), " but the inputs are on ",
+                    device);
+  TORCH_CHECK_TYPE(vector->is_floating_point(), op, ": ", name, " must be floating point, got ",
+                   vector->scalar_type());
+}
+
+// Class-index targets: integer, (rows,), on `device`.
+inline void check_class_targets(const at::Tensor& target, int64_t rows, const at::Device& device, const char* op) {
+  TORCH_CHECK_VALUE(target.dim() == 1 && target.size(0) == rows, op, ": target must have shape (", rows, ",), got ",
+                    target.sizes());
+  TORCH_CHECK_VALUE(target.device() == device, op, ": target is on ", target.device(), " but the inputs are on ",
+                    device);
+  TORCH_CHECK_TYPE(!at::isFloatingType(target.scalar_type()) && !at::isComplexType(target.scalar_type()) &&
+                       target.scalar_type() != at::kBool,
+                   op, ": target must hold integer class indices, got ", target.scalar_type());
+}
+
 inline at::Tensor class_vector(const std::optional<at::Tensor>& vector, const char* name, const at::Tensor& logits) {
-  if (!vector) return {};
-  TORCH_CHECK_VALUE(vector->dim() == 1 && vector->size(0) == logits.size(1), "rarekit.cross_entropy: ", name,
-                    " must have shape (", logits.size(1), ",), got ", vector->sizes());
-  TORCH_CHECK_VALUE(vector->device() == logits.device(), "rarekit.cross_entropy: ", name, " is on ",
-                    vector->device(), " but logits are on ", logits.device());
-  TORCH_CHECK_TYPE(vector->is_floating_point(), "rarekit.cross_entropy: ", name,
-                   " must be floating point, got ", vector->scalar_type());
-  return vector->to(accumulator_type(logits)).contiguous();
+  check_class_vector(vector, name, logits.size(1), logits.device(), "rarekit.cross_entropy");
+  return vector ? vector->to(accumulator_type(logits)).contiguous() : at::Tensor();
 }
 
 // A per-row tensor the kernels read, of `shape`, on the logits' device, returned in the accumulator
@@ -57,13 +75,7 @@ inline CrossEntropyInputs prepare_cross_entropy(const at::Tensor& logits, const 
                                                 double label_smoothing, bool target_weighted, double focal_gamma,
                                                 double z_loss) {
   TORCH_CHECK_VALUE(logits.dim() == 2, "rarekit.cross_entropy: logits must be (rows, classes), got ", logits.sizes());
-  TORCH_CHECK_VALUE(target.dim() == 1 && target.size(0) == logits.size(0),
-                    "rarekit.cross_entropy: target must have shape (", logits.size(0), ",), got ", target.sizes());
-  TORCH_CHECK_VALUE(target.device() == logits.device(), "rarekit.cross_entropy: target is on ", target.device(),
-                    " but logits are on ", logits.device());
-  TORCH_CHECK_TYPE(!at::isFloatingType(target.scalar_type()) && !at::isComplexType(target.scalar_type()) &&
-                       target.scalar_type() != at::kBool,
-                   "rarekit.cross_entropy: target must hold integer class indices, got ", target.scalar_type());
+  check_class_targets(target, logits.size(0), logits.device(), "rarekit.cross_entropy");
   const auto type = logits.scalar_type();
   TORCH_CHECK_TYPE(type == at::kFloat || type == at::kBFloat16 || type == at::kHalf || type == at::kDouble,
                    "rarekit.cross_entropy: logits must be float32, float64, bfloat16 or float16, got ", type);

@@ -28,13 +28,7 @@ using LinearCrossEntropyResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, 
 namespace linear_ce_detail {
 
 inline void check_vector(const std::optional<at::Tensor>& vector, const char* name, const at::Tensor& classifier) {
-  if (!vector) return;
-  TORCH_CHECK_VALUE(vector->dim() == 1 && vector->size(0) == classifier.size(0), "rarekit.linear_cross_entropy: ",
-                    name, " must have shape (", classifier.size(0), ",), got ", vector->sizes());
-  TORCH_CHECK_VALUE(vector->device() == classifier.device(), "rarekit.linear_cross_entropy: ", name, " is on ",
-                    vector->device(), " but classifier is on ", classifier.device());
-  TORCH_CHECK_TYPE(vector->is_floating_point(), "rarekit.linear_cross_entropy: ", name,
-                   " must be floating point, got ", vector->scalar_type());
+  check_class_vector(vector, name, classifier.size(0), classifier.device(), "rarekit.linear_cross_entropy");
 }
 
 inline void check_arguments(const at::Tensor& hidden, const at::Tensor& classifier, const std::optional<at::Tensor>& bias,
@@ -58,13 +52,7 @@ inline void check_arguments(const at::Tensor& hidden, const at::Tensor& classifi
     TORCH_CHECK_TYPE(bias->scalar_type() == type, "rarekit.linear_cross_entropy: bias must be ", type,
                      " like hidden, got ", bias->scalar_type());
   }
-  TORCH_CHECK_VALUE(target.dim() == 1 && target.size(0) == hidden.size(0),
-                    "rarekit.linear_cross_entropy: target must have shape (", hidden.size(0), ",), got ", target.sizes());
-  TORCH_CHECK_VALUE(target.device() == hidden.device(), "rarekit.linear_cross_entropy: target is on ", target.device(),
-                    " but hidden is on ", hidden.device());
-  TORCH_CHECK_TYPE(!at::isFloatingType(target.scalar_type()) && !at::isComplexType(target.scalar_type()) &&
-                       target.scalar_type() != at::kBool,
-                   "rarekit.linear_cross_entropy: target must hold integer class indices, got ", target.scalar_type());
+  check_class_targets(target, hidden.size(0), hidden.device(), "rarekit.linear_cross_entropy");
   check_vector(weight, "weight", classifier);
   check_vector(logit_adjustment, "logit_adjustment", classifier);
   if (grad_scale) {

@@ -50,6 +50,15 @@ TORCH_LIBRARY(rarekit, m) {
   // Rows of source at indices, of any dtype, copied as bytes (csrc/cpu/gather.cpp): out[j] = source[indices[j]].
   // Indices outside [0, rows) raise IndexError; on CUDA that check waits for the kernel, check=false skips it.
   m.def("gather_rows(Tensor source, Tensor indices, bool check=True) -> Tensor");
+  // source[b] repeated repeats[b] times, row after row, written into out (rows = repeats.sum()), of any dtype,
+  // copied as bytes: torch.repeat_interleave(source, repeats, dim=0). Negative repeats or a sum other than
+  // out's rows raise ValueError; on CUDA that check copies repeats to the host, check=false skips it.
+  m.def("repeat_rows_into(Tensor source, Tensor repeats, Tensor(a!) out, bool check=True) -> ()");
+  // Runs of rows of variable length (segments, e.g. the rows of a CSR matrix): for every j,
+  // out[out_offsets[j]:out_offsets[j + 1]] = values[starts[j]:starts[j] + out_offsets[j + 1] - out_offsets[j]],
+  // of any dtype, copied as bytes. A segment outside values or out, or decreasing out_offsets, raise
+  // ValueError; on CUDA that check waits for the kernel, check=false skips it (such segments are not written).
+  m.def("gather_segments_into(Tensor values, Tensor starts, Tensor out_offsets, Tensor(a!) out, bool check=True) -> ()");
 }
 
 namespace {

@@ -5,6 +5,8 @@ not built (see :func:`rarekit.backend_info`). No Python loops over rows or class
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -166,6 +168,63 @@ def gather_rows(source: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         raise IndexError(f"rarekit.gather_rows: indices[{position}] = {int(indices[position])} is outside the "
                          f"{source.shape[0]} rows of source")
     return source.index_select(0, indices)
+
+
+def repeat_rows(source: torch.Tensor, repeats: torch.Tensor, total: int, check: bool = True) -> torch.Tensor:
+    """``source[b]`` ``repeats[b]`` times, row after row (``total`` rows): ``torch.repeat_interleave`` along
+    the first dimension, with the kernels' argument checks and messages (``check``: the values of
+    ``repeats``, one host synchronization on CUDA)."""
+    prefix = "rarekit.repeat_rows_into:"
+    if source.dim() == 0:
+        raise ValueError(f"{prefix} source must have a row dimension, got a 0-d tensor")
+    if repeats.dtype != torch.int64:
+        raise TypeError(f"{prefix} repeats must be int64, got {repeats.dtype}")
+    if repeats.dim() != 1 or repeats.numel() != source.shape[0]:
+        raise ValueError(f"{prefix} repeats must be 1-D with one entry per row of source ({source.shape[0]}), got "
+                         f"shape {tuple(repeats.shape)}")
+    if repeats.device != source.device:
+        raise ValueError(f"{prefix} repeats must be on the device of source ({source.device}), got {repeats.device}")
+    if check:
+        values = repeats.tolist()
+        negative = next((b for b, value in enumerate(values) if value < 0), None)
+        if negative is not None:
+            raise ValueError(f"{prefix} repeats must be >= 0, got repeats[{negative}] = {values[negative]}")
+        if sum(values) != total:
+            raise ValueError(f"{prefix} repeats.sum() = {sum(values)} must equal the {total} rows of out")
+    return source.repeat_interleave(repeats, dim=0, output_size=total)
+
+
+def gather_segments_into(values: torch.Tensor, starts: torch.Tensor, out_offsets: torch.Tensor, out: torch.Tensor,
+                         check: bool = True) -> None:
+    """``out[out_offsets[j]:out_offsets[j + 1]] = values[starts[j]:starts[j] + out_offsets[j + 1] - out_offsets[j]]``
+    for every j, with the kernels' checks and messages (``check``: of the values of ``starts`` and
+    ``out_offsets``, one host synchronization on CUDA; unchecked, ill-formed segments are not written)."""
+    prefix = "rarekit.gather_segments_into:"
+    if values.dim() == 0:
+        raise ValueError(f"{prefix} values must have a row dimension, got a 0-d tensor")
+    for name, tensor in (("starts", starts), ("out_offsets", out_offsets)):
+        if tensor.dtype != torch.int64:
+            raise TypeError(f"{prefix} {name} must be int64, got {tensor.dtype}")
+        if tensor.dim() != 1:
+            raise ValueError(f"{prefix} {name} must be 1-D, got shape {tuple(tensor.shape)}")
+    if out_offsets.numel() != starts.numel() + 1:
+        raise ValueError(f"{prefix} out_offsets must have one entry more than starts ({starts.numel()}), got "
+                         f"{out_offsets.numel()}")
+    to, end = out_offsets[:-1], out_offsets[1:]
+    lengths = end - to
+    bad = (to < 0) | (end < to) | (end > out.shape[0]) | (starts < 0) | (starts > values.shape[0] - lengths)
+    if check and bool(bad.any()):
+        j = int(bad.nonzero()[0, 0])
+        raise ValueError(f"{prefix} segment {j} (out_offsets[{j}] = {int(to[j])}, out_offsets[{j + 1}] = "
+                         f"{int(end[j])}, starts[{j}] = {int(starts[j])}) must be an increasing range inside the "
+                         f"{out.shape[0]} rows of out, copied from inside the {values.shape[0]} rows of values")
+    lengths = torch.where(bad, 0, lengths)
+    destinations = torch.arange(int(lengths.sum()), device=values.device) \
+        + torch.repeat_interleave(to - (lengths.cumsum(0) - lengths), lengths)
+    def byte_rows(tensor):  # index_put has no kernel for some dtypes (uint16): rows are copied as bytes
+        return tensor.reshape(tensor.shape[0], math.prod(tensor.shape[1:])).view(torch.uint8)
+
+    byte_rows(out)[destinations] = byte_rows(values)[destinations + torch.repeat_interleave(starts - to, lengths)]
 
 
 def linear_cross_entropy_rows(hidden: torch.Tensor, classifier: torch.Tensor, target: torch.Tensor,

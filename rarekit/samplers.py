@@ -25,9 +25,9 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from rarekit import ops
+from rarekit import _backend, ops
 from rarekit.counting import is_real_number
-from rarekit.sampling import LabelBuckets, bucket_labels, resample, seed_from_random_state
+from rarekit.sampling import LabelBuckets, bucket_labels, resample, resample_runs, seed_from_random_state
 from rarekit.strategy import resolve_sampling_strategy, strategy_input
 
 try:
@@ -47,6 +47,8 @@ except ImportError as error:
                       ) from error
 
 RANDOM_STATE_CONSTRAINT = ["random_state", np.random.Generator, torch.Generator]
+# numpy dtype kinds whose equal labels have equal bytes (bool, integers, strings): these are written, not gathered
+WRITTEN_LABEL_KINDS = "biuUS"
 
 
 # --- data of every kind ---------------------------------------------------------------------------
@@ -75,9 +77,7 @@ def gather_array(array: np.ndarray, rows: torch.Tensor) -> np.ndarray:
     contiguous go through ``numpy.take``."""
     if array.dtype.hasobject or not array.flags.c_contiguous or array.ndim == 0:
         return array.take(rows.cpu().numpy(), axis=0)
-    row_bytes = array.dtype.itemsize * math.prod(array.shape[1:])
-    raw = readonly_tensor(array.reshape(-1).view(np.uint8).reshape(len(array), row_bytes))
-    gathered = ops.gather_rows(raw, rows.cpu()).numpy()
+    gathered = ops.gather_rows(byte_rows(array), rows.cpu()).numpy()
     return gathered.view(array.dtype).reshape((len(rows),) + array.shape[1:])
 
 
@@ -89,6 +89,71 @@ def gather_tensor(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     if tensor.requires_grad:
         return tensor.index_select(0, rows)
     return ops.gather_rows(tensor, rows, check=False)
+
+
+def resampled_labels(y, buckets: LabelBuckets, runs: tuple[int, list[int]], indices: torch.Tensor):
+    """``y[indices]`` for the indices of :func:`rarekit.sampling.resample`, laid out as ``runs =
+    (prefix, lengths)``, written without reading the indices: the first ``prefix`` labels of ``y``, then
+    class ``labels[i]``'s label ``lengths[i]`` times (``rarekit::repeat_rows_into``). Labels whose equal
+    values can differ in their bytes (floats: -0.0 and 0.0) or that are objects are gathered."""
+    if isinstance(y, torch.Tensor):
+        if y.is_floating_point() or y.is_complex() or y.dim() != 1:
+            return gather_tensor(y, indices)
+        rows = y
+    else:
+        y = np.asarray(y)
+        if y.dtype.kind not in WRITTEN_LABEL_KINDS or y.ndim != 1 or not y.flags.c_contiguous:
+            return gather_array(y, indices)
+        rows = byte_rows(y)
+    prefix, lengths = runs
+    device = rows.device
+    one_of_each_class = buckets.order[buckets.offsets[buckets.bucket_of_class.to(device)]].to(device)
+    total = prefix + sum(lengths)
+    if isinstance(y, torch.Tensor):
+        out = torch.empty((total, *rows.shape[1:]), dtype=rows.dtype, device=device)
+        _backend.advise_huge_pages(out)
+    else:
+        labels = np.empty(total, dtype=y.dtype)  # numpy's own, as imbalanced-learn returns it
+        out = byte_rows(labels, writable=True)
+    out[:prefix].copy_(rows[:prefix])
+    # the lengths are the draws' own counts: no CUDA host sync to re-check them (CPU always checks)
+    ops.repeat_rows_into(rows.index_select(0, one_of_each_class), torch.tensor(lengths, device=device), out[prefix:],
+                         check=False)
+    return out if isinstance(y, torch.Tensor) else labels
+
+
+def byte_rows(array: np.ndarray, writable: bool = False) -> torch.Tensor:
+    """The C-contiguous ``array`` as a (rows, bytes per row) uint8 tensor sharing its memory (only read
+    unless ``writable``)."""
+    row_bytes = array.dtype.itemsize * math.prod(array.shape[1:])
+    rows = array.reshape(-1).view(np.uint8).reshape(len(array), row_bytes)
+    return torch.from_numpy(rows) if writable else readonly_tensor(rows)
+
+
+def gather_sparse(matrix, rows: torch.Tensor):
+    """``matrix[rows]`` of a scipy sparse matrix or array, of its class and format, as scipy gives it. The
+    values and column indices of CSR rows are copied by one multi-threaded ``rarekit::gather_segments_into``
+    pass each; other formats are gathered by scipy."""
+    positions = rows.cpu()
+    if matrix.format != "csr" or matrix.ndim != 2 or len(positions) == 0:
+        return matrix[positions.numpy()].asformat(matrix.format)
+    indptr = torch.from_numpy(matrix.indptr.astype(np.int64, copy=False))
+    starts = ops.gather_rows(indptr[:-1], positions)  # where each chosen row's values begin
+    indptr_res = np.empty(len(positions) + 1, dtype=np.int64)  # numpy's own, as below
+    out_indptr = torch.from_numpy(indptr_res)
+    out_indptr[0] = 0
+    torch.cumsum(ops.gather_rows(indptr.diff(), positions), 0, out=out_indptr[1:])
+    nnz = int(out_indptr[-1])
+    parts = []
+    for array in (matrix.data, matrix.indices):
+        array = np.ascontiguousarray(array)
+        out = np.empty(nnz, dtype=array.dtype)  # numpy's own: scipy copies arrays that are views of others
+        ops.gather_segments_into(byte_rows(array), starts, out_indptr, byte_rows(out, writable=True))
+        parts.append(out)
+    index_dtype = sparse.get_index_dtype((matrix.indptr, matrix.indices), maxval=nnz)  # as scipy's own indexing
+    return type(matrix)((parts[0], parts[1].astype(index_dtype, copy=False),
+                         indptr_res.astype(index_dtype, copy=False)),
+                        shape=(len(positions), matrix.shape[1]), copy=False)
 
 
 def gather_frame(frame, rows: torch.Tensor, keep_index: bool):
@@ -122,7 +187,7 @@ def gather_rows(data, rows: torch.Tensor, keep_index: bool):
     if isinstance(data, np.ndarray):
         return gather_array(data, rows)
     if sparse.issparse(data):
-        return data[rows.cpu().numpy()].asformat(data.format)
+        return gather_sparse(data, rows)
     if _pandas_type(data):
         return gather_frame(data, rows, keep_index)
     return [data[row] for row in rows.tolist()]
@@ -139,10 +204,10 @@ def restore_form(values: np.ndarray, original):
         import pandas
         if sparse.issparse(values):  # the smoothed bootstrap of sparse columns
             return pandas.DataFrame.sparse.from_spmatrix(values, columns=original.columns).astype(original.dtypes)
-        return pandas.DataFrame(values, columns=original.columns).astype(original.dtypes)
-    if kind == "Series":
+        return pandas.DataFrame(values, columns=original.columns, copy=False).astype(original.dtypes)
+    if kind == "Series":  # values are fresh: no copy
         import pandas
-        return pandas.Series(values, dtype=original.dtype, name=original.name)
+        return pandas.Series(values, dtype=original.dtype, name=original.name, copy=False)
     return values
 
 
@@ -240,7 +305,7 @@ class _IndexSampler:
         seed = seed_from_random_state(self.random_state)
         indices = resample(buckets, self.sampling_strategy_, self._kind, getattr(self, "replacement", True), seed)
         self.sample_indices_ = indices if isinstance(y, torch.Tensor) else indices.cpu().numpy()
-        y_res = gather_tensor(y, indices) if isinstance(y, torch.Tensor) else gather_array(np.asarray(y), indices)
+        y_res = resampled_labels(y, buckets, resample_runs(buckets, self.sampling_strategy_, self._kind), indices)
         return self._resampled_X(Prepared(X, y, False, buckets), indices, seed), y_res
 
     def _resampled_X(self, data: Prepared, indices: torch.Tensor, seed: int):

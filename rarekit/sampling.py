@@ -122,8 +122,8 @@ def resample(buckets: LabelBuckets, targets: dict, kind: str, replacement: bool,
       subset, or draws with ``replacement``), every index of the others in ascending order.
     """
     n, device = buckets.order.numel(), buckets.order.device
+    _, per_class = resample_runs(buckets, targets, kind)
     if kind == "over":  # one buffer: arange(n), then the draws written behind it
-        per_class = [targets.get(label, 0) for label in buckets.labels]
         indices = torch.empty(n + sum(per_class), dtype=torch.int64, device=device)
         _backend.advise_huge_pages(indices)
         torch.arange(n, out=indices[:n])
@@ -131,8 +131,7 @@ def resample(buckets: LabelBuckets, targets: dict, kind: str, replacement: bool,
                                    indices[n:], check=False)  # counts from the buckets: no CUDA host sync
         return indices
     if not replacement:  # untargeted classes are drawn in full, which keeps them in order
-        return draw_per_class(buckets, [targets.get(label, count) for label, count in buckets.class_counts.items()],
-                              seed, False)
+        return draw_per_class(buckets, per_class, seed, False)
     # with replacement: the targeted classes are drawn, the others kept whole; the two are merged class
     # by class with one gather from cat([draws, order])
     drawn = torch.tensor([targets.get(label, 0) for label in buckets.labels])
@@ -145,6 +144,14 @@ def resample(buckets: LabelBuckets, targets: dict, kind: str, replacement: bool,
     shifts = (source_starts - exclusive_cumsum(lengths)).to(device)
     gather = torch.repeat_interleave(shifts, lengths.to(device), output_size=total)
     return torch.cat([draws, buckets.order])[gather + torch.arange(total, device=device)]
+
+
+def resample_runs(buckets: LabelBuckets, targets: dict, kind: str) -> tuple[int, list[int]]:
+    """The layout of :func:`resample`'s indices: ``(prefix, lengths)``, the first ``prefix`` indices are
+    ``arange(prefix)``, then come ``lengths[i]`` indices of class ``labels[i]``, class after class."""
+    if kind == "over":
+        return buckets.order.numel(), [targets.get(label, 0) for label in buckets.labels]
+    return 0, [targets.get(label, count) for label, count in zip(buckets.labels, buckets.counts)]
 
 
 def exclusive_cumsum(values: torch.Tensor) -> torch.Tensor:

@@ -216,6 +216,44 @@ def gather_rows_cases():
     return valid, cases
 
 
+def repeat_rows_into_cases():
+    valid = (torch.randn(3, 2), torch.tensor([2, 0, 1]), torch.empty(3, 2), True)
+    cases = argument_variants(valid, 1, "repeats", (torch.float32, torch.int32, torch.bool))
+    cases += argument_variants(valid, 2, "out", (torch.float64, torch.int64), sizes=False)
+    cases += [("repeats: -1", replaced(valid, 1, torch.tensor([2, -1, 2]))),
+              ("repeats: sum 4 for 3 rows", replaced(valid, 1, torch.tensor([2, 1, 1]))),
+              ("repeats: sum 2 for 3 rows", replaced(valid, 1, torch.tensor([1, 0, 1]))),
+              ("repeats: huge", replaced(valid, 1, torch.tensor([1 << 62, 1 << 62, 1 << 62]))),
+              ("out: one row more", replaced(valid, 2, torch.empty(4, 2))),
+              ("out: other row shape", replaced(valid, 2, torch.empty(3, 3))),
+              ("out: not contiguous", replaced(valid, 2, torch.empty(2, 3).t())),
+              ("out: a view of source", (valid[0], torch.tensor([1, 1, 1]), valid[0], True)),
+              ("source: 0-dim", replaced(valid, 0, torch.tensor(1.0)))]
+    return valid, cases
+
+
+def gather_segments_into_cases():
+    # segments 1 and 3 of a 6-row values with offsets [0, 2, 2, 5, 6]: rows 2:2 (empty), 5:6, 0:2
+    valid = (torch.randn(6, 2), torch.tensor([2, 5, 0]), torch.tensor([0, 0, 1, 3]), torch.empty(3, 2), True)
+    cases = argument_variants(valid, 1, "starts", (torch.float32, torch.int32, torch.bool), sizes=False)
+    cases += argument_variants(valid, 2, "out_offsets", (torch.float32, torch.int32), sizes=False)
+    cases += argument_variants(valid, 3, "out", (torch.float64, torch.int64), sizes=False)
+    cases += [("starts: one fewer", replaced(valid, 1, torch.tensor([2, 5]))),
+              ("starts: 2-D", replaced(valid, 1, torch.tensor([[2, 5, 0]]))),
+              ("starts: -1", replaced(valid, 1, torch.tensor([2, -1, 0]))),
+              ("starts: run past values", replaced(valid, 1, torch.tensor([2, 6, 0]))),
+              ("starts: huge", replaced(valid, 1, torch.tensor([2, 5, (1 << 63) - 1]))),
+              ("out_offsets: decreasing", replaced(valid, 2, torch.tensor([0, 1, 0, 3]))),
+              ("out_offsets: past out", replaced(valid, 2, torch.tensor([0, 0, 1, 4]))),
+              ("out_offsets: negative", replaced(valid, 2, torch.tensor([-1, 0, 1, 3]))),
+              ("out_offsets: huge span", replaced(valid, 2, torch.tensor([-(1 << 62), 1 << 62, 1, 3]))),
+              ("out: other row shape", replaced(valid, 3, torch.empty(3, 3))),
+              ("out: not contiguous", replaced(valid, 3, torch.empty(2, 3).t())),
+              ("out: a view of values", replaced(valid, 3, valid[0][:3])),
+              ("values: 0-dim", replaced(valid, 0, torch.tensor(1.0)))]
+    return valid, cases
+
+
 def linear_cross_entropy_forward_cases():
     rows, hidden_size, classes = 4, 3, 5
     valid = (torch.randn(rows, hidden_size), torch.randn(classes, hidden_size), torch.randn(classes),
@@ -248,6 +286,8 @@ CASES = {
     "cross_entropy_forward_inplace": cross_entropy_forward_inplace_cases,
     "cross_entropy_backward": cross_entropy_backward_cases,
     "gather_rows": gather_rows_cases,
+    "gather_segments_into": gather_segments_into_cases,
+    "repeat_rows_into": repeat_rows_into_cases,
     "linear_cross_entropy_forward": linear_cross_entropy_forward_cases,
 }
 

@@ -1,5 +1,7 @@
-"""The row gather ``rarekit::gather_rows``: fake kernel and dispatch. ``out[j] = source[indices[j]]`` for
-rows of any dtype, copied as bytes by one multi-threaded kernel (CPU) or one grid-stride kernel (CUDA).
+"""The row copies ``rarekit::gather_rows`` (``out[j] = source[indices[j]]``), ``rarekit::repeat_rows_into``
+(``source[b]`` ``repeats[b]`` times, row after row) and ``rarekit::gather_segments_into`` (runs of rows of
+variable length, e.g. rows of a CSR matrix): fake kernels and dispatch. Rows of any dtype are
+copied as bytes by one multi-threaded kernel (CPU) or one grid-stride kernel (CUDA).
 """
 from __future__ import annotations
 
@@ -12,6 +14,14 @@ if _backend._C is not None:
     def _gather_rows_fake(source, indices, check=True):
         return source.new_empty((indices.shape[0], *source.shape[1:]))
 
+    @torch.library.register_fake("rarekit::repeat_rows_into")
+    def _repeat_rows_into_fake(source, repeats, out, check=True):
+        return None
+
+    @torch.library.register_fake("rarekit::gather_segments_into")
+    def _gather_segments_into_fake(values, starts, out_offsets, out, check=True):
+        return None
+
 
 def gather_rows(source: torch.Tensor, indices: torch.Tensor, check: bool = True) -> torch.Tensor:
     """``source[indices]`` along the first dimension into a fresh contiguous tensor. IndexError for an index
@@ -22,3 +32,37 @@ def gather_rows(source: torch.Tensor, indices: torch.Tensor, check: bool = True)
     if _backend.native(source.device):
         return torch.ops.rarekit.gather_rows(source, indices, check)
     return reference.gather_rows(source, indices)
+
+
+def repeat_rows_into(source: torch.Tensor, repeats: torch.Tensor, out: torch.Tensor, check: bool = True) -> None:
+    """Writes ``torch.repeat_interleave(source, repeats, dim=0)`` into the contiguous ``out`` (of source's
+    dtype and row shape, ``repeats.sum()`` rows). ValueError for negative repeats or another sum; on CUDA
+    that check copies ``repeats`` to the host (one synchronization), and ``check=False`` skips it."""
+    if _backend.native(source.device):
+        torch.ops.rarekit.repeat_rows_into(source, repeats, out, check)
+        return
+    if out.dtype != source.dtype or out.shape[1:] != source.shape[1:] or not out.is_contiguous() \
+            or out.device != source.device:
+        raise (TypeError if out.dtype != source.dtype else ValueError)(
+            f"rarekit.repeat_rows_into: out must be contiguous, of source's dtype {source.dtype} and row shape "
+            f"{tuple(source.shape[1:])}, on {source.device}; got {out.dtype}, shape {tuple(out.shape)}, "
+            f"contiguous={out.is_contiguous()}, on {out.device}")
+    out.copy_(reference.repeat_rows(source, repeats, out.shape[0], check or source.device.type == "cpu"))
+
+
+def gather_segments_into(values: torch.Tensor, starts: torch.Tensor, out_offsets: torch.Tensor, out: torch.Tensor,
+                         check: bool = True) -> None:
+    """Copies runs of rows: ``out[out_offsets[j]:out_offsets[j + 1]]`` from ``values`` rows ``starts[j]`` on,
+    for every j (e.g. chosen rows of a CSR matrix). ValueError for a run outside ``values`` or the
+    contiguous ``out``; on CUDA that check waits for the kernel, and ``check=False`` skips it (such runs
+    are then not written)."""
+    if _backend.native(values.device):
+        torch.ops.rarekit.gather_segments_into(values, starts, out_offsets, out, check)
+        return
+    if out.dtype != values.dtype or out.shape[1:] != values.shape[1:] or not out.is_contiguous() \
+            or out.device != values.device:
+        raise (TypeError if out.dtype != values.dtype else ValueError)(
+            f"rarekit.gather_segments_into: out must be contiguous, of values' dtype {values.dtype} and row shape "
+            f"{tuple(values.shape[1:])}, on {values.device}; got {out.dtype}, shape {tuple(out.shape)}, "
+            f"contiguous={out.is_contiguous()}, on {out.device}")
+    reference.gather_segments_into(values, starts, out_offsets, out, check or values.device.type == "cpu")

@@ -72,6 +72,7 @@ void set_active_isa(Isa isa) {
 #endif
 
 const CountKernels& count_kernels() { return RAREKIT_PICK(CountKernels); }
+const SamplingKernels& sampling_kernels() { return RAREKIT_PICK(SamplingKernels); }
 const CrossEntropyKernels& cross_entropy_kernels() { return RAREKIT_PICK(CrossEntropyKernels); }
 
 }  // namespace rarekit::cpu

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "rarekit/count_math.h"
+#include "rarekit/cpu_kernels.h"
 #include "rarekit/cpu_histogram.h"
 #include "rarekit/sampling_math.h"
 #include "rarekit/sampling_op.h"
@@ -140,11 +141,12 @@ std::tuple<at::Tensor, at::Tensor> class_buckets_cpu(const at::Tensor& codes, in
 void draw_with_replacement(const int64_t* order, const int64_t* offsets, const std::vector<int64_t>& ends,
                            uint64_t base, int64_t total, int64_t* out) {
   const auto buckets = static_cast<int64_t>(ends.size());
+  const DrawRunFn draw_run = sampling_kernels().draw_run;
   at::parallel_for(0, total, kDrawGrain, [&](int64_t lo, int64_t hi) {
     for (int64_t b = bucket_of(ends.data(), buckets, lo), j = lo; j < hi; ++b) {
-      const int64_t* bucket = order + offsets[b];
-      const int64_t size = offsets[b + 1] - offsets[b];
-      for (const int64_t end = std::min(hi, ends[b]); j < end; ++j) out[j] = bucket[bounded(random_bits(base, j), size)];
+      const int64_t end = std::min(hi, ends[b]);
+      if (end > j) draw_run(order + offsets[b], offsets[b + 1] - offsets[b], base, j, end, out);
+      j = std::max(j, end);
     }
   });
 }

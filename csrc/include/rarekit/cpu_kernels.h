@@ -53,6 +53,15 @@ struct CrossEntropyKernels {
   CrossEntropyBackwardFn backward[kNumFloatTypes];
 };
 
+// Writes out[j] = bucket[bounded(random_bits(base, j), size)] for j in [first, last): the draws with
+// replacement of rarekit::draw_from_buckets from one bucket of `size` >= 1 entries (rarekit/sampling_math.h).
+using DrawRunFn = void (*)(const int64_t* bucket, int64_t size, uint64_t base, int64_t first, int64_t last,
+                           int64_t* out);
+
+struct SamplingKernels {
+  DrawRunFn draw_run;
+};
+
 #define RAREKIT_DECLARE_ISA_TABLES(Family)   \
   extern const Family RAREKIT_CAT(Family, baseline); \
   extern const Family RAREKIT_CAT(Family, avx2);     \
@@ -60,6 +69,7 @@ struct CrossEntropyKernels {
 
 RAREKIT_DECLARE_ISA_TABLES(CountKernels)
 RAREKIT_DECLARE_ISA_TABLES(CrossEntropyKernels)
+RAREKIT_DECLARE_ISA_TABLES(SamplingKernels)
 
 // The ISAs this binary holds, best last, and the one in use (set_cpu_isa overrides the choice).
 enum class Isa { kBaseline = 0, kAvx2 = 1, kAvx512 = 2 };
@@ -78,6 +88,7 @@ const Family& pick(const Family& baseline, const Family& avx2, const Family& avx
 }
 
 const CountKernels& count_kernels();
+const SamplingKernels& sampling_kernels();
 const CrossEntropyKernels& cross_entropy_kernels();
 
 }  // namespace rarekit::cpu

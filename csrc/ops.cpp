@@ -25,11 +25,12 @@ TORCH_LIBRARY(rarekit, m) {
       "bool target_weighted, float focal_gamma, float z_loss) -> Tensor");
   // Fused linear + cross-entropy (csrc/include/rarekit/linear_cross_entropy_op.h): per-row losses of
   // softcap(hidden @ classifier^T + bias), one chunk of rows of logits at a time; with grad_scale c ((1,) or
-  // (rows,)), also the gradients of sum_i c_i losses_i (empty tensors otherwise).
+  // (rows,)), also the gradients of sum_i c_i losses_i for hidden, classifier, bias and logit_adjustment, each
+  // where grad_mask asks for it (empty tensors otherwise: a frozen classifier costs no (classes, dim) product).
   m.def(
       "linear_cross_entropy_forward(Tensor hidden, Tensor classifier, Tensor? bias, Tensor target, Tensor? weight, "
       "Tensor? logit_adjustment, Tensor? grad_scale, int ignore_index, float label_smoothing, bool target_weighted, "
-      "float focal_gamma, float z_loss, float? softcap, int chunk_rows, bool logit_adjustment_grad, bool check) -> "
+      "float focal_gamma, float z_loss, float? softcap, int chunk_rows, bool[4] grad_mask, bool check) -> "
       "(Tensor losses, Tensor grad_hidden, Tensor grad_classifier, Tensor grad_bias, Tensor grad_logit_adjustment)");
   // Resampling (csrc/include/rarekit/sampling_math.h). A stable counting sort of integer codes: order
   // lists the positions of code 0, then code 1, ...; codes outside [0, num_classes) come last;

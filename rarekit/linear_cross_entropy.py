@@ -136,7 +136,7 @@ def linear_cross_entropy(hidden: torch.Tensor, classifier: torch.Tensor, target:
         tensor is not None and tensor.requires_grad for tensor in (hidden, classifier, bias, logit_adjustment))
     if not trained:  # forward only, same memory bound
         losses = linear_cross_entropy_chunks(rows_hidden, classifier, bias, rows_target, weight, logit_adjustment,
-                                             None, *options[:-1], False, options[-1])[0]
+                                             None, *options[:-1], [False] * 4, options[-1])[0]
         if reduction == "none":
             return losses.reshape(target.shape).to(hidden.dtype)
         loss = losses.sum() if reduction == "sum" else losses.sum() / divisor + _nan_if_zero(divisor)

@@ -201,6 +201,50 @@ def test_tied_embeddings(device, gen):
     assert not torch.allclose(fused, head_only)  # the input side contributed
 
 
+@pytest.mark.parametrize("trained", [("hidden",), ("classifier",), ("hidden", "bias"), ("logit_adjustment",),
+                                     ("classifier", "logit_adjustment")], ids="+".join)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_frozen_inputs_get_no_gradient_and_cost_no_product(gen, trained, reduction, backend):
+    """Only the inputs that require grad get a gradient (equal to the definition's); the op is asked for
+    those only, so a frozen classifier (LoRA) skips the (classes, dim) product and its accumulator."""
+    case = make_case(gen, "cpu", weighted=True, adjusted=True)
+    inputs = {name: case[name].clone().requires_grad_(name in trained)
+              for name in ("hidden", "classifier", "bias", "logit_adjustment")}
+    rest = {"reduction": reduction, "label_smoothing": 0.1, "softcap": 3.0}
+    masks = []
+    original = rarekit.ops.linear_cross_entropy.linear_cross_entropy_chunks
+
+    def recording(*args):
+        masks.append(list(args[-2]))
+        outputs = original(*args)
+        for output, wanted, tensor in zip(outputs[1:], args[-2], (args[0], args[1], args[2], args[5])):
+            assert output.numel() == (tensor.numel() if wanted and args[6] is not None and tensor is not None else 0)
+        return outputs
+
+    rarekit.set_backend(backend)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(rarekit.ops.linear_cross_entropy, "linear_cross_entropy_chunks", recording)
+            loss = rarekit.linear_cross_entropy(inputs["hidden"], inputs["classifier"], case["target"], case["weight"],
+                                                bias=inputs["bias"], logit_adjustment=inputs["logit_adjustment"],
+                                                chunk_size=4, **rest)
+            upstream = torch.rand(loss.shape, generator=gen)
+            grads = torch.autograd.grad(loss, [inputs[name] for name in trained], upstream)
+    finally:
+        rarekit.set_backend("native")
+    assert masks and all(mask == [name in trained for name in ("hidden", "classifier", "bias", "logit_adjustment")]
+                         for mask in masks)
+    leaves = {name: case[name].clone().requires_grad_(name in trained)
+              for name in ("hidden", "classifier", "bias", "logit_adjustment")}
+    expected_loss = definition(leaves["hidden"], leaves["classifier"], case["target"], case["weight"],
+                               bias=leaves["bias"], logit_adjustment=leaves["logit_adjustment"], **rest)
+    expected = torch.autograd.grad(expected_loss, [leaves[name] for name in trained], upstream)
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-5)
+    for name, grad, reference_grad in zip(trained, grads, expected):
+        torch.testing.assert_close(grad, reference_grad, rtol=1e-5, atol=1e-5, msg=lambda message: f"{name}: {message}")
+
+
 def test_module_matches_function(device, gen):
     case = make_case(gen, device, weighted=True, adjusted=True)
     module = rarekit.LinearCrossEntropyLoss(case["weight"], logit_adjustment=case["logit_adjustment"],
@@ -351,7 +395,7 @@ def test_opcheck(device, gen):
     for grad_scale in (None, torch.full((1,), 0.25, device=device), torch.rand(rows, generator=gen).to(device)):
         for softcap in (None, 3.0):
             args = (case["hidden"], case["classifier"], case["bias"], case["target"], case["weight"],
-                    case["logit_adjustment"], grad_scale, -100, 0.1, False, 1.0, 1e-3, softcap, 4, True, True)
+                    case["logit_adjustment"], grad_scale, -100, 0.1, False, 1.0, 1e-3, softcap, 4, [True] * 4, True)
             torch.library.opcheck(torch.ops.rarekit.linear_cross_entropy_forward.default, args)
 
 
@@ -359,7 +403,7 @@ def test_opcheck(device, gen):
 def test_op_refuses_bad_arguments(gen):
     case = make_case(gen, "cpu")
     base = [case["hidden"], case["classifier"], None, case["target"], None, None, None, -100, 0.0, False, 0.0, 0.0,
-            None, 4, False, True]
+            None, 4, [True] * 4, True]
     for position, value, error in ((0, case["hidden"].int(), TypeError), (1, case["classifier"][:, :2], ValueError),
                                    (2, torch.zeros(3), ValueError), (3, case["target"][:2], ValueError),
                                    (6, torch.ones(2), ValueError), (12, -1.0, ValueError), (13, 0, ValueError)):

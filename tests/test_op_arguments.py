@@ -258,7 +258,7 @@ def linear_cross_entropy_forward_cases():
     rows, hidden_size, classes = 4, 3, 5
     valid = (torch.randn(rows, hidden_size), torch.randn(classes, hidden_size), torch.randn(classes),
              torch.randint(0, classes, (rows,)), torch.rand(classes), torch.randn(classes), torch.ones(1),
-             -100, 0.1, False, 0.0, 0.0, None, 2, False, True)
+             -100, 0.1, False, 0.0, 0.0, None, 2, [True] * 4, True)
     cases = []
     for index, name in ((0, "hidden"), (1, "classifier")):
         cases += argument_variants(valid, index, name, (torch.int64, torch.bool), sizes=False)

@@ -17,65 +17,68 @@ from rarekit.ops.cross_entropy import _once_differentiable, _raise_first_out_of_
 if _backend._C is not None:
     @torch.library.register_fake("rarekit::linear_cross_entropy_forward")
     def _forward_fake(hidden, classifier, bias, target, weight, logit_adjustment, grad_scale, *args):
-        logit_adjustment_grad = args[-2]
-        loss_dtype = accumulator_dtype(hidden)
-        losses = hidden.new_empty((hidden.shape[0],), dtype=loss_dtype)
-        if grad_scale is None:
-            return losses, *(hidden.new_empty((0,)) for _ in range(4))
-        return (losses, torch.empty_like(hidden, memory_format=torch.contiguous_format),
-                torch.empty_like(classifier, memory_format=torch.contiguous_format),
-                bias.new_empty(bias.shape) if bias is not None else hidden.new_empty((0,)),
-                logit_adjustment.new_empty(logit_adjustment.shape)
-                if logit_adjustment is not None and logit_adjustment_grad else hidden.new_empty((0,)))
+        grad_mask = args[-2]
+        losses = hidden.new_empty((hidden.shape[0],), dtype=accumulator_dtype(hidden))
+        inputs = (hidden, classifier, bias, logit_adjustment)
+        grads = [torch.empty_like(tensor, memory_format=torch.contiguous_format)
+                 if grad_scale is not None and wanted and tensor is not None else hidden.new_empty((0,))
+                 for tensor, wanted in zip(inputs, grad_mask)]
+        return losses, *grads
 
 
 def _reference_forward(hidden, classifier, bias, target, weight, logit_adjustment, grad_scale, ignore_index,
-                       label_smoothing, target_weighted, focal_gamma, z_loss, softcap, chunk_rows,
-                       logit_adjustment_grad, check):
+                       label_smoothing, target_weighted, focal_gamma, z_loss, softcap, chunk_rows, grad_mask, check):
     """The op on the references, chunk by chunk; each chunk's gradients come from autograd."""
     if check or hidden.device.type == "cpu":  # as the kernels: always on CPU
         _raise_first_out_of_range(target, classifier.shape[0], ignore_index)
     config = (ignore_index, label_smoothing, target_weighted, focal_gamma, z_loss, softcap)
     accumulate = accumulator_dtype(hidden)
     empty = hidden.new_empty((0,))
-    # the inputs whose gradient the op returns, besides hidden
-    wanted = {"classifier": classifier, "bias": bias,
-              "logit_adjustment": logit_adjustment if logit_adjustment_grad else None}
-    wanted = {name: tensor for name, tensor in wanted.items() if tensor is not None and grad_scale is not None}
+    # the inputs whose gradient the op returns, besides hidden (gathered per chunk)
+    wanted = {name: tensor for name, tensor, asked in zip(("classifier", "bias", "logit_adjustment"),
+                                                          (classifier, bias, logit_adjustment), grad_mask[1:])
+              if asked and tensor is not None and grad_scale is not None}
+    hidden_grad = bool(grad_mask[0]) and grad_scale is not None
     totals = {name: torch.zeros_like(tensor, dtype=accumulate) for name, tensor in wanted.items()}
     losses, grad_hidden = [], []
     for start in range(0, hidden.shape[0], chunk_rows):
         rows = slice(start, start + chunk_rows)
         with torch.enable_grad():
             leaves = {name: tensor.detach().requires_grad_() for name, tensor in wanted.items()}
-            rows_hidden = hidden[rows].detach().requires_grad_(grad_scale is not None)
+            rows_hidden = hidden[rows].detach().requires_grad_(hidden_grad)
             inputs = {"classifier": classifier, "bias": bias, "logit_adjustment": logit_adjustment, **leaves}
             row_losses = reference.linear_cross_entropy_rows(
                 rows_hidden, inputs["classifier"], target[rows], inputs["bias"], weight, inputs["logit_adjustment"],
                 *config).to(accumulate)
-            if grad_scale is not None:
+            sources = ([rows_hidden] if hidden_grad else []) + list(leaves.values())
+            if sources:
                 scale = grad_scale if grad_scale.shape[0] == 1 else grad_scale[rows]
-                grads = torch.autograd.grad((row_losses * scale).sum(), [rows_hidden, *leaves.values()])
-                grad_hidden.append(grads[0])
-                for total, part in zip(totals.values(), grads[1:]):
+                grads = list(torch.autograd.grad((row_losses * scale).sum(), sources))
+                if hidden_grad:
+                    grad_hidden.append(grads.pop(0))
+                for total, part in zip(totals.values(), grads):
                     total += part
         losses.append(row_losses.detach())
     losses = torch.cat(losses) if losses else hidden.new_empty((0,), dtype=accumulate)
     if grad_scale is None:
         return losses, empty, empty, empty, empty
-    grad_hidden = torch.cat(grad_hidden) if grad_hidden else torch.empty_like(hidden)
+    if hidden_grad:
+        grad_hidden = torch.cat(grad_hidden) if grad_hidden else torch.empty_like(hidden)
+    else:
+        grad_hidden = empty
     totals = {name: total.to(wanted[name].dtype) for name, total in totals.items()}
-    return (losses, grad_hidden, totals["classifier"], totals.get("bias", empty),
+    return (losses, grad_hidden, totals.get("classifier", empty), totals.get("bias", empty),
             totals.get("logit_adjustment", empty))
 
 
 def linear_cross_entropy_chunks(hidden, classifier, bias, target, weight, logit_adjustment, grad_scale,
                                 ignore_index: int, label_smoothing: float, target_weighted: bool, focal_gamma: float,
-                                z_loss: float, softcap: float | None, chunk_rows: int, logit_adjustment_grad: bool,
+                                z_loss: float, softcap: float | None, chunk_rows: int, grad_mask: list[bool],
                                 check: bool):
-    """(losses, grad_hidden, grad_classifier, grad_bias, grad_logit_adjustment); see the op's schema."""
+    """(losses, grad_hidden, grad_classifier, grad_bias, grad_logit_adjustment), each gradient computed where
+    ``grad_mask`` (hidden, classifier, bias, logit_adjustment) asks for it; see the op's schema."""
     args = (hidden, classifier, bias, target, weight, logit_adjustment, grad_scale, ignore_index, label_smoothing,
-            target_weighted, focal_gamma, z_loss, softcap, chunk_rows, logit_adjustment_grad, check)
+            target_weighted, focal_gamma, z_loss, softcap, chunk_rows, [bool(wanted) for wanted in grad_mask], check)
     if _backend.native(hidden.device):
         return torch.ops.rarekit.linear_cross_entropy_forward(*args)
     return _reference_forward(*args)
@@ -93,11 +96,13 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, classifier, bias, logit_adjustment, target, weight, grad_scale, options):
-        adjustment_grad = logit_adjustment is not None and ctx.needs_input_grad[3]
+        # only the gradients autograd asks for: a frozen classifier skips its (classes, dim) product
+        grad_mask = [ctx.needs_input_grad[index] and tensor is not None
+                     for index, tensor in enumerate((hidden, classifier, bias, logit_adjustment))]
         losses, *grads = linear_cross_entropy_chunks(
-            hidden, classifier, bias, target, weight, logit_adjustment, grad_scale, *options[:-1],
-            adjustment_grad, options[-1])
-        ctx.options, ctx.adjustment_grad, ctx.reduced = options, adjustment_grad, grad_scale is not None
+            hidden, classifier, bias, target, weight, logit_adjustment, grad_scale, *options[:-1], grad_mask,
+            options[-1])
+        ctx.options, ctx.grad_mask, ctx.reduced = options, grad_mask, grad_scale is not None
         if grad_scale is None:  # reduction="none": the backward recomputes with the upstream gradients
             ctx.save_for_backward(hidden, classifier, bias, logit_adjustment, target, weight)
             return losses
@@ -110,18 +115,16 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             scale = grad_output.detach()
             *grads, hidden, classifier, bias, logit_adjustment = ctx.saved_tensors
             if _needs_scaling(scale):
-                grads = [grad * scale.to(grad.dtype) for grad in grads]
+                grads = [grad * scale.to(grad.dtype) if wanted else grad for grad, wanted in zip(grads, ctx.grad_mask)]
         else:
             hidden, classifier, bias, logit_adjustment, target, weight = ctx.saved_tensors
             with torch.no_grad():  # the op's out= matmuls refuse a graph (create_graph=True)
                 _, *grads = linear_cross_entropy_chunks(
                     hidden, classifier, bias, target, weight, logit_adjustment,
-                    grad_output.detach().to(accumulator_dtype(hidden)), *ctx.options[:-1], ctx.adjustment_grad, False)
+                    grad_output.detach().to(accumulator_dtype(hidden)), *ctx.options[:-1], ctx.grad_mask, False)
         sources = (hidden, classifier, bias, logit_adjustment, grad_output)
-        grad_hidden, grad_classifier, grad_bias, grad_adjustment = (_once_differentiable(grad, *sources)
-                                                                    for grad in grads)
-        return (grad_hidden, grad_classifier, grad_bias if ctx.needs_input_grad[2] else None,
-                grad_adjustment if ctx.adjustment_grad else None, None, None, None, None)
+        return (*(_once_differentiable(grad, *sources) if wanted else None for grad, wanted in zip(grads, ctx.grad_mask)),
+                None, None, None, None)
 
 
 def linear_cross_entropy(hidden, classifier, bias, logit_adjustment, target, weight, grad_scale, options):

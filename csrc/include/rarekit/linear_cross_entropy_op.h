@@ -15,6 +15,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <optional>
 #include <tuple>
@@ -91,13 +92,14 @@ inline void accumulate_classifier_grad(at::Tensor& acc, const at::Tensor& grad, 
 
 // losses: (rows,) per-row cross-entropy of softcap(hidden @ classifierᵀ + bias) (float64 for float64
 // inputs, float32 otherwise). With grad_scale c ((1,): one scale; (rows,): one per row), also the
-// gradients of Σ_i c_i losses_i for hidden, classifier, bias (when given) and logit_adjustment (when
-// logit_adjustment_grad); without, those four are empty.
+// gradients of Σ_i c_i losses_i for hidden, classifier, bias and logit_adjustment, each where grad_mask
+// asks for it (and the input is given); the others, and all four without grad_scale, are empty. A frozen
+// classifier (LoRA, a frozen embedding) thus skips its (classes, dim) product and fp32 accumulator.
 inline LinearCrossEntropyResult linear_cross_entropy_forward(
     const at::Tensor& hidden, const at::Tensor& classifier, const std::optional<at::Tensor>& bias,
     const at::Tensor& target, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& logit_adjustment,
     const std::optional<at::Tensor>& grad_scale, int64_t ignore_index, double label_smoothing, bool target_weighted,
-    double focal_gamma, double z_loss, std::optional<double> softcap, int64_t chunk_rows, bool logit_adjustment_grad,
+    double focal_gamma, double z_loss, std::optional<double> softcap, int64_t chunk_rows, std::array<bool, 4> grad_mask,
     bool check) {
   using namespace linear_ce_detail;
   check_arguments(hidden, classifier, bias, target, weight, logit_adjustment, grad_scale, softcap, chunk_rows);
@@ -115,11 +117,12 @@ inline LinearCrossEntropyResult linear_cross_entropy_forward(
                                      .findSchemaOrThrow("rarekit::cross_entropy_forward_inplace", "")
                                      .typed<CrossEntropyForwardInplace>();
 
+  const bool hidden_grad = grad && grad_mask[0], classifier_grad = grad && grad_mask[1];
+  const bool bias_grad = grad && bias && grad_mask[2], adjustment_grad = grad && logit_adjustment && grad_mask[3];
   at::Tensor losses = at::empty({rows}, acc);
-  at::Tensor grad_hidden = grad ? at::empty_like(hidden, at::MemoryFormat::Contiguous) : hidden.new_empty({0});
-  at::Tensor grad_classifier = grad ? at::zeros({classes, dim}, acc) : hidden.new_empty({0});
-  at::Tensor grad_bias = grad && bias ? at::zeros({classes}, acc) : hidden.new_empty({0});
-  const bool adjustment_grad = grad && logit_adjustment && logit_adjustment_grad;
+  at::Tensor grad_hidden = hidden_grad ? at::empty_like(hidden, at::MemoryFormat::Contiguous) : hidden.new_empty({0});
+  at::Tensor grad_classifier = classifier_grad ? at::zeros({classes, dim}, acc) : hidden.new_empty({0});
+  at::Tensor grad_bias = bias_grad ? at::zeros({classes}, acc) : hidden.new_empty({0});
   at::Tensor grad_adjustment = adjustment_grad ? at::zeros({classes}, acc) : hidden.new_empty({0});
   const int64_t step = std::min(chunk_rows, std::max<int64_t>(rows, 1));
   at::Tensor buffer = at::empty({step, classes}, hidden.options());
@@ -156,14 +159,16 @@ inline LinearCrossEntropyResult linear_cross_entropy_forward(
     if (per_row_scale) logits.mul_(grad_scale->narrow(0, start, count).unsqueeze(1));
     if (adjustment_grad) grad_adjustment.add_(logits.sum(0, false, acc_type));
     if (softcap) logits.addcmul_(logits, tanh_values.mul_(tanh_values), -1);  // G (1 - tanh²)
-    if (bias) grad_bias.add_(logits.sum(0, false, acc_type));
-    at::Tensor rows_grad_hidden = grad_hidden.narrow(0, start, count);
-    at::mm_out(rows_grad_hidden, logits, classifier);
-    accumulate_classifier_grad(grad_classifier, logits, rows_hidden);
+    if (bias_grad) grad_bias.add_(logits.sum(0, false, acc_type));
+    if (hidden_grad) {
+      at::Tensor rows_grad_hidden = grad_hidden.narrow(0, start, count);
+      at::mm_out(rows_grad_hidden, logits, classifier);
+    }
+    if (classifier_grad) accumulate_classifier_grad(grad_classifier, logits, rows_hidden);
   }
   if (grad) {
-    grad_classifier = grad_classifier.to(classifier.scalar_type());
-    if (bias) grad_bias = grad_bias.to(bias->scalar_type());
+    if (classifier_grad) grad_classifier = grad_classifier.to(classifier.scalar_type());
+    if (bias_grad) grad_bias = grad_bias.to(bias->scalar_type());
     if (adjustment_grad) grad_adjustment = grad_adjustment.to(logit_adjustment->scalar_type());
   }
   return {losses, grad_hidden, grad_classifier, grad_bias, grad_adjustment};

@@ -194,6 +194,15 @@ def repeat_rows(source: torch.Tensor, repeats: torch.Tensor, total: int, check: 
     return source.repeat_interleave(repeats, dim=0, output_size=total)
 
 
+def check_index_vectors(prefix: str, **tensors: torch.Tensor) -> None:
+    """The kernels' check of index arguments: each a 1-D int64 tensor (TypeError, ValueError)."""
+    for name, tensor in tensors.items():
+        if tensor.dtype != torch.int64:
+            raise TypeError(f"{prefix} {name} must be a 1-D int64 tensor, got {tensor.dtype}")
+        if tensor.dim() != 1:
+            raise ValueError(f"{prefix} {name} must be a 1-D int64 tensor, got shape {tuple(tensor.shape)}")
+
+
 def gather_segments_into(values: torch.Tensor, starts: torch.Tensor, out_offsets: torch.Tensor, out: torch.Tensor,
                          check: bool = True) -> None:
     """``out[out_offsets[j]:out_offsets[j + 1]] = values[starts[j]:starts[j] + out_offsets[j + 1] - out_offsets[j]]``
@@ -202,11 +211,7 @@ def gather_segments_into(values: torch.Tensor, starts: torch.Tensor, out_offsets
     prefix = "rarekit.gather_segments_into:"
     if values.dim() == 0:
         raise ValueError(f"{prefix} values must have a row dimension, got a 0-d tensor")
-    for name, tensor in (("starts", starts), ("out_offsets", out_offsets)):
-        if tensor.dtype != torch.int64:
-            raise TypeError(f"{prefix} {name} must be int64, got {tensor.dtype}")
-        if tensor.dim() != 1:
-            raise ValueError(f"{prefix} {name} must be 1-D, got shape {tuple(tensor.shape)}")
+    check_index_vectors(prefix, starts=starts, out_offsets=out_offsets)
     if out_offsets.numel() != starts.numel() + 1:
         raise ValueError(f"{prefix} out_offsets must have one entry more than starts ({starts.numel()}), got "
                          f"{out_offsets.numel()}")

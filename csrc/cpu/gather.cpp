@@ -79,8 +79,9 @@ void check_segment_arguments(const at::Tensor& values, const at::Tensor& starts,
   constexpr const char* kOp = "rarekit.gather_segments_into: ";
   TORCH_CHECK_VALUE(values.dim() >= 1, kOp, "values must have a row dimension, got a 0-d tensor");
   for (const auto& [tensor, name] : {std::pair{&starts, "starts"}, std::pair{&out_offsets, "out_offsets"}}) {
-    TORCH_CHECK_TYPE(tensor->scalar_type() == at::kLong, kOp, name, " must be int64, got ", tensor->scalar_type());
-    TORCH_CHECK_VALUE(tensor->dim() == 1, kOp, name, " must be 1-D, got shape ", tensor->sizes());
+    TORCH_CHECK_TYPE(tensor->scalar_type() == at::kLong, kOp, name, " must be a 1-D int64 tensor, got ",
+                     tensor->scalar_type());
+    TORCH_CHECK_VALUE(tensor->dim() == 1, kOp, name, " must be a 1-D int64 tensor, got shape ", tensor->sizes());
     TORCH_CHECK_VALUE(tensor->device() == values.device(), kOp, name, " must be on the device of values (",
                       values.device(), "), got ", tensor->device());
   }
@@ -153,7 +154,7 @@ at::Tensor gather_rows_cpu(const at::Tensor& source, const at::Tensor& indices, 
   at::Tensor out = empty_gather_output(source, indices);
   advise_huge_pages(out);  // a fresh output costs more in 4 KiB page faults than in copies
   const int64_t rows = rows_c.size(0), total = indices_c.numel();
-  const int64_t row_bytes = rows == 0 ? 0 : static_cast<int64_t>(rows_c.nbytes()) / rows;
+  const int64_t row_bytes = row_bytes_of(rows_c);
   const int64_t* index = indices_c.const_data_ptr<int64_t>();
   const void* from = rows_c.const_data_ptr();
   void* to = out.mutable_data_ptr();
@@ -193,8 +194,7 @@ void repeat_rows_into_cpu(const at::Tensor& source, const at::Tensor& repeats, c
   const at::Tensor rows_c = source.contiguous(), repeats_c = repeats.contiguous();
   const std::vector<int64_t> ends = checked_repeat_ends(repeats_c.const_data_ptr<int64_t>(), repeats_c.numel(),
                                                         out.size(0));
-  const int64_t row_bytes = static_cast<int64_t>(out.element_size()) *
-                            c10::multiply_integers(out.sizes().begin() + 1, out.sizes().end());
+  const int64_t row_bytes = row_bytes_of(out);
   const auto* from = static_cast<const char*>(rows_c.const_data_ptr());
   auto* to = static_cast<char*>(out.mutable_data_ptr());
   if (row_bytes == 0) return;
@@ -264,8 +264,7 @@ void gather_segments_into_cpu(const at::Tensor& values, const at::Tensor& starts
   check_segment_arguments(values, starts, out_offsets, out);
   const at::Tensor values_c = values.contiguous(), starts_c = starts.contiguous(),
                    out_offsets_c = out_offsets.contiguous();
-  const int64_t row_bytes = static_cast<int64_t>(out.element_size()) *
-                            c10::multiply_integers(out.sizes().begin() + 1, out.sizes().end());
+  const int64_t row_bytes = row_bytes_of(out);
   int64_t bad;
   switch (row_bytes) {  // the values and column indices of a sparse matrix: rows of one scalar
     case 4: bad = segment_all<4>(values_c, row_bytes, starts_c, out_offsets_c, out); break;

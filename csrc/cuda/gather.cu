@@ -103,9 +103,35 @@ void launch(const at::Tensor& source, int64_t row_bytes, const at::Tensor& indic
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// A device int64 that kernels lower (atomicMin) to the first bad position they meet; kNone while none is.
+struct FirstBadFlag {
+  static constexpr int64_t kNone = std::numeric_limits<int64_t>::max();
+  at::Tensor value;
+  explicit FirstBadFlag(const at::Tensor& like) : value(at::full({1}, kNone, like.options().dtype(at::kLong))) {}
+  unsigned long long* data() { return reinterpret_cast<unsigned long long*>(value.mutable_data_ptr<int64_t>()); }
+  int64_t read() const { return value.item<int64_t>(); }  // waits for the kernels: one host synchronization
+};
+
 bool fits(int64_t row_bytes, const void* a, const void* b, int64_t size) {
   return row_bytes % size == 0 && reinterpret_cast<uintptr_t>(a) % size == 0 &&
          reinterpret_cast<uintptr_t>(b) % size == 0;
+}
+
+// Calls launch(Word{}) with the widest word (16, 8, 4, 2 or 1 bytes) that divides row_bytes and aligns
+// both addresses.
+template <typename Launch>
+void with_widest_word(int64_t row_bytes, const void* from, const void* to, const Launch& launch) {
+  if (fits(row_bytes, from, to, 16)) {
+    launch(uint4{});
+  } else if (fits(row_bytes, from, to, 8)) {
+    launch(uint64_t{});
+  } else if (fits(row_bytes, from, to, 4)) {
+    launch(uint32_t{});
+  } else if (fits(row_bytes, from, to, 2)) {
+    launch(uint16_t{});
+  } else {
+    launch(uint8_t{});
+  }
 }
 
 at::Tensor gather_rows_cuda(const at::Tensor& source, const at::Tensor& indices, bool check) {
@@ -114,12 +140,9 @@ at::Tensor gather_rows_cuda(const at::Tensor& source, const at::Tensor& indices,
   const at::Tensor rows_c = source.contiguous(), indices_c = indices.contiguous();
   at::Tensor out = empty_gather_output(source, indices);
   const int64_t rows = rows_c.size(0);
-  // from the row shape, not nbytes / rows: a source of no rows still has rows of this size to zero
-  const int64_t row_bytes = static_cast<int64_t>(rows_c.element_size()) *
-                            c10::multiply_integers(rows_c.sizes().begin() + 1, rows_c.sizes().end());
-  const int64_t no_bad = std::numeric_limits<int64_t>::max();
-  at::Tensor first_bad = at::full({1}, no_bad, indices.options());
-  auto* flag = reinterpret_cast<unsigned long long*>(first_bad.mutable_data_ptr<int64_t>());
+  const int64_t row_bytes = row_bytes_of(rows_c);  // a source of no rows still has rows of this size to zero
+  FirstBadFlag first_bad(indices);
+  unsigned long long* flag = first_bad.data();
   const void* from = rows_c.const_data_ptr();
   const void* to = out.const_data_ptr();
   if (row_bytes == 0) {
@@ -128,20 +151,13 @@ at::Tensor gather_rows_cuda(const at::Tensor& source, const at::Tensor& indices,
           rows, indices_c.const_data_ptr<int64_t>(), indices_c.numel(), flag);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-  } else if (fits(row_bytes, from, to, 16)) {
-    launch<uint4>(rows_c, row_bytes, indices_c, out, flag);
-  } else if (fits(row_bytes, from, to, 8)) {
-    launch<uint64_t>(rows_c, row_bytes, indices_c, out, flag);
-  } else if (fits(row_bytes, from, to, 4)) {
-    launch<uint32_t>(rows_c, row_bytes, indices_c, out, flag);
-  } else if (fits(row_bytes, from, to, 2)) {
-    launch<uint16_t>(rows_c, row_bytes, indices_c, out, flag);
   } else {
-    launch<uint8_t>(rows_c, row_bytes, indices_c, out, flag);
+    with_widest_word(row_bytes, from, to,
+                     [&](auto word) { launch<decltype(word)>(rows_c, row_bytes, indices_c, out, flag); });
   }
   if (check) {
-    const int64_t bad = first_bad.item<int64_t>();
-    TORCH_CHECK_INDEX(bad == no_bad, "rarekit.gather_rows: indices[", bad, "] = ", indices_c[bad].item<int64_t>(),
+    const int64_t bad = first_bad.read();
+    TORCH_CHECK_INDEX(bad == FirstBadFlag::kNone, "rarekit.gather_rows: indices[", bad, "] = ", indices_c[bad].item<int64_t>(),
                       " is outside the ", rows, " rows of source");
   }
   return out;
@@ -167,22 +183,12 @@ void repeat_rows_into_cuda(const at::Tensor& source, const at::Tensor& repeats, 
     checked_repeat_ends(host.const_data_ptr<int64_t>(), host.numel(), out.size(0));
   }
   const at::Tensor ends = repeats_c.cumsum(0);
-  const int64_t row_bytes = static_cast<int64_t>(out.element_size()) *
-                            c10::multiply_integers(out.sizes().begin() + 1, out.sizes().end());
+  const int64_t row_bytes = row_bytes_of(out);
   const void* from = rows_c.const_data_ptr();
   const void* to = out.const_data_ptr();
   if (row_bytes == 0) return;
-  if (fits(row_bytes, from, to, 16)) {
-    launch_repeat<uint4>(rows_c, row_bytes, ends, out);
-  } else if (fits(row_bytes, from, to, 8)) {
-    launch_repeat<uint64_t>(rows_c, row_bytes, ends, out);
-  } else if (fits(row_bytes, from, to, 4)) {
-    launch_repeat<uint32_t>(rows_c, row_bytes, ends, out);
-  } else if (fits(row_bytes, from, to, 2)) {
-    launch_repeat<uint16_t>(rows_c, row_bytes, ends, out);
-  } else {
-    launch_repeat<uint8_t>(rows_c, row_bytes, ends, out);
-  }
+  with_widest_word(row_bytes, from, to,
+                   [&](auto word) { launch_repeat<decltype(word)>(rows_c, row_bytes, ends, out); });
 }
 
 template <typename Word>
@@ -203,28 +209,18 @@ void gather_segments_into_cuda(const at::Tensor& values, const at::Tensor& start
   const c10::cuda::CUDAGuard guard(values.device());
   const at::Tensor values_c = values.contiguous(), starts_c = starts.contiguous(),
                    out_offsets_c = out_offsets.contiguous();
-  const int64_t row_bytes = static_cast<int64_t>(out.element_size()) *
-                            c10::multiply_integers(out.sizes().begin() + 1, out.sizes().end());
-  const int64_t no_bad = std::numeric_limits<int64_t>::max();
-  at::Tensor first_bad = at::full({1}, no_bad, starts.options());
-  auto* flag = reinterpret_cast<unsigned long long*>(first_bad.mutable_data_ptr<int64_t>());
+  const int64_t row_bytes = row_bytes_of(out);
+  FirstBadFlag first_bad(starts);
+  unsigned long long* flag = first_bad.data();
   const void* from = values_c.const_data_ptr();
   const void* to = out.const_data_ptr();
-  // rows of zero bytes: one-byte words, of which there are none to copy, but every segment is checked
-  if (row_bytes > 0 && fits(row_bytes, from, to, 16)) {
-    launch_segments<uint4>(values_c, row_bytes, starts_c, out_offsets_c, out, flag);
-  } else if (row_bytes > 0 && fits(row_bytes, from, to, 8)) {
-    launch_segments<uint64_t>(values_c, row_bytes, starts_c, out_offsets_c, out, flag);
-  } else if (row_bytes > 0 && fits(row_bytes, from, to, 4)) {
-    launch_segments<uint32_t>(values_c, row_bytes, starts_c, out_offsets_c, out, flag);
-  } else if (row_bytes > 0 && fits(row_bytes, from, to, 2)) {
-    launch_segments<uint16_t>(values_c, row_bytes, starts_c, out_offsets_c, out, flag);
-  } else {
-    launch_segments<uint8_t>(values_c, row_bytes, starts_c, out_offsets_c, out, flag);
-  }
+  // rows of zero bytes: no word to copy, but every segment is still checked
+  with_widest_word(row_bytes, from, to, [&](auto word) {
+    launch_segments<decltype(word)>(values_c, row_bytes, starts_c, out_offsets_c, out, flag);
+  });
   if (check) {
-    const int64_t bad = first_bad.item<int64_t>();
-    if (bad != no_bad) raise_bad_segment(values_c, starts_c, out_offsets_c, out, bad);
+    const int64_t bad = first_bad.read();
+    if (bad != FirstBadFlag::kNone) raise_bad_segment(values_c, starts_c, out_offsets_c, out, bad);
   }
 }
 

@@ -34,6 +34,17 @@ def gather_rows(source: torch.Tensor, indices: torch.Tensor, check: bool = True)
     return reference.gather_rows(source, indices)
 
 
+def check_out(op: str, out: torch.Tensor, rows: torch.Tensor, name: str) -> None:
+    """The kernels' check of an ``out`` on the reference path: contiguous, of the dtype, row shape and
+    device of ``rows`` (TypeError for the dtype, ValueError otherwise)."""
+    if out.dtype != rows.dtype or out.shape[1:] != rows.shape[1:] or not out.is_contiguous() \
+            or out.device != rows.device:
+        raise (TypeError if out.dtype != rows.dtype else ValueError)(
+            f"{op}: out must be contiguous, of {name}'s dtype {rows.dtype} and row shape {tuple(rows.shape[1:])}, "
+            f"on {rows.device}; got {out.dtype}, shape {tuple(out.shape)}, contiguous={out.is_contiguous()}, "
+            f"on {out.device}")
+
+
 def repeat_rows_into(source: torch.Tensor, repeats: torch.Tensor, out: torch.Tensor, check: bool = True) -> None:
     """Writes ``torch.repeat_interleave(source, repeats, dim=0)`` into the contiguous ``out`` (of source's
     dtype and row shape, ``repeats.sum()`` rows). ValueError for negative repeats or another sum; on CUDA
@@ -41,12 +52,7 @@ def repeat_rows_into(source: torch.Tensor, repeats: torch.Tensor, out: torch.Ten
     if _backend.native(source.device):
         torch.ops.rarekit.repeat_rows_into(source, repeats, out, check)
         return
-    if out.dtype != source.dtype or out.shape[1:] != source.shape[1:] or not out.is_contiguous() \
-            or out.device != source.device:
-        raise (TypeError if out.dtype != source.dtype else ValueError)(
-            f"rarekit.repeat_rows_into: out must be contiguous, of source's dtype {source.dtype} and row shape "
-            f"{tuple(source.shape[1:])}, on {source.device}; got {out.dtype}, shape {tuple(out.shape)}, "
-            f"contiguous={out.is_contiguous()}, on {out.device}")
+    check_out("rarekit.repeat_rows_into", out, source, "source")
     out.copy_(reference.repeat_rows(source, repeats, out.shape[0], check or source.device.type == "cpu"))
 
 
@@ -59,10 +65,5 @@ def gather_segments_into(values: torch.Tensor, starts: torch.Tensor, out_offsets
     if _backend.native(values.device):
         torch.ops.rarekit.gather_segments_into(values, starts, out_offsets, out, check)
         return
-    if out.dtype != values.dtype or out.shape[1:] != values.shape[1:] or not out.is_contiguous() \
-            or out.device != values.device:
-        raise (TypeError if out.dtype != values.dtype else ValueError)(
-            f"rarekit.gather_segments_into: out must be contiguous, of values' dtype {values.dtype} and row shape "
-            f"{tuple(values.shape[1:])}, on {values.device}; got {out.dtype}, shape {tuple(out.shape)}, "
-            f"contiguous={out.is_contiguous()}, on {out.device}")
+    check_out("rarekit.gather_segments_into", out, values, "values")
     reference.gather_segments_into(values, starts, out_offsets, out, check or values.device.type == "cpu")

@@ -38,11 +38,7 @@ def _raise_inconsistent_draws(order: torch.Tensor, offsets: torch.Tensor, draw_c
     """The reference path's form of the kernels' ``checked_draw_ends`` (csrc/cpu/sampling.cpp), with
     their messages: raises ValueError unless the draws stay inside ``order``. One host synchronization."""
     prefix = "rarekit.draw_from_buckets:"
-    for name, tensor in (("order", order), ("offsets", offsets), ("draw_counts", draw_counts)):
-        if tensor.dtype != torch.int64:
-            raise TypeError(f"{prefix} {name} must be a 1-D int64 tensor, got {tensor.dtype}")
-        if tensor.dim() != 1:
-            raise ValueError(f"{prefix} {name} must be a 1-D int64 tensor, got shape {tuple(tensor.shape)}")
+    reference.check_index_vectors(prefix, order=order, offsets=offsets, draw_counts=draw_counts)
     if offsets.numel() != draw_counts.numel() + 1:
         raise ValueError(f"{prefix} offsets must have one entry more than draw_counts ({draw_counts.numel()} "
                          f"buckets), got {offsets.numel()}")

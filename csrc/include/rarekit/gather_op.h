@@ -8,6 +8,12 @@
 
 namespace rarekit {
 
+// Bytes per row (along dim 0), from the shape: also for a tensor of no rows.
+inline int64_t row_bytes_of(const at::Tensor& tensor) {
+  return static_cast<int64_t>(tensor.element_size()) *
+         c10::multiply_integers(tensor.sizes().begin() + 1, tensor.sizes().end());
+}
+
 // source with a row dimension; 1-D int64 indices on the device of source.
 void check_gather_arguments(const at::Tensor& source, const at::Tensor& indices);
 

@@ -162,7 +162,9 @@ def test_half_precision(device, gen, dtype):
     for name in exact[1]:
         error = (fused[1][name].double() - exact[1][name].double()).abs().max()
         half_error = (half_definition[1][name].double() - exact[1][name].double()).abs().max()
-        assert error <= 2 * half_error + 1e-3 * exact[1][name].abs().max(), name
+        # plus one rounding step of the half dtype on the largest gradient: both round the logits' gradient
+        # to the input dtype before its matmuls, at other points (1e-3 failed 4 % of bf16 seeds; this: 0 of 300)
+        assert error <= 2 * half_error + torch.finfo(dtype).eps * exact[1][name].abs().max(), name
     assert abs(fused[0].double() - exact[0].double()) <= 2 * abs(half_definition[0].double() - exact[0].double()) + 1e-2
 
 

@@ -225,9 +225,9 @@ int64_t segment_range(const char* values, int64_t value_rows, int64_t row_bytes,
     if (!segment_bounds(starts, value_rows, out_offsets, out_rows, j, bounds)) return j;
     // A short segment (CSR rows of a sparse matrix hold a few values) is copied as one block of
     // kShortRows rows, whatever its length: a copy loop of the segment's length mispredicts a branch
-    // per segment, which stalls the reads of the following ones (3x slower). The surplus rows land on
-    // the next segments' output, which they write after; blocks that would reach past this range's
-    // output or read past values are copied row by row.
+    // per segment, which stalls the reads of the following ones (1.7x slower over 15.5M short runs).
+    // The surplus rows land on the next segments' output, which they write after; blocks that would
+    // reach past this range's output or read past values are copied row by row.
     if (kBytes > 0 && bounds.length <= kShortRows && bounds.to + kShortRows <= range_end &&
         bounds.to + kShortRows <= out_rows && bounds.from + kShortRows <= value_rows) {
       std::memcpy(out + bounds.to * size, values + bounds.from * size, kShortRows * size);

@@ -185,12 +185,16 @@ def repeat_rows(source: torch.Tensor, repeats: torch.Tensor, total: int, check: 
     if repeats.device != source.device:
         raise ValueError(f"{prefix} repeats must be on the device of source ({source.device}), got {repeats.device}")
     if check:
-        values = repeats.tolist()
-        negative = next((b for b, value in enumerate(values) if value < 0), None)
-        if negative is not None:
-            raise ValueError(f"{prefix} repeats must be >= 0, got repeats[{negative}] = {values[negative]}")
-        if sum(values) != total:
-            raise ValueError(f"{prefix} repeats.sum() = {sum(values)} must equal the {total} rows of out")
+        negative = (repeats < 0).nonzero()
+        if negative.numel():
+            b = int(negative[0, 0])
+            raise ValueError(f"{prefix} repeats must be >= 0, got repeats[{b}] = {int(repeats[b])}")
+        ends = repeats.cumsum(0)  # of values >= 0: a negative end is an int64 overflow
+        overflow = bool((ends < 0).any())
+        summed = int(ends[-1]) if ends.numel() else 0
+        if overflow or summed != total:
+            raise ValueError(f"{prefix} repeats.sum() = {'more than 2^63 - 1' if overflow else summed} must equal "
+                             f"the {total} rows of out")
     return source.repeat_interleave(repeats, dim=0, output_size=total)
 
 

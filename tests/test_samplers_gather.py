@@ -160,6 +160,7 @@ def test_repeat_rows_refuses_inconsistent_repeats(path):
         for repeats, error, match in [(torch.tensor([2, -1, 2]), ValueError, r"repeats\[1\] = -1"),
                                       (torch.tensor([2, 1, 1]), ValueError, "must equal the 3 rows of out"),
                                       (torch.tensor([1, 0, 1]), ValueError, r"repeats.sum\(\) = 2"),
+                                      (torch.tensor([1 << 62] * 3), ValueError, "must equal the 3 rows of out"),
                                       (torch.tensor([1, 2]), ValueError, "one entry per row"),
                                       (torch.tensor([1, 1, 1], dtype=torch.int32), TypeError, "int64")]:
             with pytest.raises(error, match=match):

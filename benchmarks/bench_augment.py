@@ -32,7 +32,7 @@ def build_tiny_bert(folder: str) -> list[str]:
     """Writes the model and tokenizer into ``folder``; returns the corpus sentences."""
     import transformers
 
-    corpus = (importlib.resources.files("rarekit") / "data" / "corpus.txt").read_text(encoding="utf-8")
+    corpus = (importlib.resources.files("rarekit.study") / "data" / "corpus.txt").read_text(encoding="utf-8")
     sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", " ".join(corpus.split())) if len(s.split()) >= 5]
     words = sorted({word.lower() for word in re.findall(r"\w+", corpus)})
     letters = "abcdefghijklmnopqrstuvwxyz"

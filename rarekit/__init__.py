@@ -2,12 +2,11 @@
 from rarekit._backend import backend_info, set_backend
 from rarekit.augment import RareAugmenter, augment_minority, augment_rare_tokens
 from rarekit.counting import TokenCounter, count, rare_ids
-from rarekit.linear_cross_entropy import LinearCrossEntropyLoss, linear_cross_entropy
-from rarekit.losses import ClassBalancedLoss, CrossEntropyLoss, FocalLoss, LogitAdjustedLoss, cross_entropy
+from rarekit.losses import (ClassBalancedLoss, CrossEntropyLoss, FocalLoss, LinearCrossEntropyLoss, LogitAdjustedLoss,
+                            cross_entropy, linear_cross_entropy)
 from rarekit.plots import plot_frequencies
-from rarekit.balanced_sampler import BalancedSampler
-from rarekit.sampling import oversample_indices, sequence_weights, undersample_indices
-from rarekit.strategy import resolve_sampling_strategy
+from rarekit.sampling import (BalancedSampler, oversample_indices, resolve_sampling_strategy, sequence_weights,
+                              undersample_indices)
 from rarekit.weights import class_weights
 
 __all__ = ["ClassBalancedLoss", "CrossEntropyLoss", "FocalLoss", "LogitAdjustedLoss", "cross_entropy",
@@ -21,6 +20,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     """The imbalanced-learn drop-ins load on first use: they need the ``rarekit[sampling]`` extra."""
     if name in ("RandomOverSampler", "RandomUnderSampler"):
-        from rarekit import samplers
+        from rarekit.sampling import samplers
+
         return getattr(samplers, name)
     raise AttributeError(f"module 'rarekit' has no attribute {name!r}")

@@ -2,7 +2,7 @@
 
 ``rarekit count FILE...`` counts the ids of ``.npy`` arrays, raw ``.bin`` token files or whitespace-split
 ``.txt`` files; ``rarekit demo`` runs it on the sample corpus shipped in the package, then an imbalance
-study (:mod:`rarekit.demo`). Each subcommand
+study (:mod:`rarekit.study.demo`). Each subcommand
 is registered by an ``add_*_command`` function that sets its ``run`` callable.
 """
 from __future__ import annotations
@@ -112,7 +112,7 @@ def add_demo_command(commands) -> None:
     command.add_argument("--no-progress", action="store_true",
                          help="no progress bars (they are shown only when stderr is a terminal)")
     command.add_argument("--lm", action="store_true",
-                         help="run the rare-token language-model study instead (rarekit.lm_study: a GRU LM on "
+                         help="run the rare-token language-model study instead (rarekit.study.lm: a GRU LM on "
                               "chatterbot-corpus, four losses; writes --out/lm-study)")
     command.set_defaults(run=run_demo)
 
@@ -191,17 +191,17 @@ def run_count(args: argparse.Namespace) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from rarekit import demo
+    from rarekit.study import demo
 
     if args.lm:
-        from rarekit import lm_study
+        from rarekit.study import lm as lm_study
 
         return lm_study.run(args)
     if args.ddp:
         demo.require_torchrun()
     if not args.ddp or int(os.environ.get("RANK", "0")) == 0:
         if args.data is None:
-            corpus = importlib.resources.files("rarekit") / "data" / "corpus.txt"
+            corpus = importlib.resources.files("rarekit.study") / "data" / "corpus.txt"
             with importlib.resources.as_file(corpus) as path:
                 count_and_report([path], "txt", args.out / "corpus-count", rare_max_count=DEMO_RARE_MAX_COUNT)
         else:

@@ -1,6 +1,6 @@
 """Tiny random-weight masked language models built in a folder, as the augmentation tests need them (the
 model hub is unreachable): bert and distilbert with a WordPiece vocabulary, roberta with a byte-level BPE
-trained here. Shared by tests/test_augment.py and tests/test_nlpaug_contextual.py."""
+trained here. Shared by tests/augment/test_augment.py and tests/augment/test_nlpaug_contextual.py."""
 import pytest
 import torch
 

@@ -172,7 +172,7 @@ def test_bad_command_lines_exit_with_usage(args, capsys):
 
 
 def shipped_corpus() -> str:
-    return str(importlib.resources.files("rarekit") / "data" / "corpus.txt")
+    return str(importlib.resources.files("rarekit.study") / "data" / "corpus.txt")
 
 
 def test_counts_the_shipped_corpus(tmp_path, capsys):
@@ -180,7 +180,7 @@ def test_counts_the_shipped_corpus(tmp_path, capsys):
     out = tmp_path / "corpus"
     assert cli.main(["count", shipped_corpus(), "--out", str(out), "--rare-max-count",
                      str(cli.DEMO_RARE_MAX_COUNT)]) == 0
-    words = (importlib.resources.files("rarekit") / "data" / "corpus.txt").read_text(encoding="utf-8").split()
+    words = (importlib.resources.files("rarekit.study") / "data" / "corpus.txt").read_text(encoding="utf-8").split()
     assert len(words) > 500
     counts, summary, _ = read_outputs(out)
     vocab = json.loads((out / "vocab.json").read_text(encoding="utf-8"))

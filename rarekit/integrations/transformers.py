@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rarekit.losses import cross_entropy
+from rarekit.losses.cross_entropy import cross_entropy
 
 INSTALL_HINT = "pip install 'rarekit[augment]' (or 'rarekit[all]')"
 FUSED_KEYWORDS = ("label_smoothing", "smoothing_mode", "focal_gamma", "logit_adjustment", "z_loss", "chunk_size")
@@ -227,7 +227,7 @@ class FusedCausalLMLoss:
         self._capture = _HeadInput()  # one instance: a torch.compile'd model sees the same module on every call
 
     def __call__(self, model: nn.Module, inputs: Mapping, num_items_in_batch=None):
-        from rarekit.linear_cross_entropy import linear_cross_entropy
+        from rarekit.losses.linear import linear_cross_entropy
 
         inputs = dict(inputs)
         labels, shift_labels = inputs.pop("labels", None), inputs.pop("shift_labels", None)

@@ -1,6 +1,6 @@
 """Resampling on index kernels: the index draws of imbalanced-learn's random samplers, and per-sequence
-weights for rare tokens. The imbalanced-learn drop-ins built on them are in :mod:`rarekit.samplers`, the
-PyTorch data sampler in :mod:`rarekit.balanced_sampler`.
+weights for rare tokens. The imbalanced-learn drop-ins built on them are in :mod:`rarekit.sampling.samplers`, the
+PyTorch data sampler in :mod:`rarekit.sampling.balanced`.
 
 The resamplers work in O(N + output): one counting pass over the labels, a prefix sum and a stable
 counting-sort scatter into per-class buckets (``rarekit::class_buckets``), then counter-based random
@@ -18,7 +18,7 @@ import torch
 from rarekit import _backend, ops
 from rarekit.counting import as_counts, as_ids, checked_ignore_index, is_integer
 from rarekit.reference import as_int64
-from rarekit.strategy import encode_labels, resolve_sampling_strategy, strategy_input
+from rarekit.sampling.strategy import encode_labels, resolve_sampling_strategy, strategy_input
 
 DENSE_LABEL_SPAN = 1 << 16  # integer labels spanning at most max(2 N, this) values index the buckets directly
 SEQUENCE_RULES = ("rarest", "mean_inverse")
@@ -44,7 +44,7 @@ def bucket_labels(y, name: str = "y") -> LabelBuckets:
 
     Integer labels spanning at most ``max(2 N, DENSE_LABEL_SPAN)`` values are their own bucket numbers
     (minus the smallest); others are mapped to ``0..K-1`` by one ``torch.unique``; string and object
-    labels by one ``numpy.unique`` on the host (:func:`rarekit.strategy.encode_labels`).
+    labels by one ``numpy.unique`` on the host (:func:`rarekit.sampling.strategy.encode_labels`).
     """
     codes, classes = encode_labels(y, name)
     if codes.numel() == 0:
@@ -114,7 +114,7 @@ def draw_per_class(buckets: LabelBuckets, per_class: list[int], seed: int, repla
 
 def resample(buckets: LabelBuckets, targets: dict, kind: str, replacement: bool, seed: int) -> torch.Tensor:
     """The indices of the resample, in imbalanced-learn's order, given ``targets``, the resolved
-    ``sampling_strategy_`` (:func:`rarekit.strategy.resolve_sampling_strategy`).
+    ``sampling_strategy_`` (:func:`rarekit.sampling.strategy.resolve_sampling_strategy`).
 
     - ``kind="over"``: every index once, ascending, then ``targets[c]`` draws with replacement from each
       targeted class ``c``, class after class;
@@ -163,7 +163,7 @@ def oversample_indices(y, sampling_strategy="auto", *, seed: int | None = None,
                        generator: torch.Generator | None = None) -> torch.Tensor:
     """The indices of a random over-sample of ``y``, as imbalanced-learn's ``RandomOverSampler`` draws it:
     ``arange(N)``, then, class after class in sorted order, uniform draws with replacement from each
-    targeted class until it reaches its count under ``sampling_strategy`` (see :mod:`rarekit.strategy`).
+    targeted class until it reaches its count under ``sampling_strategy`` (see :mod:`rarekit.sampling.strategy`).
 
     Args:
         y: labels: a 1-D tensor of any integer dtype (the work stays on its device), a numpy array or a

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from rarekit import cli, datasets, demo_report, demo_text
+from rarekit import cli
+from rarekit.study import datasets, report as demo_report, text as demo_text
 
 pytest.importorskip("sklearn")
 pytest.importorskip("pandas")
@@ -63,7 +64,7 @@ def test_metrics_match_sklearn_on_the_predictions():
 
     import torch
 
-    from rarekit import demo
+    from rarekit.study import demo
 
     class Fixed(torch.nn.Module):  # predicts a given class per row
         def __init__(self, predicted):
@@ -229,7 +230,7 @@ def test_class_without_test_samples_reads_na_and_macro_metrics_leave_it_out(tmp_
     report = (out / "report.md").read_text()
     assert "| music | 1 | 0 | n/a (no test samples) |" in report and "`labels=`" in report
     # evaluate's macro-F1 is scikit-learn's with labels= the tested classes
-    from rarekit import demo
+    from rarekit.study import demo
 
     class Fixed(torch.nn.Module):
         def forward(self, x):
@@ -287,7 +288,7 @@ def test_no_progress_bars_off_a_terminal(tmp_path, capsys):
 
 
 def test_over_budget_methods_are_skipped_with_the_reason_and_the_report_is_written(tmp_path, monkeypatch):
-    from rarekit import demo
+    from rarekit.study import demo
 
     monkeypatch.setattr(demo, "check_feasible", lambda *args: None)
     monkeypatch.setattr(demo, "CALIBRATION_STEPS", 1)
@@ -371,7 +372,7 @@ def long_tailed_texts(path, classes=50, documents=20_000, imbalance=2000.0, seed
 
 SCALE_CHILD = """
 import resource, sys
-import torch, scipy.sparse, sklearn.feature_extraction.text, rarekit.demo  # the libraries' own mappings first
+import torch, scipy.sparse, sklearn.feature_extraction.text, rarekit.study.demo  # the libraries' own mappings first
 status = open("/proc/self/status").read()
 baseline = int(status.split("VmSize:")[1].split()[0]) * 1024
 limit = baseline + {limit}

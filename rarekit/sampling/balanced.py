@@ -6,8 +6,8 @@ import torch
 
 from rarekit.counting import as_counts, is_integer
 from rarekit.reference import as_int64
-from rarekit.sampling import bucket_labels, resample
-from rarekit.strategy import resolve_sampling_strategy, strategy_input
+from rarekit.sampling.indices import bucket_labels, resample
+from rarekit.sampling.strategy import resolve_sampling_strategy, strategy_input
 
 
 def _non_negative_int(value, name: str) -> int:

@@ -1,7 +1,7 @@
 """The text side of ``rarekit demo``: sparse TF-IDF features and augmentation within a budget.
 
 Features are scikit-learn's ``TfidfVectorizer`` rows, kept as a scipy CSR matrix: the demo's model
-reads them through an ``EmbeddingBag`` (see :class:`rarekit.demo.DemoModel`), so no dense
+reads them through an ``EmbeddingBag`` (see :class:`rarekit.study.demo.DemoModel`), so no dense
 rows × vocabulary matrix is ever built. Augmentation follows ``RandomOverSampler("auto")`` (each class
 up to the majority count) but within an :class:`AugmentationBudget`.
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rarekit.datasets import Split
+from rarekit.study.datasets import Split
 
 SAMPLE_TEXTS = 32  # texts augmented once to time the augmenter before the full run
 

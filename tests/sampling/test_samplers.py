@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import rarekit
-from rarekit.strategy import check_sampling_strategy
+from rarekit.sampling.strategy import check_sampling_strategy
 
 imblearn_over = pytest.importorskip("imblearn.over_sampling")
 imblearn_under = pytest.importorskip("imblearn.under_sampling")
@@ -230,11 +230,11 @@ def test_missing_imbalanced_learn_names_the_extra(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "imblearn.over_sampling.base", None)
-    monkeypatch.delitem(sys.modules, "rarekit.samplers")
+    monkeypatch.delitem(sys.modules, "rarekit.sampling.samplers")
     with pytest.raises(ImportError, match=r"rarekit\[sampling\]"):
-        importlib.import_module("rarekit.samplers")
+        importlib.import_module("rarekit.sampling.samplers")
     monkeypatch.undo()
-    importlib.import_module("rarekit.samplers")
+    importlib.import_module("rarekit.sampling.samplers")
 
 
 # --- generated inputs: class counts equal imbalanced-learn's -------------------------------------------

@@ -38,11 +38,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import rarekit
-from rarekit.demo_report import share
-from rarekit.plots import _figure
+from rarekit.study.report import share
+from rarekit.plots import figure_class
 from rarekit._files import atomic_output, write_text_atomic
-from rarekit.linear_cross_entropy import linear_cross_entropy
-from rarekit.losses import cross_entropy, log_prior
+from rarekit.losses.linear import linear_cross_entropy
+from rarekit.losses.cross_entropy import cross_entropy, log_prior
 
 TOKEN = re.compile(r"[a-z0-9']+|[^\sa-z0-9']")  # lower-cased words and single punctuation marks
 UNK, EOS = "<unk>", "<eos>"
@@ -60,7 +60,7 @@ class Corpus:
 
 
 def load_corpus(seed: int = 0, min_count: int = 2) -> Corpus:
-    from rarekit.datasets import chatterbot_topics
+    from rarekit.study.datasets import chatterbot_topics
 
     split = chatterbot_topics(seed=seed)
     train_words = [TOKEN.findall(text.lower()) + [EOS] for text in split.x_train]
@@ -354,7 +354,7 @@ def memory_table(memory: list[dict]) -> list[str]:
 
 
 def plot_bucket_accuracy(study: dict, path: Path) -> None:
-    Figure = _figure()
+    Figure = figure_class()
     results = study["results"]
     targets = next(iter(results.values()))["bucket_targets"]
     labels = list(targets)

@@ -2,9 +2,9 @@
 
 The same small model, seeds and budget are trained with each method, on digits-LT (images) and on
 chatterbot-corpus topics (text), or on the user's ``--data`` file; the report
-(:mod:`rarekit.demo_report`) compares per-class recall, macro-F1, balanced accuracy, accuracy on the
+(:mod:`rarekit.study.report`) compares per-class recall, macro-F1, balanced accuracy, accuracy on the
 rarest third of the classes and training time, and times rarekit's kernels against torch on this
-machine. Texts become sparse TF-IDF rows (:mod:`rarekit.demo_text`).
+machine. Texts become sparse TF-IDF rows (:mod:`rarekit.study.text`).
 
 Training runs on ``--train-threads`` threads (default 1): the small model gains little from
 intra-op threads, and on a loaded machine their barriers made a step 10x slower here (180 vs 15 ms).
@@ -35,8 +35,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import rarekit
-from rarekit.datasets import Split, chatterbot_topics, digits_long_tailed, load_arrays, load_table
-from rarekit.demo_text import (AugmentationBudget, OverBudget, augment_within_budget, augmentation_example,
+from rarekit.study.datasets import Split, chatterbot_topics, digits_long_tailed, load_arrays, load_table
+from rarekit.study.text import (AugmentationBudget, OverBudget, augment_within_budget, augmentation_example,
                                tfidf_features)
 
 HIDDEN = 128
@@ -338,7 +338,7 @@ def check_feasible(split: Split, x, settings: Settings) -> None:
 
 def run(args) -> int:
     """Entry point of ``rarekit demo`` (arguments from rarekit.cli)."""
-    from rarekit.demo_report import kernel_speed, print_summary, write_report
+    from rarekit.study.report import kernel_speed, print_summary, write_report
 
     start, load_before = time.perf_counter(), os.getloadavg()
     device = start_distributed() if args.ddp else torch.device("cpu")

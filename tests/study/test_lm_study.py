@@ -1,4 +1,4 @@
-"""rarekit.lm_study: the corpus, the evaluation against a computation by hand, the memory probe on a
+"""rarekit.study.lm: the corpus, the evaluation against a computation by hand, the memory probe on a
 known allocation, and a shortened study run through ``rarekit demo --lm``."""
 import functools
 import json
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 pytest.importorskip("chatterbot_corpus")
 pytest.importorskip("matplotlib")
 
-from rarekit import lm_study  # noqa: E402
+from rarekit.study import lm as lm_study  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import torch
 
 import rarekit
 from rarekit import _backend, ops, reference
-from rarekit.samplers import smoothed_bootstrap_scale
-from rarekit.sampling import bucket_labels
-from rarekit.strategy import resolve_sampling_strategy
+from rarekit.sampling.samplers import smoothed_bootstrap_scale
+from rarekit.sampling.indices import bucket_labels
+from rarekit.sampling.strategy import resolve_sampling_strategy
 
 imblearn_over = pytest.importorskip("imblearn.over_sampling")
 imblearn_under = pytest.importorskip("imblearn.under_sampling")

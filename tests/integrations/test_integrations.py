@@ -276,7 +276,7 @@ def test_fused_loss_never_materializes_the_logits(gen):
     """Every CPU allocation counted (torch's profiler): the fused loss step peaks below the size of the
     logits, the model's own loss step above it."""
     from rarekit.integrations.transformers import fused_causal_lm_loss
-    from rarekit.lm_study import peak_cpu_memory
+    from rarekit.study.lm import peak_cpu_memory
 
     vocab = 16384  # the logits (16 MiB) outweigh the model's activations and weight gradients (5 MiB)
     model = tiny_causal_lm("gemma2", 3, vocab=vocab)

@@ -27,8 +27,8 @@ import torch
 
 from rarekit import _backend, ops
 from rarekit.counting import is_real_number
-from rarekit.sampling import LabelBuckets, bucket_labels, resample, resample_runs, seed_from_random_state
-from rarekit.strategy import resolve_sampling_strategy, strategy_input
+from rarekit.sampling.indices import LabelBuckets, bucket_labels, resample, resample_runs, seed_from_random_state
+from rarekit.sampling.strategy import resolve_sampling_strategy, strategy_input
 
 try:
     from imblearn.over_sampling.base import BaseOverSampler
@@ -92,7 +92,7 @@ def gather_tensor(tensor: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 
 
 def resampled_labels(y, buckets: LabelBuckets, runs: tuple[int, list[int]], indices: torch.Tensor):
-    """``y[indices]`` for the indices of :func:`rarekit.sampling.resample`, laid out as ``runs =
+    """``y[indices]`` for the indices of :func:`rarekit.sampling.indices.resample`, laid out as ``runs =
     (prefix, lengths)``, written without reading the indices: the first ``prefix`` labels of ``y``, then
     class ``labels[i]``'s label ``lengths[i]`` times (``rarekit::repeat_rows_into``). Labels whose equal
     values can differ in their bytes (floats: -0.0 and 0.0) or that are objects are gathered."""

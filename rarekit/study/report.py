@@ -17,8 +17,9 @@ import torch.nn.functional as F
 
 import rarekit
 from rarekit._files import write_text_atomic
-from rarekit.datasets import describe
-from rarekit.plots import plot_class_recall, plot_frequencies
+from rarekit.study.datasets import describe
+from rarekit.plots import plot_frequencies
+from rarekit.study.plots import plot_class_recall
 
 NO_TEST = "n/a (no test samples)"
 PER_CLASS_ROWS = 60  # the per-class table lists every class up to this many; beyond, the rarest and most frequent

@@ -7,7 +7,7 @@ tokens, in new contexts. The methods (``RareAugmenter(method=...)``):
 ==================  ===========================================================================
 ``"contextual"``    a masked language model substitutes (or inserts) words: rarekit's batched
                     implementation on transformers 4.x or 5.x (bert, distilbert, roberta, any local
-                    folder; see :mod:`rarekit._nlpaug_compat` for why not nlpaug's)
+                    folder; see :mod:`rarekit.augment.nlpaug_compat` for why not nlpaug's)
 ``"synonym"``       WordNet synonyms (nlpaug ``SynonymAug``; needs nltk and its WordNet data)
 ``"random_swap"``   swaps neighbouring words (nlpaug ``RandomWordAug(action="swap")``)
 ``"random_delete"`` deletes words (nlpaug ``RandomWordAug(action="delete")``)
@@ -25,26 +25,23 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import importlib
-import itertools
 import math
 import random
 import re
 import sys
-from collections import Counter
 from typing import NamedTuple
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from rarekit._nlpaug_compat import (WORD_RE, MaskedLM, as_device, check_model_options, contextual_word_embs_aug,
-                                    import_optional, sort_spelling_dictionary)
+from rarekit.augment.masked_lm import WORD_RE, MaskedLM, as_device, check_model_options, import_optional
+from rarekit.augment.nlpaug_compat import contextual_word_embs_aug, sort_spelling_dictionary
+from rarekit.augment.protection import (NLPAUG_TOKEN_RE, PROTECTION_CACHE, Protection, comparison_key, match_case,
+                                        protection_for, stopwords_for)
 from rarekit.counting import is_integer, is_real_number
-from rarekit.strategy import encode_labels, resolve_sampling_strategy, strategy_input
 
-__all__ = ["RareAugmenter", "augment_minority", "augment_rare_tokens", "contextual_word_embs_aug"]
+__all__ = ["RareAugmenter", "contextual_word_embs_aug"]
 
 METHODS = ("contextual", "synonym", "random_swap", "random_delete", "spelling", "keyboard", "ocr")
 ACTIONS = ("substitute", "insert")
@@ -53,14 +50,10 @@ MAX_WORDS = 10  # words changed per variant at most (nlpaug's aug_max)
 SPECIAL_TOKENS = ("[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]", "<s>", "</s>", "<pad>", "<unk>", "<mask>",
                   "<|endoftext|>")
 FRAGMENT = "##"  # a WordPiece continuation such as "##ing"
-AUGMENT_CHUNK = 256  # texts per RareAugmenter.augment call in augment_minority (the progress bar's step)
-PROTECTION_CACHE = 64  # nlpaug augmenters kept per RareAugmenter, one per protect set
 WORDNET_DATA = (("corpora/wordnet",), ("corpora/omw-1.4",),
                 ("taggers/averaged_perceptron_tagger_eng", "taggers/averaged_perceptron_tagger"))
 WORDNET_INSTALL = ("pip install nltk\n    python -m nltk.downloader wordnet omw-1.4 averaged_perceptron_tagger_eng\n"
                    "(on a machine without network, copy an nltk_data folder and set NLTK_DATA to it)")
-TOKEN_RE = re.compile(r"\w+|[^\w\s]")  # what "the same text" compares: words and punctuation, not spacing
-NLPAUG_TOKEN_RE = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]")  # nlpaug's tokens, but "don't" stays one word
 
 
 class Edit(NamedTuple):
@@ -159,15 +152,15 @@ class RareAugmenter:
         """``n`` variants of each text of ``texts`` (a sequence of strings): ``result[i]`` lists those of
         ``texts[i]``. ``protect`` is a set of words (or phrases) never changed; a word matches whole
         words of the text, case-sensitively. See the class docstring for what is guaranteed."""
-        texts = _as_texts(texts)
+        texts = as_texts(texts)
         if not is_integer(n) or n < 0:
             raise ValueError(f"n must be a non-negative integer, got {n!r}")
         protect = _as_protect(protect)
         literal = {token for token in self._forbidden if any(token in text for text in texts)}
-        protection = _protection(protect | literal)  # special tokens written in a text stay as they are
+        protection = protection_for(protect | literal)  # special tokens written in a text stay as they are
         variants: list[list[str]] = [[] for _ in texts]
         spare: list[list[str]] = [[] for _ in texts]  # valid, distinct from the text, repeating another variant
-        keys = [_comparison_key(text) for text in texts]
+        keys = [comparison_key(text) for text in texts]
         seen = [{key} for key in keys]
         for _ in range(MAX_ROUNDS):
             pending = [i for i, text in enumerate(texts) if text.strip() for _ in range(n - len(variants[i]))]
@@ -177,7 +170,7 @@ class RareAugmenter:
             for i, output in zip(pending, outputs):
                 if not isinstance(output, str) or not self._acceptable(texts[i], output, protection):
                     continue
-                key = _comparison_key(output)
+                key = comparison_key(output)
                 if key not in seen[i]:
                     seen[i].add(key)
                     variants[i].append(output)
@@ -214,7 +207,7 @@ class RareAugmenter:
         if protect not in self._augmenters:
             if len(self._augmenters) >= PROTECTION_CACHE:
                 del self._augmenters[next(iter(self._augmenters))]
-            self._augmenters[protect] = self._build_nlpaug(_stopwords(protect))
+            self._augmenters[protect] = self._build_nlpaug(stopwords_for(protect))
         return self._augmenters[protect]
 
     def _build_nlpaug(self, stopwords: set | None):
@@ -305,7 +298,7 @@ class RareAugmenter:
             elif fills is None:  # a substitution, masked
                 pieces.append(word)
             else:
-                pieces.append(edit.original if word is None else _match_case(edit.original, word))
+                pieces.append(edit.original if word is None else match_case(edit.original, word))
             position = edit.end
         pieces.append(escape(text[position:]))
         rendered = "".join(pieces)
@@ -320,62 +313,12 @@ class RareAugmenter:
         return clone
 
 
-class Protection:
-    """The protected words and phrases of one ``augment`` call: single words (``WORD_RE``) match whole
-    words; other phrases match as substrings not inside a longer word."""
-
-    def __init__(self, phrases: frozenset):
-        self.phrases = phrases
-        self.words = {phrase for phrase in phrases if WORD_RE.fullmatch(phrase)}
-        others = sorted(phrases - self.words, key=lambda phrase: (-len(phrase), phrase))
-        self.pattern = re.compile("|".join(_bounded(phrase) for phrase in others)) if others else None
-
-    def matches(self, text: str) -> list[re.Match]:
-        found = [match for match in WORD_RE.finditer(text) if match.group() in self.words] if self.words else []
-        return found + (list(self.pattern.finditer(text)) if self.pattern is not None else [])
-
-    def spans(self, text: str) -> list[tuple[int, int]]:
-        return [match.span() for match in self.matches(text)]
-
-    def counts(self, text: str) -> Counter:
-        return Counter(match.group() for match in self.matches(text))
-
-
-@functools.lru_cache(maxsize=PROTECTION_CACHE)
-def _protection(phrases: frozenset) -> Protection:
-    return Protection(phrases)
-
-
-def _bounded(phrase: str) -> str:
-    left = r"(?<!\w)" if re.match(r"\w", phrase[0]) else ""
-    right = r"(?!\w)" if re.match(r"\w", phrase[-1]) else ""
-    return left + re.escape(phrase) + right
-
-
-def _stopwords(protect: frozenset) -> set | None:
-    """nlpaug's stopwords for ``protect``: the tokens of each phrase, split as the built-in methods split
-    text (:data:`NLPAUG_TOKEN_RE`)."""
-    return {token for phrase in protect for token in NLPAUG_TOKEN_RE.findall(phrase)} or None
-
-
-def _match_case(original: str, word: str) -> str:
-    if len(original) > 1 and original.isupper():
-        return word.upper()
-    if original[0].isupper():
-        return word[0].upper() + word[1:]
-    return word
-
-
-def _comparison_key(text: str) -> tuple:
-    return tuple(TOKEN_RE.findall(text))
-
-
 def _is_nlpaug_augmenter(value) -> bool:
     base = sys.modules.get("nlpaug.base_augmenter")  # an nlpaug augmenter exists only if nlpaug was imported
     return base is not None and isinstance(value, base.Augmenter)
 
 
-def _as_texts(texts, name: str = "texts") -> list[str]:
+def as_texts(texts, name: str = "texts") -> list[str]:
     if isinstance(texts, str):
         raise TypeError(f"{name} must be a sequence of strings, got one str (wrap it in a list)")
     try:
@@ -388,9 +331,9 @@ def _as_texts(texts, name: str = "texts") -> list[str]:
     return texts
 
 
-def _words(value, name: str) -> list[str]:
+def as_words(value, name: str) -> list[str]:
     """``value`` as a list of stripped, non-empty strings; a lone str is refused (it is iterable)."""
-    words = _as_texts(value, name)
+    words = as_texts(value, name)
     for word in words:
         if not word.strip():
             raise ValueError(f"{name} must hold non-empty strings, got {word!r}")
@@ -398,7 +341,7 @@ def _words(value, name: str) -> list[str]:
 
 
 def _as_protect(protect) -> frozenset:
-    return frozenset() if protect is None else frozenset(_words(protect, "protect"))
+    return frozenset() if protect is None else frozenset(as_words(protect, "protect"))
 
 
 @contextlib.contextmanager
@@ -440,119 +383,3 @@ def check_wordnet() -> None:
         raise LookupError(f"RareAugmenter(method='synonym') needs nltk data that is not installed: "
                           f"{', '.join(missing)}. rarekit does not download it during a run; install it once with\n"
                           f"    {WORDNET_INSTALL}")
-
-
-def _as_augmenter(augmenter, seed: int | None) -> RareAugmenter:
-    if augmenter is None:
-        return RareAugmenter(seed=seed)
-    if isinstance(augmenter, RareAugmenter):
-        return augmenter if seed is None else augmenter._reseeded(seed)
-    return RareAugmenter(augmenter, seed=seed)  # a method name or an nlpaug augmenter
-
-
-def augment_minority(texts, labels, sampling_strategy="auto", augmenter=None, *, seed: int | None = None,
-                     progress: bool = True):
-    """Over-samples ``texts`` with augmented variants: each class targeted by ``sampling_strategy`` gains
-    exactly the samples ``RandomOverSampler(sampling_strategy)`` would add (``"auto"``: up to the
-    majority count; every form of :mod:`rarekit.strategy`), but as variants of its own texts instead
-    of duplicates.
-
-    Args:
-        texts: a sequence of strings.
-        labels: one label per text (list, numpy array, tensor; ints, strings, ...).
-        sampling_strategy: as imbalanced-learn's (``"auto"``, ``"minority"``, ``"not majority"``,
-            ``"all"``, a float for binary labels, a dict ``{class: count}``, a callable).
-        augmenter: a :class:`RareAugmenter`, a method name, or an nlpaug augmenter; ``None`` is
-            ``RareAugmenter()`` (``"contextual"`` with ``bert-base-uncased``).
-        seed: seeds the augmenter (a given RareAugmenter is copied, not changed) and the choice of texts.
-        progress: show a tqdm progress bar.
-
-    Returns:
-        ``(texts_res, labels_res)``: the original texts and labels first, in order, then the variants
-        class by class (sorted), each after its source text's other variants. A class of ``m`` texts
-        gaining ``k`` gets ``k // m`` variants of each text and one more of ``k % m`` texts drawn at
-        random. ``labels_res`` has the type of ``labels`` (a list for other sequences).
-    """
-    texts = _as_texts(texts)
-    if len(labels) != len(texts):
-        raise ValueError(f"texts and labels must have the same length, got {len(texts)} and {len(labels)}")
-    codes, classes = encode_labels(labels, "labels")
-    values, counts = torch.unique(codes.cpu(), return_counts=True)
-    class_labels = values.tolist() if classes is None else classes[values.numpy()].tolist()
-    targets = resolve_sampling_strategy(sampling_strategy, dict(zip(class_labels, counts.tolist())), "over",
-                                        y=strategy_input(labels))
-    augmenter = _as_augmenter(augmenter, seed)
-    chooser = random.Random(augmenter._rng.getrandbits(63))
-    new_texts, sources = [], []
-    with tqdm(total=sum(targets.values()), desc="augmenting", unit="text", disable=not progress) as bar:
-        for label, value in zip(class_labels, values.tolist()):
-            gain = targets.get(label, 0)
-            if gain == 0:
-                continue
-            members = (codes.cpu() == value).nonzero().flatten().tolist()
-            per_text, extra = divmod(gain, len(members))
-            lucky = set(chooser.sample(range(len(members)), extra))
-            made: dict[int, list[str]] = {}
-            for n in (per_text + 1, per_text):
-                group = [index for position, index in enumerate(members) if (position in lucky) == (n > per_text)]
-                for start in range(0, len(group) if n else 0, AUGMENT_CHUNK):
-                    chunk = group[start:start + AUGMENT_CHUNK]
-                    for index, variants in zip(chunk, augmenter.augment([texts[i] for i in chunk], n=n)):
-                        made[index] = variants
-                    bar.update(n * len(chunk))
-            for index in members:
-                new_texts += made.get(index, [])
-                sources += [index] * len(made.get(index, []))
-    return texts + new_texts, _append_labels(labels, sources)
-
-
-def _append_labels(labels, sources: list[int]):
-    """``labels`` followed by ``labels[sources]``, in the type of ``labels``."""
-    if isinstance(labels, torch.Tensor):
-        return torch.cat([labels, labels[torch.tensor(sources, dtype=torch.long, device=labels.device)]])
-    if isinstance(labels, np.ndarray):
-        return np.concatenate([labels, labels[np.asarray(sources, dtype=np.int64)]])
-    pandas = sys.modules.get("pandas")
-    if pandas is not None and isinstance(labels, pandas.Series):
-        return pandas.concat([labels, labels.iloc[sources]], ignore_index=True)
-    labels = list(labels)
-    return labels + [labels[index] for index in sources]
-
-
-def augment_rare_tokens(texts, rare_tokens, n: int = 1, augmenter=None, *, seed: int | None = None) -> list[str]:
-    """Variants of the texts that contain rare tokens, with every rare token kept intact and its context
-    changed: ``n`` variants of each such text, in the order of ``texts`` (the texts themselves are not
-    included; texts without a rare token give none).
-
-    ``rare_tokens`` are words, e.g. from word-level counts::
-
-        counter = rarekit.TokenCounter(len(vocab)).update(word_ids)
-        rare = [vocab[i] for i in rarekit.rare_ids(counter.counts, min_count=1, max_count=5).tolist()]
-        extra = augment_rare_tokens(texts, rare, n=2, augmenter=RareAugmenter("contextual", model_path=...))
-
-    A rare token matches, case-insensitively, a word of the text (``\\w+`` with inner apostrophes) or a
-    whitespace-separated token (as ``rarekit count`` splits text); the tokens found are ``protect`` ed.
-    ``augmenter`` is as in :func:`augment_minority`.
-    """
-    texts = _as_texts(texts)
-    rare = _as_rare_tokens(rare_tokens)
-    augmenter = _as_augmenter(augmenter, seed)
-    selected, protect = [], set()
-    for text in texts:
-        found = {token for token in itertools.chain(WORD_RE.findall(text), text.split()) if token.lower() in rare}
-        if found:
-            selected.append(text)
-            protect |= found
-    variants = []
-    for start in range(0, len(selected), AUGMENT_CHUNK):
-        for text_variants in augmenter.augment(selected[start:start + AUGMENT_CHUNK], n=n, protect=protect):
-            variants += text_variants
-    return variants
-
-
-def _as_rare_tokens(rare_tokens) -> set[str]:
-    if isinstance(rare_tokens, (torch.Tensor, np.ndarray)) and not (
-            isinstance(rare_tokens, np.ndarray) and rare_tokens.dtype.kind in "UO"):
-        raise TypeError("rare_tokens must be words, got an array of ids; map them to words first, e.g. "
-                        "[vocab[i] for i in rarekit.rare_ids(counts, max_count=5).tolist()]")
-    return {token.lower() for token in _words(rare_tokens, "rare_tokens")}

@@ -5,7 +5,7 @@ import torch
 
 import rarekit
 from rarekit import _backend, ops, reference
-from rarekit.samplers import gather_array
+from rarekit.sampling.samplers import gather_array
 
 needs_native = pytest.mark.skipif(_backend._C is None, reason="compiled extension not built")
 DTYPES = [torch.bool, torch.uint8, torch.int8, torch.int16, torch.float16, torch.bfloat16, torch.int32, torch.float32,
@@ -213,8 +213,8 @@ def test_cuda_repeat_rows_unchecked_never_reads_outside_source(gen):
 @pytest.mark.parametrize("kind", ["over", "under"])
 def test_resampled_labels_equal_the_labels_at_the_indices(gen, labels, kind):
     """The labels are written class by class, not gathered, and must still be y[indices] bit for bit."""
-    from rarekit.sampling import bucket_labels, resample, resample_runs
-    from rarekit.samplers import resampled_labels
+    from rarekit.sampling.indices import bucket_labels, resample, resample_runs
+    from rarekit.sampling.samplers import resampled_labels
 
     rng = np.random.default_rng(int(torch.randint(2**31, (), generator=gen)))
     y = labels(rng)
@@ -330,7 +330,7 @@ def test_gather_sparse_equals_scipy_indexing(gen, container, dtype):
     """CSR rows gathered by rarekit are scipy's ``matrix[rows]``: values, structure, class, index dtypes."""
     from scipy import sparse as scipy_sparse
 
-    from rarekit.samplers import gather_sparse
+    from rarekit.sampling.samplers import gather_sparse
 
     rng = np.random.default_rng(int(torch.randint(2**31, (), generator=gen)))
     dense = (rng.random((500, 7)) < 0.3) * rng.integers(1, 9, (500, 7))

@@ -12,54 +12,9 @@ import torch
 from torch import nn
 
 from rarekit import ops
-from rarekit.counting import as_counts, checked_ignore_index, is_real_number
-
-REDUCTIONS = ("mean", "sum", "none")
-SMOOTHING_MODES = ("pytorch", "target_weighted")
-
-
-def class_vector(value, name: str, classes: int, device: torch.device) -> torch.Tensor | None:
-    """A per-class vector argument (``weight``, ``logit_adjustment``): None, or a floating-point
-    tensor of shape (classes,) on ``device``."""
-    if value is None:
-        return None
-    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor of shape ({classes},), got "
-                        f"{value.dtype if isinstance(value, torch.Tensor) else type(value).__name__}")
-    if value.shape != (classes,):
-        raise ValueError(f"{name} must have shape ({classes},) (one value per class), got {tuple(value.shape)}")
-    if value.device != device:
-        raise ValueError(f"{name} is on {value.device} but the inputs are on {device}")
-    return value
-
-
-def check_loss_options(reduction, smoothing_mode, label_smoothing, focal_gamma, z_loss, ignore_index) -> int:
-    """Validates the keywords shared by :func:`cross_entropy` and ``linear_cross_entropy``; returns
-    ``ignore_index`` as an int."""
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if smoothing_mode not in SMOOTHING_MODES:
-        raise ValueError(f"smoothing_mode must be one of {SMOOTHING_MODES}, got {smoothing_mode!r}")
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
-    for name, value in (("focal_gamma", focal_gamma), ("z_loss", z_loss)):
-        if not 0 <= value < math.inf:  # also refuses NaN; plain comparisons trace under torch.compile(dynamic=True)
-            raise ValueError(f"{name} must be finite and >= 0, got {name}={value}")
-    ignore_index = checked_ignore_index(ignore_index)
-    if ignore_index is None:
-        raise TypeError("ignore_index must be an integer, got None")
-    return ignore_index
-
-
-def mean_divisor(target: torch.Tensor, weight: torch.Tensor | None, classes: int, ignore_index: int,
-                 dtype: torch.dtype) -> torch.Tensor:
-    """Σ w_y over the targets other than ``ignore_index`` (their count without weights), torch's
-    divisor of ``reduction="mean"``; stays on the device."""
-    valid = target != ignore_index
-    if weight is None:
-        return valid.sum().to(dtype)
-    return (weight.to(dtype)[torch.where(valid, target, 0).long().clamp(0, classes - 1)] * valid).sum()
-
+from rarekit.counting import as_counts, is_real_number
+from rarekit.losses._options import (check_loss_options, class_vector, mean_divisor, nan_if_zero,
+                                     refuse_differentiable_weight)
 
 def _rows_view(logits: torch.Tensor, target: torch.Tensor):
     """(rows, C) logits and (rows,) targets for (C,), (N, C) or (N, C, d1, ...) inputs; the shape of
@@ -149,21 +104,13 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
         loss = ops.cross_entropy_inplace(rows_logits, rows_target, weight, logit_adjustment, scale, reduction,
                                          config, check)
         if reduction == "mean":
-            loss = loss + _nan_if_zero(divisor)
+            loss = loss + nan_if_zero(divisor)
         return (loss.reshape(none_shape) if reduction == "none" else loss).to(logits.dtype)
     losses = ops.cross_entropy_rows(rows_logits, rows_target, weight, logit_adjustment, *config, check)
     if reduction == "none":
         return losses.reshape(none_shape).to(logits.dtype)
     total = losses.sum()
-    return (total if reduction == "sum" else total / divisor + _nan_if_zero(divisor)).to(logits.dtype)
-
-
-def refuse_differentiable_weight(weight) -> None:
-    """torch's nll_loss is not differentiable in the class weights and refuses them; so does rarekit
-    rather than return a partial gradient."""
-    if isinstance(weight, torch.Tensor) and weight.requires_grad and torch.is_grad_enabled():
-        raise RuntimeError("rarekit.cross_entropy is not differentiable with respect to `weight` (as torch's "
-                           "nll_loss): pass weight.detach(), or learn a logit_adjustment instead")
+    return (total if reduction == "sum" else total / divisor + nan_if_zero(divisor)).to(logits.dtype)
 
 
 def _check_inplace_allowed(logits: torch.Tensor) -> None:
@@ -180,12 +127,6 @@ def _check_inplace_allowed(logits: torch.Tensor) -> None:
         if base is not None and base.is_leaf and base.requires_grad:
             raise RuntimeError("inplace_backward=True: a view of a leaf Variable that requires grad is being used "
                                "in an in-place operation")
-
-
-def _nan_if_zero(divisor: torch.Tensor) -> torch.Tensor:
-    """0, or NaN when Σ w_y = 0: torch divides its nll and smoothing sums by Σ w_y separately, so its
-    mean is 0/0 = NaN then even where the smoothing sum is not 0 (and ours would be inf)."""
-    return 0.0 / divisor
 
 
 def _soft_target_cross_entropy(logits, target, weight, reduction, label_smoothing, focal_gamma,

@@ -436,7 +436,7 @@ def test_torch_compile_fullgraph(gen):
 
 
 def test_default_chunks_are_even_and_within_budget():
-    from rarekit.linear_cross_entropy import DEFAULT_CHUNK_BYTES, chunk_rows
+    from rarekit.losses.linear import DEFAULT_CHUNK_BYTES, chunk_rows
 
     for rows, vocab, dtype in ((4096, 32000, torch.float32), (16384, 128256, torch.bfloat16), (5, 10, torch.float64),
                                (0, 7, torch.float32), (3, 2**30, torch.float32)):

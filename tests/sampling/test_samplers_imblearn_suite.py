@@ -3,7 +3,7 @@ RandomUnderSampler, and the sampling_strategy tests of imblearn/utils/tests/test
 
 Nothing is copied: each module is imported from the installed imbalanced-learn and its names are bound
 to rarekit's at collection — ``RandomOverSampler`` / ``RandomUnderSampler`` to rarekit's classes,
-``check_sampling_strategy`` to :func:`rarekit.strategy.check_sampling_strategy` — and its tests (and
+``check_sampling_strategy`` to :func:`rarekit.sampling.strategy.check_sampling_strategy` — and its tests (and
 fixtures) are collected here. Exception types are compared, not messages: the modules' ``pytest`` is
 bound to a copy whose ``raises`` ignores ``match`` (rarekit words its errors its own way).
 
@@ -24,7 +24,7 @@ import types
 import pytest
 
 import rarekit
-from rarekit.strategy import check_sampling_strategy
+from rarekit.sampling.strategy import check_sampling_strategy
 
 pytest.importorskip("imblearn")
 

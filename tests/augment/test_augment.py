@@ -15,8 +15,8 @@ transformers = pytest.importorskip("transformers")
 imblearn_over = pytest.importorskip("imblearn.over_sampling")
 
 import rarekit  # noqa: E402
-from rarekit import augment  # noqa: E402
-from rarekit._nlpaug_compat import WORD_RE, MaskedLM  # noqa: E402
+from rarekit.augment import augmenter as augment  # noqa: E402
+from rarekit.augment.masked_lm import WORD_RE, MaskedLM  # noqa: E402
 from rarekit.augment import RareAugmenter, augment_minority, augment_rare_tokens, contextual_word_embs_aug  # noqa: E402
 from masked_lm_models import BERT_SPECIAL, PIECES, build_masked_lms, one_torch_thread  # noqa: E402,F401
 
@@ -62,7 +62,7 @@ def is_subsequence(short, long):
 
 
 def test_stock_nlpaug_contextual_breaks_on_transformers_5(models):
-    """The break the compatibility layer exists for (see rarekit._nlpaug_compat)."""
+    """The break the compatibility layer exists for (see rarekit.augment.nlpaug_compat)."""
     if int(transformers.__version__.split(".")[0]) < 5:
         pytest.skip("the break is specific to transformers 5")
     with pytest.raises(AttributeError, match="_convert_token_to_id"):

@@ -15,8 +15,8 @@ from torch import nn
 from torch.autograd import forward_ad
 
 from rarekit.counting import is_integer, is_real_number
-from rarekit.losses import (_nan_if_zero, check_loss_options, class_vector, mean_divisor,
-                            refuse_differentiable_weight)
+from rarekit.losses._options import (check_loss_options, class_vector, mean_divisor, nan_if_zero,
+                                     refuse_differentiable_weight)
 from rarekit.ops.cross_entropy import accumulator_dtype
 from rarekit.ops.linear_cross_entropy import linear_cross_entropy as fused_linear_cross_entropy
 from rarekit.ops.linear_cross_entropy import linear_cross_entropy_chunks
@@ -139,7 +139,7 @@ def linear_cross_entropy(hidden: torch.Tensor, classifier: torch.Tensor, target:
                                              None, *options[:-1], [False] * 4, options[-1])[0]
         if reduction == "none":
             return losses.reshape(target.shape).to(hidden.dtype)
-        loss = losses.sum() if reduction == "sum" else losses.sum() / divisor + _nan_if_zero(divisor)
+        loss = losses.sum() if reduction == "sum" else losses.sum() / divisor + nan_if_zero(divisor)
         return loss.to(hidden.dtype)
     if reduction == "none":
         losses = fused_linear_cross_entropy(rows_hidden, classifier, bias, logit_adjustment, rows_target, weight,
@@ -149,7 +149,7 @@ def linear_cross_entropy(hidden: torch.Tensor, classifier: torch.Tensor, target:
     loss = fused_linear_cross_entropy(rows_hidden, classifier, bias, logit_adjustment, rows_target, weight, scale,
                                       options)
     if divisor is not None:
-        loss = loss + _nan_if_zero(divisor)
+        loss = loss + nan_if_zero(divisor)
     return loss.to(hidden.dtype)
 
 

@@ -1,0 +1,60 @@
+"""The public surface after the layout by role (issue 19): every name of ``rarekit.__all__`` and every
+documented module path imports, and ``import rarekit`` loads neither the study application nor the heavy
+optional libraries."""
+import importlib
+import subprocess
+import sys
+
+import pytest
+
+import rarekit
+
+DOCUMENTED_MODULES = ["rarekit.losses", "rarekit.losses.cross_entropy", "rarekit.losses.linear", "rarekit.sampling",
+                      "rarekit.sampling.indices", "rarekit.sampling.strategy", "rarekit.sampling.balanced",
+                      "rarekit.augment", "rarekit.augment.augmenter", "rarekit.augment.minority",
+                      "rarekit.augment.protection", "rarekit.augment.masked_lm", "rarekit.augment.nlpaug_compat",
+                      "rarekit.counting", "rarekit.weights", "rarekit.plots", "rarekit.ops", "rarekit.reference",
+                      "rarekit.cli", "rarekit.integrations.transformers", "rarekit.study", "rarekit.study.demo",
+                      "rarekit.study.lm", "rarekit.study.report", "rarekit.study.text", "rarekit.study.datasets",
+                      "rarekit.study.plots"]
+HEAVY = ("matplotlib", "pandas", "sklearn", "imblearn", "transformers", "nlpaug", "scipy")
+
+
+@pytest.mark.parametrize("name", rarekit.__all__)
+def test_every_public_name_resolves(name):
+    value = getattr(rarekit, name)
+    assert callable(value), f"rarekit.{name} is {value!r}"
+
+
+@pytest.mark.parametrize("module", DOCUMENTED_MODULES)
+def test_documented_module_paths_import(module):
+    imported = importlib.import_module(module)
+    assert imported.__name__ == module
+
+
+def test_sampling_package_exposes_the_drop_ins():
+    pytest.importorskip("imblearn")
+    from rarekit.sampling import RandomOverSampler, samplers
+
+    assert RandomOverSampler is samplers.RandomOverSampler is rarekit.RandomOverSampler
+
+
+def test_import_rarekit_loads_no_study_module_and_no_heavy_library():
+    code = ("import sys, rarekit\n"
+            "loaded = [m for m in sys.modules if m.startswith('rarekit.study') or m.split('.')[0] in %r]\n"
+            "print(','.join(sorted(loaded)))" % (HEAVY,))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "", f"import rarekit loaded: {result.stdout.strip()}"
+
+
+def test_library_never_imports_the_study():
+    """Only the command line (which runs the study) and the study itself import rarekit.study."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(rarekit.__file__).parent
+    study_import = re.compile(r"^\s*(from rarekit\.study|import rarekit\.study|from rarekit import study)", re.M)
+    offenders = [str(path.relative_to(root)) for path in root.rglob("*.py")
+                 if "study" not in path.relative_to(root).parts and path.name != "cli.py"
+                 and study_import.search(path.read_text())]
+    assert offenders == [], f"library modules that import the study: {offenders}"

@@ -365,8 +365,9 @@ class RandomOverSampler(_IndexSampler, BaseOverSampler):
 
     ``shrinkage`` (a float, or ``{class: float}`` with a factor for every resampled class) makes the new
     rows a smoothed bootstrap, ``X[i] + σ_c ⊙ z`` with ``z ~ N(0, I)`` and ``σ`` from
-    :func:`smoothed_bootstrap_scale`; it needs numerical ``X`` (dense or sparse). Floating-point ``X``
-    keeps its dtype, other numbers give float64.
+    :func:`smoothed_bootstrap_scale`; it needs numerical ``X`` (dense or sparse) of finite values: NaN or
+    infinity anywhere in ``X`` raises ValueError, as in imbalanced-learn (without ``shrinkage`` rows are
+    copied, NaN included). Floating-point ``X`` keeps its dtype, other numbers give float64.
 
     Attributes after ``fit_resample``: ``sampling_strategy_`` ``{class: samples added}``,
     ``sample_indices_`` and ``shrinkage_`` (imbalanced-learn's: the dict given, or the float for each
@@ -396,11 +397,16 @@ class RandomOverSampler(_IndexSampler, BaseOverSampler):
             if not (X.is_floating_point() and X.dim() == 2):
                 raise ValueError(f"shrinkage needs X as a 2-D floating-point tensor, got {X.dtype} of shape "
                                  f"{tuple(X.shape)}")
+            finite = torch.isfinite(X).all(1)
+            if not bool(finite.all()):
+                row = int((~finite).nonzero()[0, 0])
+                raise ValueError(f"shrinkage needs X of finite numerical data only (to add noise to it), got a "
+                                 f"tensor whose row {row} is {X[row].tolist()}")
             return self._smoothed_rows(X, data.buckets, indices[n:], factors, seed)
-        try:
-            matrix = check_array(X, accept_sparse=["csr", "csc"], dtype="numeric", ensure_all_finite=False)
+        try:  # imbalanced-learn's check: numbers, all finite (a NaN or infinity would spread through the scale)
+            matrix = check_array(X, accept_sparse=["csr", "csc"], dtype="numeric")
         except (ValueError, TypeError) as error:
-            raise ValueError(f"shrinkage needs X of numerical data only (to add noise to it), got "
+            raise ValueError(f"shrinkage needs X of finite numerical data only (to add noise to it), got "
                              f"{type(X).__name__}: {error}") from error
         if sparse.issparse(matrix):
             scale = sparse_bootstrap_scale(matrix, data.buckets, factors)

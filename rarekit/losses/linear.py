@@ -75,6 +75,15 @@ def _check_options(reduction, smoothing_mode, label_smoothing, focal_gamma, z_lo
     return ignore_index
 
 
+def _autocast_as_linear(tensor, device_type: str):
+    """``tensor`` cast as autocast casts the inputs of ``F.linear``: floating-point tensors of the
+    autocast device other than float64 go to the autocast dtype; float64 and the rest stay."""
+    if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tensor.dtype != torch.float64 \
+            and tensor.device.type == device_type:
+        return tensor.to(torch.get_autocast_dtype(device_type))
+    return tensor
+
+
 def _refuse_forward_ad(*tensors) -> None:
     """Forward-mode AD (dual tensors) is not implemented: raise rather than drop a tangent."""
     if torch.compiler.is_compiling():
@@ -105,12 +114,12 @@ def linear_cross_entropy(hidden: torch.Tensor, classifier: torch.Tensor, target:
     (float64 for float64), and the classifier's gradient accumulates in float32. A ``weight`` that
     requires grad raises (as torch's ``nll_loss``); the result is differentiable once.
     ``check=False`` skips the target range check (one host sync on CUDA). Under ``torch.autocast``,
-    ``hidden``, ``classifier`` and ``bias`` are cast to the autocast dtype first, as ``F.linear`` is.
+    ``hidden``, ``classifier`` and ``bias`` are cast to the autocast dtype first, as ``F.linear``
+    casts them: float64 tensors are kept.
     """
     if isinstance(hidden, torch.Tensor) and torch.is_autocast_enabled(hidden.device.type):
-        device_type, dtype = hidden.device.type, torch.get_autocast_dtype(hidden.device.type)
-        hidden, classifier, bias = (tensor.to(dtype) if isinstance(tensor, torch.Tensor) and tensor.is_floating_point()
-                                    else tensor for tensor in (hidden, classifier, bias))
+        device_type = hidden.device.type
+        hidden, classifier, bias = (_autocast_as_linear(tensor, device_type) for tensor in (hidden, classifier, bias))
         with torch.autocast(device_type, enabled=False):  # the op's own matmuls keep their dtypes
             return linear_cross_entropy(hidden, classifier, target, weight, bias=bias, ignore_index=ignore_index,
                                         reduction=reduction, label_smoothing=label_smoothing,

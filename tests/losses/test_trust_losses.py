@@ -1,0 +1,55 @@
+"""Regression tests of issue 20 for the losses: each compares rarekit.linear_cross_entropy (or
+rarekit.cross_entropy) with torch's composite F.linear + rarekit.cross_entropy on fresh inputs."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import rarekit
+
+
+def composite(hidden, classifier, target, weight=None, *, bias=None, **keywords):
+    """What linear_cross_entropy must equal: F.linear, then rarekit.cross_entropy."""
+    return rarekit.cross_entropy(F.linear(hidden, classifier, bias), target, weight, **keywords)
+
+
+def make_inputs(gen, rows=9, dim=6, classes=11, dtype=torch.float32):
+    hidden = torch.randn(rows, dim, generator=gen, dtype=torch.float64).to(dtype)
+    classifier = (torch.randn(classes, dim, generator=gen, dtype=torch.float64) / dim ** 0.5).to(dtype)
+    bias = torch.randn(classes, generator=gen, dtype=torch.float64).to(dtype)
+    target = torch.randint(0, classes, (rows,), generator=gen)
+    target[1] = -100
+    return hidden, classifier, bias, target
+
+
+# ---------------------------------------------------------------------------------------------
+# item 6: under autocast, cast only what F.linear casts (floating point other than float64)
+
+
+@pytest.mark.parametrize("autocast_dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_autocast_casts_only_what_linear_casts(gen, autocast_dtype, dtype):
+    hidden, classifier, bias, target = make_inputs(gen, dtype=dtype)
+    weight = torch.rand(classifier.shape[0], generator=gen) + 0.5
+    leaves = [tensor.clone().requires_grad_() for tensor in (hidden, classifier, bias)]
+    expected_leaves = [tensor.clone().requires_grad_() for tensor in (hidden, classifier, bias)]
+    with torch.autocast("cpu", dtype=autocast_dtype):
+        loss = rarekit.linear_cross_entropy(leaves[0], leaves[1], target, weight, bias=leaves[2], chunk_size=4)
+        expected = composite(expected_leaves[0], expected_leaves[1], target, weight, bias=expected_leaves[2])
+    assert loss.dtype == expected.dtype
+    grads = torch.autograd.grad(loss, leaves)
+    expected_grads = torch.autograd.grad(expected, expected_leaves)
+    tolerance = {"rtol": 1e-9, "atol": 1e-9} if dtype == torch.float64 else {"rtol": 3e-2, "atol": 3e-2}
+    torch.testing.assert_close(loss, expected, **tolerance)
+    for grad, expected_grad in zip(grads, expected_grads):
+        assert grad.dtype == expected_grad.dtype == dtype
+        torch.testing.assert_close(grad, expected_grad, **tolerance)
+
+
+def test_autocast_float64_hidden_with_float32_classifier_refused_as_linear(gen):
+    hidden, classifier, _, target = make_inputs(gen)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(RuntimeError):
+            F.linear(hidden.double(), classifier)
+        with pytest.raises(TypeError, match="classifier must have the dtype"):
+            rarekit.linear_cross_entropy(hidden.double(), classifier, target)

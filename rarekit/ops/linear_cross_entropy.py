@@ -3,9 +3,10 @@
 ``linear_cross_entropy_chunks`` returns the per-row losses of softcap(hidden @ classifierᵀ + bias),
 and, given ``grad_scale`` c, the gradients of Σ_i c_i loss_i, computed chunk by chunk during the
 forward (Liger Kernel's strategy). :class:`_FusedLinearCrossEntropy` turns that into autograd:
-for a reduced loss (c = 1/Σw_y or 1) the backward only scales the saved gradients by the upstream
-scalar; for ``reduction="none"`` the backward recomputes the chunks with c = the upstream per-row
-gradient, so no gradient depends on a guess about the upstream.
+for a reduced loss (c = 1/Σw_y or 1) the first backward only scales the saved gradients by the
+upstream scalar (a later one, through a retained graph, recomputes them); for ``reduction="none"``
+the backward recomputes the chunks with c = the upstream per-row gradient, so no gradient depends
+on a guess about the upstream.
 """
 from __future__ import annotations
 
@@ -85,14 +86,18 @@ def linear_cross_entropy_chunks(hidden, classifier, bias, target, weight, logit_
 
 
 def _needs_scaling(scale: torch.Tensor) -> bool:
-    """False when the upstream gradient is 1 (loss.backward()), checked on the CPU only: the saved
-    gradients are then handed over without a copy. On CUDA (no host sync) and while compiling, always True."""
+    """False when the upstream gradient is 1 (loss.backward()), checked on the CPU only. On CUDA (no host
+    sync) and while compiling, always True."""
     return scale.device.type != "cpu" or torch.compiler.is_compiling() or not bool(scale == 1)
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     """forward(hidden, classifier, bias, logit_adjustment, target, weight, grad_scale, options) returns the
-    per-row losses (``grad_scale`` None: ``reduction="none"``) or ``grad_scale · Σ losses``."""
+    per-row losses (``grad_scale`` None: ``reduction="none"``) or ``grad_scale · Σ losses``.
+
+    The gradients computed by the forward are handed to autograd by the first backward, scaled in
+    place and without a copy, and dropped: a later backward through a retained graph recomputes them,
+    so that no two backwards share storage."""
 
     @staticmethod
     def forward(ctx, hidden, classifier, bias, logit_adjustment, target, weight, grad_scale, options):
@@ -103,25 +108,28 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             hidden, classifier, bias, target, weight, logit_adjustment, grad_scale, *options[:-1], grad_mask,
             options[-1])
         ctx.options, ctx.grad_mask, ctx.reduced = options, grad_mask, grad_scale is not None
+        ctx.save_for_backward(hidden, classifier, bias, logit_adjustment, target, weight, grad_scale)
         if grad_scale is None:  # reduction="none": the backward recomputes with the upstream gradients
-            ctx.save_for_backward(hidden, classifier, bias, logit_adjustment, target, weight)
+            ctx.grads = None
             return losses
-        ctx.save_for_backward(*grads, hidden, classifier, bias, logit_adjustment)
+        ctx.grads = grads
         return (losses.sum() * grad_scale.squeeze(0)).to(losses.dtype)
 
     @staticmethod
     def backward(ctx, grad_output):
-        if ctx.reduced:
-            scale = grad_output.detach()
-            *grads, hidden, classifier, bias, logit_adjustment = ctx.saved_tensors
-            if _needs_scaling(scale):
-                grads = [grad * scale.to(grad.dtype) if wanted else grad for grad, wanted in zip(grads, ctx.grad_mask)]
-        else:
-            hidden, classifier, bias, logit_adjustment, target, weight = ctx.saved_tensors
+        hidden, classifier, bias, logit_adjustment, target, weight, grad_scale = ctx.saved_tensors
+        grads, ctx.grads = ctx.grads, None
+        upstream = grad_output.detach()
+        if grads is None:  # reduction="none", or a second backward through a retained graph
+            upstream = upstream.to(accumulator_dtype(hidden))
             with torch.no_grad():  # the op's out= matmuls refuse a graph (create_graph=True)
                 _, *grads = linear_cross_entropy_chunks(
                     hidden, classifier, bias, target, weight, logit_adjustment,
-                    grad_output.detach().to(accumulator_dtype(hidden)), *ctx.options[:-1], ctx.grad_mask, False)
+                    (grad_scale * upstream).reshape(1) if ctx.reduced else upstream, *ctx.options[:-1],
+                    ctx.grad_mask, False)
+        elif _needs_scaling(upstream):
+            grads = [grad.mul_(upstream.to(grad.dtype)) if wanted else grad
+                     for grad, wanted in zip(grads, ctx.grad_mask)]
         sources = (hidden, classifier, bias, logit_adjustment, grad_output)
         return (*(_once_differentiable(grad, *sources) if wanted else None for grad, wanted in zip(grads, ctx.grad_mask)),
                 None, None, None, None)

@@ -53,3 +53,72 @@ def test_autocast_float64_hidden_with_float32_classifier_refused_as_linear(gen):
             F.linear(hidden.double(), classifier)
         with pytest.raises(TypeError, match="classifier must have the dtype"):
             rarekit.linear_cross_entropy(hidden.double(), classifier, target)
+
+
+# ---------------------------------------------------------------------------------------------
+# item 7: each backward hands autograd fresh gradients, as the composite does
+
+
+def leaves_of(hidden, classifier, bias):
+    return [tensor.clone().requires_grad_() for tensor in (hidden, classifier, bias)]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_retained_graph_gives_independent_gradients(gen, reduction):
+    """Two autograd.grad calls on a retained graph: separate storage, and an in-place edit of the
+    first result (or of .grad) leaves the next backward as the composite's."""
+    hidden, classifier, bias, target = make_inputs(gen)
+    results = []
+    for loss_fn in (rarekit.linear_cross_entropy, composite):
+        leaves = leaves_of(hidden, classifier, bias)
+        loss = loss_fn(leaves[0], leaves[1], target, bias=leaves[2], reduction=reduction)
+        loss = loss.sum() if reduction == "none" else loss
+        first = torch.autograd.grad(loss, leaves, retain_graph=True)
+        second = torch.autograd.grad(loss, leaves, retain_graph=True)
+        for grad in first:
+            grad.mul_(10)  # the caller owns what it was handed
+        third = torch.autograd.grad(loss, leaves, retain_graph=True)
+        results.append((first, second, third))
+        for grad_first, grad_second in zip(first, second):
+            assert grad_first.untyped_storage().data_ptr() != grad_second.untyped_storage().data_ptr()
+    for actual, expected in zip(*results):
+        for grad, expected_grad in zip(actual, expected):
+            torch.testing.assert_close(grad, expected_grad)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("upstream", [1.0, 0.5])
+def test_grad_accumulates_over_three_backwards(gen, reduction, upstream):
+    """.grad over three backwards through one retained graph, with an in-place edit of .grad between
+    them, is the composite's."""
+    hidden, classifier, bias, target = make_inputs(gen)
+    grads = []
+    for loss_fn in (rarekit.linear_cross_entropy, composite):
+        leaves = leaves_of(hidden, classifier, bias)
+        loss = loss_fn(leaves[0], leaves[1], target, bias=leaves[2], reduction=reduction, chunk_size=4) \
+            if loss_fn is rarekit.linear_cross_entropy else \
+            loss_fn(leaves[0], leaves[1], target, bias=leaves[2], reduction=reduction)
+        loss = loss.sum() if reduction == "none" else loss
+        (loss * upstream).backward(retain_graph=True)
+        leaves[0].grad.mul_(2)
+        (loss * upstream).backward(retain_graph=True)
+        leaves[1].grad.add_(1)
+        (loss * upstream).backward()
+        grads.append([leaf.grad for leaf in leaves])
+    for grad, expected_grad in zip(*grads):
+        torch.testing.assert_close(grad, expected_grad)
+
+
+def test_partial_grad_then_full_backward(gen):
+    """autograd.grad of hidden alone, then a backward into every input: the second backward still
+    gives every gradient."""
+    hidden, classifier, bias, target = make_inputs(gen)
+    grads = []
+    for loss_fn in (rarekit.linear_cross_entropy, composite):
+        leaves = leaves_of(hidden, classifier, bias)
+        loss = loss_fn(leaves[0], leaves[1], target, bias=leaves[2])
+        only_hidden, = torch.autograd.grad(loss, leaves[0], retain_graph=True)
+        loss.backward()
+        grads.append([only_hidden] + [leaf.grad for leaf in leaves])
+    for grad, expected_grad in zip(*grads):
+        torch.testing.assert_close(grad, expected_grad)

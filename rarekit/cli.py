@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from rarekit._files import atomic_output, write_text_atomic
 from rarekit.counting import count, max_id, rare_ids
 from rarekit.plots import plot_frequencies
+from rarekit.study.lm import DEFAULT_EPOCHS as LM_DEFAULT_EPOCHS
 from rarekit.weights import SCHEMES, class_weights
 
 FORMATS = ("npy", "bin", "txt")
@@ -33,6 +34,11 @@ TOP_IDS = 10  # the most frequent ids listed in the summary
 DEMO_RARE_MAX_COUNT = 2  # the demo corpus is a few KB: rare = seen once or twice
 COUNT_OUTPUTS = ("counts.npy", "summary.json", "weights.json", "vocab.json", "zipf.png")
 BYTES_PER_BIN = 24  # int64 counts, the next chunk's counts, float64 weights: the memory a bin of --vocab-size needs
+# the demo options left unset on the command line (None) take these, except under --lm, which refuses them
+DEMO_DEFAULTS = {"epochs": 30, "time_budget": 80.0, "augment_per_text": 4, "augment_max": 20_000,
+                 "max_features": 50_000, "augmenter": "random_swap"}
+CLASSIFICATION_ONLY = ("data", "text_col", "label_col", "batch_size", "time_budget", "force", "augment_per_text",
+                       "augment_max", "max_features", "augmenter", "mlm", "ddp")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,25 +92,27 @@ def add_demo_command(commands) -> None:
                          help="your own data: .csv/.tsv/.jsonl (with --text-col, --label-col) or .npz with X, y")
     command.add_argument("--text-col", metavar="C", help="text column of --data")
     command.add_argument("--label-col", metavar="L", help="label column of --data")
-    command.add_argument("--epochs", type=positive_int, default=30, help="training epochs per method (default: 30)")
+    command.add_argument("--epochs", type=positive_int,
+                         help=f"training epochs per method (default: {DEMO_DEFAULTS['epochs']}; "
+                              f"with --lm, {LM_DEFAULT_EPOCHS})")
     command.add_argument("--batch-size", type=positive_int, metavar="B",
                          help="samples per optimizer step, split over the ranks under --ddp (default: 64, or "
                               "training samples / 100 when larger)")
-    command.add_argument("--time-budget", type=positive_float, default=80.0, metavar="S",
+    command.add_argument("--time-budget", type=positive_float, metavar="S",
                          help="seconds of training per method: a method projected past it is skipped with the "
                               "reason, and a study whose cheapest method cannot fit is refused (default: 80)")
     command.add_argument("--force", action="store_true", help="train every method whatever the time it takes")
     command.add_argument("--train-threads", type=positive_int, default=1, metavar="N",
                          help="torch threads while training (default: 1; the small model gains little from more, "
                               "and a loaded machine makes their barriers slow); the kernel timings use all")
-    command.add_argument("--augment-per-text", type=positive_int, default=4, metavar="K",
+    command.add_argument("--augment-per-text", type=positive_int, metavar="K",
                          help="augment_minority generates at most K texts per original text (default: 4)")
-    command.add_argument("--augment-max", type=positive_int, default=20_000, metavar="N",
+    command.add_argument("--augment-max", type=positive_int, metavar="N",
                          help="and at most N texts in all (default: 20000)")
-    command.add_argument("--max-features", type=positive_int, default=50_000, metavar="F",
+    command.add_argument("--max-features", type=positive_int, metavar="F",
                          help="TF-IDF vocabulary: the F most frequent words of the training texts (default: 50000)")
     command.add_argument("--seed", type=int, default=0, help="seed of the splits, models and samplers (default: 0)")
-    command.add_argument("--augmenter", default="random_swap", metavar="METHOD",
+    command.add_argument("--augmenter", metavar="METHOD",
                          help="augment_minority's augmenter: random_swap (default), contextual, ...")
     command.add_argument("--mlm", metavar="PATH_OR_NAME", help="masked LM folder for --augmenter contextual")
     command.add_argument("--ddp", action="store_true",
@@ -113,7 +121,9 @@ def add_demo_command(commands) -> None:
                          help="no progress bars (they are shown only when stderr is a terminal)")
     command.add_argument("--lm", action="store_true",
                          help="run the rare-token language-model study instead (rarekit.study.lm: a GRU LM on "
-                              "chatterbot-corpus, four losses; writes --out/lm-study)")
+                              "chatterbot-corpus, four losses; writes --out/lm-study); it takes --out, --epochs, "
+                              "--seed, --train-threads and --no-progress, and refuses the options of the "
+                              "classification study")
     command.set_defaults(run=run_demo)
 
 
@@ -196,7 +206,11 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.lm:
         from rarekit.study import lm as lm_study
 
+        check_lm_options(args)
         return lm_study.run(args)
+    for name, value in DEMO_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     if args.ddp:
         demo.require_torchrun()
     if not args.ddp or int(os.environ.get("RANK", "0")) == 0:
@@ -207,6 +221,15 @@ def run_demo(args: argparse.Namespace) -> int:
         else:
             remove_count_outputs(args.out / "corpus-count", keep=())  # an earlier run's, not this one's
     return demo.run(args)
+
+
+def check_lm_options(args: argparse.Namespace) -> None:
+    """Refuses the classification study's options under ``--lm``, whose study has its own corpus and budget."""
+    given = ["--" + name.replace("_", "-") for name in CLASSIFICATION_ONLY if getattr(args, name) not in (None, False)]
+    if given:
+        raise ValueError(f"{', '.join(given)} do{'es' if len(given) == 1 else ''} not apply to --lm: the language-model "
+                         "study trains on its built-in corpus (chatterbot-corpus) with its own batches; it takes "
+                         "--out, --epochs, --seed, --train-threads and --no-progress")
 
 
 def check_memory(num_bins: int, what: str) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,8 @@ import numpy as np
 
 @dataclass
 class Split:
-    """A train/test split; ``x`` is a float array (rows, features) or a list of texts."""
+    """A train/test split; ``x`` is a float array (rows, features) or a list of texts; ``notes`` say
+what was left out of the data file and why (for the output and the report)."""
 
     name: str
     x_train: object
@@ -28,6 +29,7 @@ class Split:
     x_test: object
     y_test: np.ndarray
     class_names: list[str]
+    notes: list[str] = field(default_factory=list)
 
 
 def split_per_class(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -113,8 +115,18 @@ def load_table(path: str | Path, text_col: str, label_col: str, seed: int = 0) -
     for flag, column in (("--text-col", text_col), ("--label-col", label_col)):
         if column not in table.columns:
             raise ValueError(f"--data: {path.name} has no column {column!r} ({flag}); columns: {list(table.columns)}")
-    table = table.dropna(subset=[text_col, label_col])
-    return text_split(path.name, table[text_col].astype(str).tolist(), table[label_col].tolist(), seed)
+    no_text, no_label = table[text_col].isna(), table[label_col].isna()
+    dropped = no_text | no_label
+    reasons = [f"{int(rows.sum())} without a {what} in column {column!r}" for rows, what, column in
+               ((no_text, "text", text_col), (no_label, "label", label_col)) if rows.any()]
+    if dropped.all():
+        raise ValueError(f"--data: no row of {path.name} has both a text and a label ({'; '.join(reasons)})")
+    notes = [f"{path.name}: {int(dropped.sum())} of {len(table)} rows left out ({'; '.join(reasons)}); the study "
+             f"uses the other {int((~dropped).sum())}"] if dropped.any() else []
+    table = table[~dropped]
+    split = text_split(path.name, table[text_col].astype(str).tolist(), table[label_col].tolist(), seed)
+    split.notes += notes
+    return split
 
 
 def load_arrays(path: str | Path, seed: int = 0) -> Split:
@@ -162,7 +174,7 @@ def describe(split: Split) -> dict:
     counts = np.bincount(split.y_train, minlength=len(split.class_names))
     return {"name": split.name, "train": int(len(split.y_train)), "test": int(len(split.y_test)),
             "classes": len(split.class_names), "train_counts": dict(zip(split.class_names, counts.tolist())),
-            "imbalance_ratio": float(counts.max() / max(counts[counts > 0].min(), 1))}
+            "imbalance_ratio": float(counts.max() / max(counts[counts > 0].min(), 1)), "notes": split.notes}
 
 
 __all__ = ["Split", "chatterbot_topics", "describe", "digits_long_tailed", "load_arrays", "load_table"]

@@ -205,7 +205,8 @@ def write_report(studies: list, speed: dict, out: Path, machine: dict, settings)
         lines += [f"## {study.split.name}", "",
                   f"{info['train']} training and {info['test']} test samples, {info['classes']} classes, "
                   f"imbalance {info['imbalance_ratio']:.0f}:1 in training; batch size {study.batch_size}, "
-                  f"{study.steps:,} steps per method.", ""] + table(study.results, study.skipped) + [
+                  f"{study.steps:,} steps per method.", ""] + [f"Note: {note}." for note in info["notes"]] + [
+                  ""] * bool(info["notes"]) + table(study.results, study.skipped) + [
                   "", "Does rarekit beat plain CE on the rare classes?", ""] + verdict(study.results) + [
                   "", "Per class (n train: training samples; recall on the test samples):", ""] + per_class_table(
                   study) + [""] + (augmentation_lines(study, settings) if study.text else []) + plot_lines + [""]
@@ -240,6 +241,7 @@ def remove_stale(out: Path, written: set[str]) -> None:
 def print_summary(studies: list, speed: dict, out: Path, report: str) -> None:
     for study in studies:
         print(f"\n{study.split.name}")
+        print("".join(f"note: {note}\n" for note in study.split.notes), end="")
         print("\n".join(table(study.results, study.skipped)))
         example = study.augmentation_example
         if example:

@@ -1,5 +1,8 @@
 """`rarekit demo` regressions of issue 20: options it ignored, rows it dropped silently, outputs a failed
 run destroyed, errors that did not say what is wrong with the data, its augmentation budget, and its plots."""
+import json
+
+import numpy as np
 import pytest
 
 from rarekit import cli
@@ -43,3 +46,50 @@ def test_lm_takes_epochs_and_threads(tmp_path, lm_calls, argv, epochs, threads):
     (keywords,) = lm_calls
     assert (keywords["epochs"], keywords["threads"], keywords["seed"], keywords["progress"]) == (epochs, threads, 5,
                                                                                                  False)
+
+
+@pytest.fixture
+def fewer_kernel_timings(monkeypatch):
+    from rarekit.study import report
+
+    monkeypatch.setattr(report, "KERNEL_REPEATS", 1)
+
+
+WORDS = {"weather": "rain sun cloud wind storm snow", "sports": "goal match team score ball coach"}
+
+
+def csv_rows(sizes, seed=0):
+    """``(text, label)`` rows: six words of each label's vocabulary."""
+    rng = np.random.default_rng(seed)
+    return [(" ".join(rng.choice(WORDS[label].split(), 6)), label) for label, size in sizes.items()
+            for _ in range(size)]
+
+
+def test_rows_without_text_or_label_are_counted_and_reported(tmp_path, capsys, fewer_kernel_timings):
+    pytest.importorskip("sklearn")
+    pd = pytest.importorskip("pandas")
+    rows = csv_rows({"weather": 40, "sports": 20})
+    no_text, no_label, neither = {3, 7, 11, 30, 45}, {4, 8, 50}, {9, 55}
+    table = pd.DataFrame(rows, columns=["text", "label"])
+    table.loc[sorted(no_text | neither), "text"] = None
+    table.loc[sorted(no_label | neither), "label"] = None
+    table.to_csv(tmp_path / "data.csv", index=False)
+    out = tmp_path / "out"
+    assert cli.main(["demo", "--epochs", "1", "--no-progress", "--data", str(tmp_path / "data.csv"), "--text-col",
+                     "text", "--label-col", "label", "--out", str(out)]) == 0
+    kept = 60 - len(no_text | no_label | neither)
+    note = (f"data.csv: {60 - kept} of 60 rows left out ({len(no_text | neither)} without a text in column 'text'; "
+            f"{len(no_label | neither)} without a label in column 'label'); the study uses the other {kept}")
+    assert note in capsys.readouterr().out
+    assert note in (out / "report.md").read_text()
+    (study,) = json.loads((out / "results.json").read_text())["studies"]
+    assert study["data"]["train"] + study["data"]["test"] == kept and study["data"]["notes"] == [note]
+
+
+def test_a_file_without_a_complete_row_is_refused(tmp_path, capsys):
+    pytest.importorskip("pandas")
+    (tmp_path / "data.csv").write_text("text,label\nrain sun,\n,sports\n")
+    assert cli.main(["demo", "--data", str(tmp_path / "data.csv"), "--text-col", "text", "--label-col", "label",
+                     "--out", str(tmp_path / "out")]) == 1
+    assert ("no row of data.csv has both a text and a label (1 without a text in column 'text'; 1 without a label "
+            "in column 'label')") in capsys.readouterr().err

@@ -68,7 +68,7 @@ def _check_inputs(hidden, classifier, target, bias):
 def _check_options(reduction, smoothing_mode, label_smoothing, focal_gamma, z_loss, softcap, chunk_size,
                    ignore_index) -> int:
     ignore_index = check_loss_options(reduction, smoothing_mode, label_smoothing, focal_gamma, z_loss, ignore_index)
-    if softcap is not None and (not is_real_number(softcap) or not math.isfinite(softcap) or softcap <= 0):
+    if softcap is not None and (not is_real_number(softcap) or not 0 < softcap < math.inf):  # also NaN; traces
         raise ValueError(f"softcap must be None or a finite number > 0, got {softcap!r}")
     if chunk_size is not None and (not is_integer(chunk_size) or chunk_size < 1):
         raise ValueError(f"chunk_size must be None or a positive number of rows, got {chunk_size!r}")

@@ -122,3 +122,36 @@ def test_partial_grad_then_full_backward(gen):
         grads.append([only_hidden] + [leaf.grad for leaf in leaves])
     for grad, expected_grad in zip(*grads):
         torch.testing.assert_close(grad, expected_grad)
+
+
+# ---------------------------------------------------------------------------------------------
+# item 12: the option checks trace under torch.compile(fullgraph=True, dynamic=True)
+
+
+def test_compile_fullgraph_dynamic_with_softcap_argument(gen):
+    hidden, classifier, bias, target = make_inputs(gen)
+
+    def loss_fn(hidden, classifier, bias, softcap, label_smoothing, z_loss):
+        return rarekit.linear_cross_entropy(hidden, classifier, target, bias=bias, softcap=softcap,
+                                            label_smoothing=label_smoothing, z_loss=z_loss, chunk_size=4)
+
+    def expected_fn(hidden, classifier, bias, softcap, label_smoothing, z_loss):
+        logits = F.linear(hidden, classifier, bias)
+        return rarekit.cross_entropy(softcap * torch.tanh(logits / softcap), target,
+                                     label_smoothing=label_smoothing, z_loss=z_loss)
+
+    compiled = torch.compile(loss_fn, fullgraph=True, dynamic=True)
+    try:
+        for softcap in (3.0,):
+            leaves = leaves_of(hidden, classifier, bias)
+            expected_leaves = leaves_of(hidden, classifier, bias)
+            loss = compiled(*leaves, softcap, 0.1, 1e-3)
+            expected = expected_fn(*expected_leaves, softcap, 0.1, 1e-3)
+            torch.testing.assert_close(loss, expected)
+            for grad, expected_grad in zip(torch.autograd.grad(loss, leaves),
+                                           torch.autograd.grad(expected, expected_leaves)):
+                torch.testing.assert_close(grad, expected_grad)
+        with pytest.raises(Exception, match="softcap must be None or a finite number > 0"):
+            compiled(hidden, classifier, bias, float("nan"), 0.1, 1e-3)
+    finally:
+        torch._dynamo.reset()

@@ -70,8 +70,9 @@ def _check_options(reduction, smoothing_mode, label_smoothing, focal_gamma, z_lo
     ignore_index = check_loss_options(reduction, smoothing_mode, label_smoothing, focal_gamma, z_loss, ignore_index)
     if softcap is not None and (not is_real_number(softcap) or not 0 < softcap < math.inf):  # also NaN; traces
         raise ValueError(f"softcap must be None or a finite number > 0, got {softcap!r}")
-    if chunk_size is not None and (not is_integer(chunk_size) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be None or a positive number of rows, got {chunk_size!r}")
+    if chunk_size is not None and (not is_integer(chunk_size) or not 1 <= chunk_size < 2**63):
+        raise ValueError(f"chunk_size must be None or a positive number of rows below 2**63 (an int64), "
+                         f"got {chunk_size!r}")
     return ignore_index
 
 
@@ -133,7 +134,7 @@ def linear_cross_entropy(hidden: torch.Tensor, classifier: torch.Tensor, target:
                                   chunk_size, ignore_index)
     refuse_differentiable_weight(weight)
     _refuse_forward_ad(hidden, classifier, bias, weight, logit_adjustment)
-    rows_hidden, rows_target = hidden.reshape(-1, hidden.shape[-1]), target.reshape(-1)
+    rows_hidden, rows_target = hidden.reshape(target.numel(), hidden.shape[-1]), target.reshape(-1)
     options = (ignore_index, float(label_smoothing), smoothing_mode == "target_weighted", float(focal_gamma),
                float(z_loss), None if softcap is None else float(softcap),
                chunk_rows(rows_hidden.shape[0], classifier.shape[0], hidden.dtype, chunk_size), bool(check))

@@ -9,8 +9,10 @@ import rarekit
 
 
 def composite(hidden, classifier, target, weight=None, *, bias=None, **keywords):
-    """What linear_cross_entropy must equal: F.linear, then rarekit.cross_entropy."""
-    return rarekit.cross_entropy(F.linear(hidden, classifier, bias), target, weight, **keywords)
+    """What linear_cross_entropy must equal: F.linear, then rarekit.cross_entropy over the rows."""
+    logits = F.linear(hidden, classifier, bias).reshape(-1, classifier.shape[0])
+    loss = rarekit.cross_entropy(logits, target.reshape(-1), weight, **keywords)
+    return loss.reshape(target.shape) if keywords.get("reduction") == "none" else loss
 
 
 def make_inputs(gen, rows=9, dim=6, classes=11, dtype=torch.float32):
@@ -155,3 +157,40 @@ def test_compile_fullgraph_dynamic_with_softcap_argument(gen):
             compiled(hidden, classifier, bias, float("nan"), 0.1, 1e-3)
     finally:
         torch._dynamo.reset()
+
+
+# ---------------------------------------------------------------------------------------------
+# item 14: clear errors, or torch's answer, at the edges
+
+
+def test_chunk_size_beyond_int64_is_a_value_error(gen):
+    hidden, classifier, _, target = make_inputs(gen)
+    with pytest.raises(ValueError, match=r"chunk_size .*2\*\*63"):
+        rarekit.linear_cross_entropy(hidden, classifier, target, chunk_size=2**63)
+    largest = rarekit.linear_cross_entropy(hidden, classifier, target, chunk_size=2**63 - 1)
+    torch.testing.assert_close(largest, composite(hidden, classifier, target))
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_zero_width_hidden_is_the_composite(gen, backend, reduction):
+    """hidden (..., 0): F.linear gives the bias (or zeros) as logits; so does linear_cross_entropy."""
+    _, _, bias, target = make_inputs(gen)
+    hidden, classifier = torch.zeros(3, 3, 0), torch.zeros(bias.shape[0], 0)
+    target = target[:9].reshape(3, 3)
+    results = []
+    rarekit.set_backend(backend)
+    try:
+        for loss_fn in (rarekit.linear_cross_entropy, composite):
+            leaves = leaves_of(hidden, classifier, bias)
+            loss = loss_fn(leaves[0], leaves[1], target, bias=leaves[2], reduction=reduction)
+            results.append((loss, torch.autograd.grad(loss.sum(), leaves)))
+            results.append((loss_fn(hidden, classifier, target, reduction=reduction), ()))  # no bias, no grad
+    finally:
+        rarekit.set_backend("native")
+    for (loss, grads), (expected, expected_grads) in ((results[0], results[2]), (results[1], results[3])):
+        assert loss.shape == expected.shape
+        torch.testing.assert_close(loss, expected)
+        for grad, expected_grad in zip(grads, expected_grads):
+            assert grad.shape == expected_grad.shape
+            torch.testing.assert_close(grad, expected_grad)

@@ -1,8 +1,8 @@
 """The ``rarekit`` command line (also ``python -m rarekit``).
 
 ``rarekit count FILE...`` counts the ids of ``.npy`` arrays, raw ``.bin`` token files or whitespace-split
-``.txt`` files; ``rarekit demo`` runs it on the sample corpus shipped in the package, then an imbalance
-study (:mod:`rarekit.study.demo`). Each subcommand
+``.txt`` files; ``rarekit demo`` runs an imbalance study (:mod:`rarekit.study.demo`) and counts the
+sample corpus shipped in the package. Each subcommand
 is registered by an ``add_*_command`` function that sets its ``run`` callable.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,8 @@ BYTES_PER_BIN = 24  # int64 counts, the next chunk's counts, float64 weights: th
 # the demo options left unset on the command line (None) take these, except under --lm, which refuses them
 DEMO_DEFAULTS = {"epochs": 30, "time_budget": 80.0, "augment_per_text": 4, "augment_max": 20_000,
                  "max_features": 50_000, "augmenter": "random_swap"}
+DEMO_EXTRAS = {"sklearn": "scikit-learn", "pandas": "pandas", "chatterbot_corpus": "chatterbot-corpus",
+               "yaml": "pyyaml", "nlpaug": "nlpaug", "matplotlib": "matplotlib"}  # module: package of rarekit[demo]
 CLASSIFICATION_ONLY = ("data", "text_col", "label_col", "batch_size", "time_budget", "force", "augment_per_text",
                        "augment_max", "max_features", "augmenter", "mlm", "ddp")
 
@@ -207,20 +210,40 @@ def run_demo(args: argparse.Namespace) -> int:
         from rarekit.study import lm as lm_study
 
         check_lm_options(args)
+        require_demo_extras(["chatterbot_corpus", "yaml", "matplotlib"])
         return lm_study.run(args)
+    text = args.data is None or Path(args.data).suffix != ".npz"
+    require_demo_extras(["sklearn"] + ["chatterbot_corpus", "yaml"] * (args.data is None)
+                        + ["pandas"] * (text and args.data is not None) + ["nlpaug"] * text)
     for name, value in DEMO_DEFAULTS.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     if args.ddp:
         demo.require_torchrun()
-    if not args.ddp or int(os.environ.get("RANK", "0")) == 0:
-        if args.data is None:
-            corpus = importlib.resources.files("rarekit.study") / "data" / "corpus.txt"
-            with importlib.resources.as_file(corpus) as path:
-                count_and_report([path], "txt", args.out / "corpus-count", rare_max_count=DEMO_RARE_MAX_COUNT)
+    writes = not args.ddp or int(os.environ.get("RANK", "0")) == 0
+    corpus = None
+    if writes and args.data is None:
+        shipped = importlib.resources.files("rarekit.study") / "data" / "corpus.txt"
+        with importlib.resources.as_file(shipped) as path:
+            corpus = count_paths([path], "txt", rare_max_count=DEMO_RARE_MAX_COUNT)
+    status = demo.run(args)  # reads and checks the data before anything is written, and writes at the end
+    if writes:  # --out is touched only now that the study has succeeded
+        corpus_out = args.out / "corpus-count"
+        if corpus is None:
+            remove_count_outputs(corpus_out, keep=())  # an earlier run's, not this one's
         else:
-            remove_count_outputs(args.out / "corpus-count", keep=())  # an earlier run's, not this one's
-    return demo.run(args)
+            print("\ncorpus count (the sample text shipped with rarekit)")
+            print_summary(corpus.summary, corpus_out, write_count_outputs(corpus, corpus_out))
+    return status
+
+
+def require_demo_extras(modules: list[str]) -> None:
+    """Refuses, before any work, a demo whose packages (the ``demo`` extra) are not installed."""
+    import importlib.util
+
+    missing = [DEMO_EXTRAS[module] for module in modules if importlib.util.find_spec(module) is None]
+    if missing:
+        raise ImportError(f"this demo needs {', '.join(missing)}, not installed: pip install rarekit[demo]")
 
 
 def check_lm_options(args: argparse.Namespace) -> None:
@@ -269,9 +292,29 @@ def remove_count_outputs(out: Path, keep) -> None:
 
 def count_and_report(paths: list[Path], file_format: str, out: Path, *, vocab_size: int | None = None,
                      dtype: str = "uint16", scheme: str = "inverse", rare_max_count: int = 10) -> int:
-    """Counts ``paths``, writes the outputs into ``out`` (each through a temporary file and a rename;
-    an earlier run's outputs that this run does not write are removed) and prints the summary."""
+    """Counts ``paths``, writes the outputs into ``out`` (see :func:`write_count_outputs`) and prints the summary."""
     check_not_overwriting(paths, out)
+    counted = count_paths(paths, file_format, vocab_size=vocab_size, dtype=dtype, scheme=scheme,
+                          rare_max_count=rare_max_count)
+    print_summary(counted.summary, out, write_count_outputs(counted, out))
+    return 0
+
+
+@dataclass
+class Counted:
+    """What ``rarekit count`` found: the int64 counts, the summary, the class weights of ``scheme`` and,
+    for txt files, the words in id order."""
+
+    counts: torch.Tensor
+    summary: dict
+    weights: torch.Tensor
+    scheme: str
+    vocab: list[str] | None
+
+
+def count_paths(paths: list[Path], file_format: str, *, vocab_size: int | None = None, dtype: str = "uint16",
+                scheme: str = "inverse", rare_max_count: int = 10) -> Counted:
+    """Counts ``paths`` and summarizes the counts; writes nothing."""
     counts, ids_read, vocab = count_files(paths, file_format, vocab_size, dtype)
     total = int(counts.sum())
     if total == 0:
@@ -292,26 +335,30 @@ def count_and_report(paths: list[Path], file_format: str, out: Path, *, vocab_si
         "rare_share": int(counts[rare].sum()) / total,
         "top": [[i if vocab is None else vocab[i], c] for i, c in zip(top_ids.tolist(), top_counts.tolist())],
     }
-    weights = class_weights(counts, scheme)
+    return Counted(counts, summary, class_weights(counts, scheme), scheme, vocab)
 
+
+def write_count_outputs(counted: Counted, out: Path) -> list[str]:
+    """Writes counts.npy, summary.json, weights.json, vocab.json (txt) and zipf.png into ``out``, each
+    through a temporary file and a rename, removes an earlier run's outputs that this run does not
+    write, and returns the names written."""
     out.mkdir(parents=True, exist_ok=True)
     with atomic_output(out / "counts.npy") as temporary:
-        np.save(temporary, counts.numpy())
-    write_json(out / "summary.json", summary, indent=1)
-    write_json(out / "weights.json", {"scheme": scheme, "normalize": "mean", "zero_count": "max",
-                                      "weights": weights.tolist()})
+        np.save(temporary, counted.counts.numpy())
+    write_json(out / "summary.json", counted.summary, indent=1)
+    write_json(out / "weights.json", {"scheme": counted.scheme, "normalize": "mean", "zero_count": "max",
+                                      "weights": counted.weights.tolist()})
     written = ["counts.npy", "summary.json", "weights.json"]
-    if vocab is not None:
-        write_json(out / "vocab.json", vocab)
+    if counted.vocab is not None:
+        write_json(out / "vocab.json", counted.vocab)
         written.append("vocab.json")
     try:
-        plot_frequencies(counts, out / "zipf.png", rare=rare_max_count)
+        plot_frequencies(counted.counts, out / "zipf.png", rare=counted.summary["rare_max_count"])
         written.append("zipf.png")
     except ImportError as error:
         print(f"rarekit: skipped zipf.png: {error}", file=sys.stderr)
     remove_count_outputs(out, keep=written)
-    print_summary(summary, out, written)
-    return 0
+    return written
 
 
 def count_files(paths: list[Path], file_format: str, vocab_size: int | None,

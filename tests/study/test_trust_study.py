@@ -1,6 +1,7 @@
 """`rarekit demo` regressions of issue 20: options it ignored, rows it dropped silently, outputs a failed
 run destroyed, errors that did not say what is wrong with the data, its augmentation budget, and its plots."""
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -93,3 +94,51 @@ def test_a_file_without_a_complete_row_is_refused(tmp_path, capsys):
                      "--out", str(tmp_path / "out")]) == 1
     assert ("no row of data.csv has both a text and a label (1 without a text in column 'text'; 1 without a label "
             "in column 'label')") in capsys.readouterr().err
+
+
+def snapshot(folder):
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize("data, argv", [
+    ("", ["--text-col", "text", "--label-col", "label"]),  # an empty file
+    ("text,label\nrain sun,weather\n", ["--text-col", "body", "--label-col", "label"]),  # a wrong column
+    (None, ["--time-budget", "1e-6"]),  # the built-in data, refused as over the budget after the corpus count
+])
+def test_a_failed_demo_leaves_the_earlier_outputs_as_they_were(tmp_path, capsys, data, argv):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("pandas")
+    out = tmp_path / "out"
+    (out / "corpus-count").mkdir(parents=True)
+    for name in ("corpus-count/counts.npy", "corpus-count/vocab.json", "corpus-count/zipf.png", "report.md",
+                 "results.json", "recall-old.png"):
+        (out / name).write_text(f"{name} of an earlier run")
+    before = snapshot(out)
+    if data is not None:
+        (tmp_path / "data.csv").write_text(data)
+        argv = ["--data", str(tmp_path / "data.csv"), *argv]
+    assert cli.main(["demo", "--no-progress", "--out", str(out), *argv]) == 1
+    assert capsys.readouterr().err.startswith("rarekit demo: error: ")
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("argv, hidden, package", [
+    ([], "sklearn", "scikit-learn"), ([], "chatterbot_corpus", "chatterbot-corpus"),
+    (["--data", "x.npz"], "sklearn", "scikit-learn"),
+    (["--data", "x.csv", "--text-col", "t", "--label-col", "l"], "pandas", "pandas"),
+    (["--lm"], "chatterbot_corpus", "chatterbot-corpus"), (["--lm"], "matplotlib", "matplotlib")])
+def test_a_missing_extra_is_named_before_any_work(tmp_path, monkeypatch, capsys, argv, hidden, package):
+    monkeypatch.setitem(sys.modules, hidden, None)  # as if not installed
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["demo", "--no-progress", "--out", "out", *argv]) == 1
+    assert capsys.readouterr().err == (f"rarekit demo: error: this demo needs {package}, not installed: "
+                                       "pip install rarekit[demo]\n")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("data", [None, "x.npz"])
+def test_column_options_without_a_text_file_are_refused(tmp_path, capsys, data):
+    argv = [] if data is None else ["--data", str(tmp_path / data)]
+    assert cli.main(["demo", "--out", str(tmp_path / "out"), "--text-col", "text", *argv]) == 1
+    assert "--text-col and --label-col name the columns of a --data text file" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

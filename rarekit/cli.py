@@ -11,7 +11,9 @@ import argparse
 import importlib.resources
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rarekit._files import atomic_output, write_text_atomic
+from rarekit._files import write_text_atomic
 from rarekit.counting import count, max_id, rare_ids
 from rarekit.plots import plot_frequencies
 from rarekit.study.lm import DEFAULT_EPOCHS as LM_DEFAULT_EPOCHS
@@ -34,6 +36,7 @@ MAX_AUTO_BINS = 1 << 31  # without --vocab-size, larger ids are taken for corrup
 TOP_IDS = 10  # the most frequent ids listed in the summary
 DEMO_RARE_MAX_COUNT = 2  # the demo corpus is a few KB: rare = seen once or twice
 COUNT_OUTPUTS = ("counts.npy", "summary.json", "weights.json", "vocab.json", "zipf.png")
+STAGING_PREFIX = ".rarekit-count-"  # + pid: the hidden folder in --out where a run writes its outputs first
 BYTES_PER_BIN = 24  # int64 counts, the next chunk's counts, float64 weights: the memory a bin of --vocab-size needs
 # the demo options left unset on the command line (None) take these, except under --lm, which refuses them
 DEMO_DEFAULTS = {"epochs": 30, "time_budget": 80.0, "augment_per_text": 4, "augment_max": 20_000,
@@ -339,26 +342,66 @@ def count_paths(paths: list[Path], file_format: str, *, vocab_size: int | None =
 
 
 def write_count_outputs(counted: Counted, out: Path) -> list[str]:
-    """Writes counts.npy, summary.json, weights.json, vocab.json (txt) and zipf.png into ``out``, each
-    through a temporary file and a rename, removes an earlier run's outputs that this run does not
-    write, and returns the names written."""
+    """Writes counts.npy, summary.json, weights.json, vocab.json (txt) and zipf.png into a hidden folder
+    in ``out``, then renames each into place: a write that fails (disk full, a file size limit) names
+    its file and leaves the earlier run's set whole. Removes an earlier run's outputs that this run
+    does not write, and what killed runs left behind. Returns the names written."""
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_output(out / "counts.npy") as temporary:
-        np.save(temporary, counted.counts.numpy())
-    write_json(out / "summary.json", counted.summary, indent=1)
-    write_json(out / "weights.json", {"scheme": counted.scheme, "normalize": "mean", "zero_count": "max",
-                                      "weights": counted.weights.tolist()})
-    written = ["counts.npy", "summary.json", "weights.json"]
-    if counted.vocab is not None:
-        write_json(out / "vocab.json", counted.vocab)
-        written.append("vocab.json")
+    remove_abandoned_files(out)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out))
     try:
-        plot_frequencies(counted.counts, out / "zipf.png", rare=counted.summary["rare_max_count"])
-        written.append("zipf.png")
-    except ImportError as error:
-        print(f"rarekit: skipped zipf.png: {error}", file=sys.stderr)
+        written = write_count_files(counted, staging, out)
+        for name in written:
+            os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     remove_count_outputs(out, keep=written)
     return written
+
+
+def write_count_files(counted: Counted, folder: Path, out: Path) -> list[str]:
+    """Writes the outputs into ``folder``; an OSError names the file as ``out / name``."""
+    writers = {"counts.npy": lambda path: np.save(path, counted.counts.numpy()),
+               "summary.json": lambda path: write_json(path, counted.summary, indent=1),
+               "weights.json": lambda path: write_json(path, {"scheme": counted.scheme, "normalize": "mean",
+                                                              "zero_count": "max", "weights": counted.weights.tolist()}),
+               "vocab.json": None if counted.vocab is None else lambda path: write_json(path, counted.vocab),
+               "zipf.png": lambda path: plot_frequencies(counted.counts, path, rare=counted.summary["rare_max_count"])}
+    written = []
+    for name, write in writers.items():
+        if write is None:
+            continue
+        try:
+            write(folder / name)
+        except ImportError as error:  # matplotlib, for the plot
+            print(f"rarekit: skipped {name}: {error}", file=sys.stderr)
+            continue
+        except OSError as error:
+            raise OSError(f"cannot write {out / name}: {error}") from error
+        written.append(name)
+    return written
+
+
+def remove_abandoned_files(out: Path) -> None:
+    """Removes what killed runs left in ``out``: the staging folders of processes that no longer run,
+    and the temporary files of the outputs that earlier versions wrote beside them (``.counts.npy.*``)."""
+    for path in out.glob(f"{STAGING_PREFIX}*"):
+        pid = path.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if path.is_dir() and pid.isdigit() and not process_running(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+    for name in COUNT_OUTPUTS:
+        for path in out.glob(f".{name}.*"):
+            path.unlink(missing_ok=True)
+
+
+def process_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def count_files(paths: list[Path], file_format: str, vocab_size: int | None,

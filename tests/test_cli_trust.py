@@ -1,0 +1,62 @@
+"""`rarekit count` and `rarekit bench` regressions of issue 20: a half-written output set, temporary files of
+killed runs, riddles for huge thresholds and a wrong --dtype, and raw JSON among the bench tables."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import rarekit
+from rarekit import cli
+
+LIMITED_CHILD = """
+import resource, signal, sys
+from rarekit.cli import main
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then raises OSError (EFBIG)
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_a_count_failing_half_way_leaves_the_earlier_set_whole(tmp_path):
+    """Under a file size limit that counts.npy and summary.json fit but weights.json does not."""
+    out = tmp_path / "out"
+    (tmp_path / "words.txt").write_text("the sea and the wind and the fog\n")
+    assert cli.main(["count", str(tmp_path / "words.txt"), "--out", str(out)]) == 0
+    before = snapshot(out)
+    assert set(before) == set(cli.COUNT_OUTPUTS)
+    ids = np.random.default_rng(0).zipf(1.2, 50_000) % 2000  # 2000 ids with varied counts: long weights
+    np.save(tmp_path / "ids.npy", ids)
+    limit = 8 * 2000 + 4096  # counts.npy (8 bytes an id and a header) and summary.json fit, weights.json not
+    result = subprocess.run([sys.executable, "-c", LIMITED_CHILD, str(limit), "count", str(tmp_path / "ids.npy"),
+                             "--out", str(out)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.startswith(f"rarekit count: error: cannot write {out / 'weights.json'}: ")
+    assert "File too large" in result.stderr and "Traceback" not in result.stderr
+    assert snapshot(out) == before  # all old: no new counts.npy beside the old vocab.json, no temporary left
+
+
+def test_what_killed_runs_left_behind_is_removed(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1  # no process has this id
+    abandoned = [out / ".counts.npy.k3j2h1.npy", out / ".weights.json.x9y8z7.json",
+                 out / f"{cli.STAGING_PREFIX}{dead}-abc" / "counts.npy"]
+    live = out / f"{cli.STAGING_PREFIX}{os.getpid()}-def" / "counts.npy"  # a run still writing: kept
+    for path in abandoned + [live]:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"\0" * 1000)
+    (out / "notes.txt").write_text("the user's")
+    np.save(tmp_path / "ids.npy", np.array([0, 1, 1]))
+    assert cli.main(["count", str(tmp_path / "ids.npy"), "--out", str(out)]) == 0
+    assert sorted(path.name for path in out.iterdir()) == sorted(
+        ["counts.npy", "notes.txt", "summary.json", "weights.json", "zipf.png", live.parent.name])
+    assert live.exists()

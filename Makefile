@@ -62,6 +62,11 @@ demo: $(call extra_stamp,demo)
 bench: $(call extra_stamp,test)
 	$(PY) -m rarekit bench
 
+# The API reference site (mkdocs.yml: docs/, the README's usage, benchmarks/RESULTS.md and the docstrings) into
+# site/, offline. Strict: a warning, such as a broken link or cross-reference, fails the build.
+docs: $(call extra_stamp,docs)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
 wheel: install
 	$(PY) -m pip wheel --no-build-isolation --no-deps -w dist .
 

@@ -168,9 +168,9 @@ def oversample_indices(y, sampling_strategy="auto", *, seed: int | None = None,
     Args:
         y: labels: a 1-D tensor of any integer dtype (the work stays on its device), a numpy array or a
             list of integers, strings or other sortable labels.
-        seed, generator: the draws are a function of a 64-bit seed (the same indices on any device and
-            thread count): ``seed``, one drawn from ``generator``, or one drawn from torch's default
-            generator.
+        seed: the draws are a function of a 64-bit seed (the same indices on any device and thread count):
+            ``seed``, or one drawn from ``generator``, or one drawn from torch's default generator.
+        generator: the generator the seed is drawn from when ``seed`` is None.
 
     Returns:
         int64 indices on the device of ``y`` (CPU for non-tensors).

@@ -45,6 +45,16 @@ def split_per_class(labels: np.ndarray, test_fraction: float, seed: int) -> tupl
     return np.sort(order[~is_test]), np.sort(order[is_test])
 
 
+def testable_split(labels: np.ndarray, name: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`split_per_class` with a quarter of each class tested; refuses data where no class has the
+    two rows that a training and a test sample need."""
+    train, test = split_per_class(labels, test_fraction=0.25, seed=seed)
+    if test.size == 0:
+        raise ValueError(f"{name}: each of its {len(np.unique(labels))} classes has a single row, so none can be "
+                         "tested: a class needs two rows or more (one to train on, one to test on)")
+    return train, test
+
+
 def long_tail_indices(labels: np.ndarray, imbalance_ratio: float, seed: int) -> np.ndarray:
     """Indices keeping n_c = n_max · ρ^(-c/(K-1)) samples of class c (classes in sorted order)."""
     rng = np.random.default_rng(seed)
@@ -91,7 +101,7 @@ def text_split(name: str, texts: list[str], labels: list, seed: int) -> Split:
     if len(class_names) < 2:
         raise ValueError(f"{name}: the labels must hold at least two classes, found {len(class_names)} "
                          f"({class_names.tolist()})")
-    train, test = split_per_class(y, test_fraction=0.25, seed=seed)
+    train, test = testable_split(y, name, seed)
     return Split(name, [texts[i] for i in train], y[train], [texts[i] for i in test], y[test], class_names.tolist())
 
 
@@ -165,7 +175,7 @@ def load_arrays(path: str | Path, seed: int = 0) -> Split:
     class_names, y = np.unique(labels.astype(str), return_inverse=True)
     if len(class_names) < 2:
         raise ValueError(f"--data: y in {path.name} must hold at least two classes, found {class_names.tolist()}")
-    train, test = split_per_class(y, test_fraction=0.25, seed=seed)
+    train, test = testable_split(y, f"--data: {path.name}", seed)
     x = x.astype(np.float32)
     return Split(path.name, x[train], y[train], x[test], y[test], class_names.tolist())
 

@@ -275,7 +275,7 @@ def run_study(split: Split, text: bool, settings: Settings, augmenter=None) -> S
     classes = len(split.class_names)
     train_counts = np.bincount(split.y_train, minlength=classes)
     if text:
-        vectorizer, x_train, x_test = tfidf_features(split.x_train, split.x_test, settings.max_features)
+        vectorizer, x_train, x_test = tfidf_features(split.x_train, split.x_test, settings.max_features, split.name)
     else:
         x_train, x_test = split.x_train, split.x_test
     check_feasible(split, x_train, settings)

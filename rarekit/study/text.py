@@ -8,6 +8,7 @@ up to the majority count) but within an :class:`AugmentationBudget`.
 from __future__ import annotations
 
 import difflib
+import re
 import time
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from rarekit.study.datasets import Split
 
+WORD = re.compile(r"(?u)\b\w\w+\b")  # TfidfVectorizer's default token_pattern
 SAMPLE_TEXTS = 32  # texts augmented once to time the augmenter before the full run
 
 
@@ -32,14 +34,18 @@ class OverBudget(Exception):
     """A method that cannot finish within its budget; the message says why."""
 
 
-def tfidf_features(train_texts: list[str], test_texts: list[str], max_features: int | None):
+def tfidf_features(train_texts: list[str], test_texts: list[str], max_features: int | None, name: str = "data"):
     """``(vectorizer, X_train, X_test)``: sublinear TF-IDF, L2-normalized rows, float32 CSR matrices,
-    over the ``max_features`` most frequent words of the training texts."""
+    over the ``max_features`` most frequent words of the training texts (of the data set ``name``)."""
     try:
         from sklearn.feature_extraction.text import TfidfVectorizer
     except ImportError as error:
         raise ImportError("the text demo needs scikit-learn: pip install rarekit[demo]") from error
     vectorizer = TfidfVectorizer(sublinear_tf=True, max_features=max_features, dtype=np.float32)
+    if not any(WORD.search(text) for text in train_texts):
+        raise ValueError(f"{name}: no training text holds a word of two or more letters or digits, and TF-IDF "
+                         f"features are such words (scikit-learn's token pattern {WORD.pattern}); "
+                         f"e.g. {train_texts[0][:80]!r}")
     return vectorizer, vectorizer.fit_transform(train_texts), vectorizer.transform(test_texts)
 
 

@@ -142,3 +142,26 @@ def test_column_options_without_a_text_file_are_refused(tmp_path, capsys, data):
     assert cli.main(["demo", "--out", str(tmp_path / "out"), "--text-col", "text", *argv]) == 1
     assert "--text-col and --label-col name the columns of a --data text file" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    ("text,label\nrain sun,weather\ngoal match,sports\nsong drum,music\n",
+     "data.csv: each of its 3 classes has a single row, so none can be tested: a class needs two rows or more"),
+    ("text,label\na b c,x\nb c d,x\nc d e,y\nd e f,y\ne f g,y\n",
+     "data.csv: no training text holds a word of two or more letters or digits"),
+])
+def test_data_the_study_cannot_use_is_refused_with_the_reason(tmp_path, capsys, content, message):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("pandas")
+    (tmp_path / "data.csv").write_text(content)
+    assert cli.main(["demo", "--no-progress", "--data", str(tmp_path / "data.csv"), "--text-col", "text",
+                     "--label-col", "label", "--out", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err.startswith(f"rarekit demo: error: {message}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_arrays_with_one_row_per_class_are_refused_with_the_reason(tmp_path, capsys):
+    np.savez(tmp_path / "data.npz", X=np.eye(4), y=np.arange(4))
+    assert cli.main(["demo", "--data", str(tmp_path / "data.npz"), "--out", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err.startswith("rarekit demo: error: --data: data.npz: each of its 4 classes has a "
+                                              "single row, so none can be tested")

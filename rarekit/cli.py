@@ -366,7 +366,8 @@ def write_count_files(counted: Counted, folder: Path, out: Path) -> list[str]:
                "weights.json": lambda path: write_json(path, {"scheme": counted.scheme, "normalize": "mean",
                                                               "zero_count": "max", "weights": counted.weights.tolist()}),
                "vocab.json": None if counted.vocab is None else lambda path: write_json(path, counted.vocab),
-               "zipf.png": lambda path: plot_frequencies(counted.counts, path, rare=counted.summary["rare_max_count"])}
+               "zipf.png": lambda path: plot_frequencies(  # a threshold past every count marks what the largest does
+                   counted.counts, path, rare=min(counted.summary["rare_max_count"], int(counted.counts.max())))}
     written = []
     for name, write in writers.items():
         if write is None:
@@ -419,11 +420,14 @@ def count_files(paths: list[Path], file_format: str, vocab_size: int | None,
             try:
                 for ids, n_bytes in chunks:
                     num_bins = vocab_size if vocab_size is not None else max(max_id(ids) + 1, counts.numel())
-                    if num_bins > MAX_AUTO_BINS:
-                        raise ValueError(f"the largest id is {num_bins - 1}: pass --vocab-size V to count ids in "
-                                         f"[0, V) and drop the others")
                     if num_bins > counts.numel():
-                        check_memory(num_bins, f"the largest id, {num_bins - 1:,},")
+                        try:
+                            if num_bins > MAX_AUTO_BINS:
+                                raise ValueError(f"the largest id is {num_bins - 1:,}: pass --vocab-size V to count "
+                                                 "ids in [0, V) and drop the others")
+                            check_memory(num_bins, f"the largest id, {num_bins - 1:,},")
+                        except ValueError as error:
+                            raise ValueError(dtype_hint(ids, file_format, dtype) + str(error)) from None
                     chunk_counts = count(ids, num_bins, check=False)
                     chunk_counts[:counts.numel()] += counts
                     counts = chunk_counts
@@ -434,6 +438,16 @@ def count_files(paths: list[Path], file_format: str, vocab_size: int | None,
                 raise ValueError(f"{path}: {error}") from error
             progress.update(size - bytes_done)  # file headers
     return counts, ids_read, None if vocab is None else list(vocab)
+
+
+def dtype_hint(ids: torch.Tensor, file_format: str, dtype: str) -> str:
+    """For ids too large to count: a raw file of uint16 ids read as uint32 gives such ids (two ids a
+    value), so say what its largest id would be as uint16; empty for other files."""
+    if file_format != "bin" or dtype != "uint32":
+        return ""
+    as_uint16 = int(torch.maximum(ids & 0xFFFF, ids >> 16).max())
+    return (f"read as uint32 (--dtype uint32), the ids are too large; read as uint16, the largest would be "
+            f"{as_uint16:,}: pass --dtype uint16 if the file holds uint16 ids. Else: ")
 
 
 def id_chunks(path: Path, file_format: str, dtype: str):

@@ -147,8 +147,14 @@ def is_real_number(value) -> bool:
 
 
 def _check_threshold(value, name: str) -> None:
-    if value is not None and (not is_real_number(value) or not math.isfinite(value) or value < 0):
+    if value is not None and (not is_real_number(value) or value < 0
+                              or not is_integer(value) and not math.isfinite(value)):  # ints of any size are finite
         raise ValueError(f"{name} must be a finite non-negative number or None, got {value!r}")
+
+
+def _comparable(threshold):
+    """``threshold`` in a form torch compares counts with: an integer past int64, above every count, as inf."""
+    return math.inf if is_integer(threshold) and threshold > INT64_MAX else threshold
 
 
 def rare_ids(counts, *, min_count: float | None = None, max_count: float | None = None,
@@ -178,9 +184,9 @@ def rare_ids(counts, *, min_count: float | None = None, max_count: float | None 
 
     candidate = torch.ones_like(counts, dtype=torch.bool)
     if min_count is not None:
-        candidate &= counts >= min_count
+        candidate &= counts >= _comparable(min_count)
     if max_count is not None:
-        candidate &= counts <= max_count
+        candidate &= counts <= _comparable(max_count)
     ids = candidate.nonzero().flatten()
     if ids.numel() == 0:
         return ids

@@ -1,5 +1,6 @@
 """`rarekit count` and `rarekit bench` regressions of issue 20: a half-written output set, temporary files of
 killed runs, riddles for huge thresholds and a wrong --dtype, and raw JSON among the bench tables."""
+import json
 import os
 import subprocess
 import sys
@@ -60,3 +61,35 @@ def test_what_killed_runs_left_behind_is_removed(tmp_path):
     assert sorted(path.name for path in out.iterdir()) == sorted(
         ["counts.npy", "notes.txt", "summary.json", "weights.json", "zipf.png", live.parent.name])
     assert live.exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float64])
+@pytest.mark.parametrize("thresholds", [{"max_count": 10**30}, {"min_count": 1, "max_count": 2**63},
+                                        {"max_count": 10**400}, {"min_count": 10**30}, {"min_count": 2**63 - 1}])
+def test_rare_ids_takes_thresholds_past_int64(dtype, thresholds):
+    counts = torch.tensor([0, 1, 5, 0, 2**40, 7], dtype=dtype)
+    low, high = thresholds.get("min_count", 0), thresholds.get("max_count", float("inf"))
+    expected = [i for i, c in enumerate(counts.tolist()) if low <= c <= high]  # Python compares ints exactly
+    assert rarekit.rare_ids(counts, **thresholds).tolist() == expected
+
+
+def test_count_with_a_rare_threshold_past_every_count(tmp_path, capsys):
+    ids = np.array([0, 1, 1, 2, 2, 2, 5])
+    np.save(tmp_path / "ids.npy", ids)
+    out = tmp_path / "out"
+    assert cli.main(["count", str(tmp_path / "ids.npy"), "--out", str(out), "--rare-max-count", str(10**30)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    seen = np.bincount(ids) > 0
+    assert summary["rare"] == seen.sum() and summary["rare_share"] == 1.0 and summary["rare_max_count"] == 10**30
+
+
+def test_a_uint16_file_read_as_uint32_names_the_dtype(tmp_path, capsys):
+    ids = np.random.default_rng(1).integers(0, 50_257, 4000).astype(np.uint16)  # GPT-2 ids, as nanoGPT writes them
+    ids.tofile(tmp_path / "train.bin")
+    assert cli.main(["count", str(tmp_path / "train.bin"), "--dtype", "uint32", "--out", str(tmp_path / "out")]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"rarekit count: error: {tmp_path / 'train.bin'}: read as uint32 (--dtype uint32), the ids "
+                            f"are too large; read as uint16, the largest would be {int(ids.max()):,}: pass --dtype "
+                            "uint16 if the file holds uint16 ids")
+    assert cli.main(["count", str(tmp_path / "train.bin"), "--out", str(tmp_path / "out")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "counts.npy"), np.bincount(ids))

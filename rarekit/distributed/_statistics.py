@@ -1,0 +1,179 @@
+"""The vocabulary-parallel cross-entropy's row math: what one shard contributes, how the shards'
+contributions combine, and the shard's gradient given the combined row terms.
+
+Rank r holds the logits z'_k = z_k + a_k of the classes k in its range [start_r, start_r + V_r). Per
+row it sends, with c_r = max_k z'_k (0 where that max is -inf: an empty or fully masked shard)::
+
+    m_r = max_k z'_k             s_r = Σ_k exp(z'_k - c_r)
+    d_r = z'_y - c_r             (the rank owning the target y; 0 elsewhere)
+    q_r = Σ_k v'_k (c_r - z'_k)  (label smoothing only; v'_k = w_k in "pytorch" mode with weights, else 1)
+
+and every rank combines the gathered (m, s, d, q) of all ranks, in rank order, into the global row
+statistics: M = max_r m_r, log_sum = log Σ_r s_r exp(m_r - M), lse = M + log_sum, and
+
+    z'_y - M = d_o + (c_o - M)                            o = the target's owner
+    Σ_k v'_k (lse - z'_k) = Σ_r q_r + V'_r ((M - c_r) + log_sum),   V'_r = Σ_{k in shard r} v'_k
+
+a sum of terms >= 0: no V·lse - Σ z_k cancellation and no log of an underflowed probability. From
+there the loss and the gradient coefficients are those of the single-process kernel
+(``csrc/include/rarekit/cross_entropy_math.h``), whose row-term layout (max_logit, coef_p, coef_y,
+coef_v) they keep, so a kernel can take over :func:`local_gradient`::
+
+    ∂loss/∂z'_k = coef_p exp(z'_k - M) - coef_v v'_k - [k = y] coef_y
+
+The functions here are vectorized torch in the accumulator dtype (float32; float64 for float64).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+ROW_TERMS = 4  # max_logit, coef_p, coef_y, coef_v: the kernel's CrossEntropyRowTerms
+
+
+@dataclass(frozen=True)
+class LossOptions:
+    """The loss keywords the row math needs (validated by the callers)."""
+
+    ignore_index: int
+    label_smoothing: float
+    target_weighted: bool
+    focal_gamma: float
+    z_loss: float
+
+    @property
+    def statistics(self) -> int:
+        """Rows of the per-rank statistics block: m, s, d, and q with label smoothing."""
+        return 4 if self.label_smoothing > 0 else 3
+
+
+def smoothing_vector(weight: torch.Tensor | None, options: LossOptions) -> torch.Tensor | None:
+    """v' over the classes of ``weight`` (a shard's slice or the whole vector): the weights in
+    "pytorch" mode, None (all ones) otherwise."""
+    return weight if weight is not None and not options.target_weighted else None
+
+
+def local_statistics(logits: torch.Tensor, local_target: torch.Tensor, smoothing: torch.Tensor | None,
+                     options: LossOptions, accumulate: torch.dtype, in_place: bool = False) -> torch.Tensor:
+    """The (statistics, rows) block (m, s, d[, q]) of one shard's (rows, V_r) logits z' (adjustment
+    already added) in the ``accumulate`` dtype; ``local_target`` is y - start_r, outside [0, V_r)
+    where another rank owns y. ``in_place`` lets it overwrite ``logits`` (a buffer of its caller)."""
+    rows, classes = logits.shape
+    block = logits.new_zeros((options.statistics, rows), dtype=accumulate)
+    if classes == 0:
+        block[0] = -torch.inf
+        return block
+    z = logits if logits.dtype == accumulate and in_place else logits.to(accumulate, copy=True)
+    top = z.amax(1)
+    block[0] = top
+    shifted = z.sub_(torch.where(top == -torch.inf, 0.0, top)[:, None])
+    owned = (local_target >= 0) & (local_target < classes)
+    picked = shifted.gather(1, torch.where(owned, local_target, 0)[:, None]).squeeze(1)
+    block[2] = torch.where(owned, picked, 0.0)
+    if options.label_smoothing > 0:
+        block[3] = -(shifted @ smoothing.to(accumulate)) if smoothing is not None else -shifted.sum(1)
+    block[1] = shifted.exp_().sum(1)
+    return block
+
+
+def row_chunks(rows: int, classes: int, budget: int = 2**22):
+    """Row slices of at most ``budget`` elements (at least one row each): a shard's logits are read
+    chunk by chunk, so the temporaries stay small and in cache."""
+    step = max(1, budget // max(classes, 1))
+    return [slice(start, min(start + step, rows)) for start in range(0, rows, step)]
+
+
+def local_target_of(target: torch.Tensor, start: int, classes: int, ignore_index: int) -> torch.Tensor:
+    """y - start where this shard owns y, -1 elsewhere (other shards' targets and ignored rows)."""
+    shifted = target.long() - start
+    return torch.where((shifted >= 0) & (shifted < classes) & (target != ignore_index), shifted, -1)
+
+
+@dataclass(frozen=True)
+class RowResult:
+    """The combined statistics: per-row losses (0 on ignored rows) and the (rows, 4) row terms."""
+
+    losses: torch.Tensor
+    row_terms: torch.Tensor
+
+
+def combine_statistics(gathered: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+                       sizes: tuple[int, ...], options: LossOptions) -> RowResult:
+    """Losses and row terms from the ranks' (world, statistics, rows) blocks, in rank order.
+
+    ``target`` holds global ids (validated: in range or ignore_index), ``weight`` the full (V,)
+    class weights or None, ``sizes`` the shards' V_r."""
+    m, s, d = gathered[:, 0], gathered[:, 1], gathered[:, 2]
+    accumulate = gathered.dtype
+    classes = sum(sizes)
+    valid = target != options.ignore_index
+    safe_target = torch.where(valid, target, 0)
+    ends = torch.tensor(sizes, device=target.device).cumsum(0)
+    owner = torch.searchsorted(ends, safe_target, right=True).clamp_(max=len(sizes) - 1)[None]
+    top = m.amax(0)
+    top = torch.where(top == -torch.inf, 0.0, top)  # every logit -inf: the kernel's convention
+    log_sum = (s * torch.exp(m - top)).sum(0).log()
+    shift = torch.where(m == -torch.inf, 0.0, m)
+    log_p_target = (d.gather(0, owner)[0] + (shift.gather(0, owner)[0] - top)) - log_sum
+    w_y = weight.to(accumulate)[safe_target] if weight is not None else torch.ones_like(log_sum)
+    eps = options.label_smoothing
+    u = (1 - eps) * w_y
+    base = u * -log_p_target
+    smooth_scale = w_y if options.target_weighted else 1.0
+    v_total = smooth_scale * classes
+    if eps > 0:
+        smoothing = smoothing_vector(weight, options)
+        if smoothing is not None:
+            shard_totals = torch.stack([part.sum() for part in smoothing.to(accumulate).split(sizes)])
+            v_total = smoothing.to(accumulate).sum()
+        else:
+            shard_totals = torch.tensor(sizes, dtype=accumulate, device=target.device)
+        shifted_sum = (gathered[:, 3] + shard_totals[:, None] * ((top - shift) + log_sum)).sum(0)
+        base = base + (eps / classes) * (smooth_scale * shifted_sum)
+    focal, base_slope = 1.0, 0.0
+    if options.focal_gamma != 0:
+        gamma = options.focal_gamma
+        log_p = log_p_target.clamp(max=0)  # an approximate log can overshoot 0 (NaN stays NaN)
+        one_minus_p = -torch.expm1(log_p)
+        focal = one_minus_p.pow(gamma)
+        slope = torch.where(one_minus_p > 0, gamma * one_minus_p.pow(gamma - 1) * log_p.exp(), 0.0)
+        base_slope = torch.where(slope != 0, base * slope, 0.0)
+    lse = top + log_sum
+    z_term = options.z_loss * w_y
+    losses = torch.where(valid, focal * base + z_term * lse * lse, 0.0)
+    row_terms = torch.stack([
+        top,
+        (focal * (u + (eps / classes) * v_total) + base_slope + 2 * z_term * lse) * torch.exp(-log_sum),
+        focal * u + base_slope,
+        focal * (eps / classes) * smooth_scale * torch.ones_like(log_sum),
+    ], 1)
+    row_terms[:, 1:].masked_fill_(~valid[:, None], 0.0)  # ignored rows: a zero gradient
+    return RowResult(losses, row_terms)
+
+
+def local_gradient(logits: torch.Tensor, local_target: torch.Tensor, smoothing: torch.Tensor | None,
+                   row_terms: torch.Tensor, upstream: torch.Tensor, options: LossOptions,
+                   adjustment: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The shard's gradient ``upstream_i · (coef_p exp(z'_ik - M) - coef_v v'_k - [k = y_i] coef_y)``
+    of (rows, V_r) logits z (z' = z + ``adjustment``), in the accumulator dtype of the row terms, written
+    into ``out`` (which may be ``logits`` itself, a buffer of the caller's) or a new tensor."""
+    accumulate = row_terms.dtype
+    scale = upstream.to(accumulate)[:, None] * row_terms[:, 1:]
+    if out is None:
+        out = torch.empty(logits.shape, dtype=accumulate, device=logits.device)
+    if out.shape[1] == 0:
+        return out
+    if adjustment is not None:  # z' rounded once, then shifted (as the forward and the kernel)
+        torch.add(logits, adjustment.to(accumulate), out=out).sub_(row_terms[:, :1])
+    else:
+        torch.sub(logits, row_terms[:, :1], out=out)
+    out.exp_().mul_(scale[:, :1])
+    if options.label_smoothing > 0:
+        if smoothing is not None:
+            out.addr_(scale[:, 2], smoothing.to(accumulate), alpha=-1)
+        else:
+            out.sub_(scale[:, 2:])
+    owned = local_target >= 0
+    out.scatter_add_(1, torch.where(owned, local_target, 0)[:, None], torch.where(owned, -scale[:, 1], 0.0)[:, None])
+    return out

@@ -20,6 +20,7 @@ from rarekit._files import write_text_atomic
 from rarekit.study.datasets import describe
 from rarekit.plots import plot_frequencies
 from rarekit.study.plots import plot_class_recall
+from rarekit.study.text import shortened
 
 NO_TEST = "n/a (no test samples)"
 PER_CLASS_ROWS = 60  # the per-class table lists every class up to this many; beyond, the rarest and most frequent
@@ -148,9 +149,15 @@ def augmentation_lines(study, settings) -> list[str]:
         lines += [f"augment_minority on {example['class']!r}, the rarest class with test samples "
                   f"({example['training_samples']} training, {example['test_samples']} test texts): an original "
                   "and two variants, changed words in **bold**, deleted ones ~~struck~~", "",
-                  f"- original: {example['original'][:300]}"] + [
-                  f"- variant: {variant[:400]}" for variant in example["marked_variants"]] + [""]
+                  f"- original{cut_from(example)}: {shortened(example['original'], 300)}"] + [
+                  f"- variant: {shortened(variant, 400)}" for variant in example["marked_variants"]] + [""]
     return lines
+
+
+def cut_from(example: dict) -> str:
+    """Says that the example's original is the start of a longer training text, if it is."""
+    length, total = len(example["original"]), example["original_characters"]
+    return f" (the first {length:,} of its {total:,} characters)" if total > length else ""
 
 
 def slug(name: str) -> str:
@@ -245,7 +252,7 @@ def print_summary(studies: list, speed: dict, out: Path, report: str) -> None:
         print("\n".join(table(study.results, study.skipped)))
         example = study.augmentation_example
         if example:
-            print(f"augmented class {example['class']!r}: {example['original'][:80]!r} -> "
-                  f"{example['marked_variants'][0][:80]!r}")
+            print(f"augmented class {example['class']!r}: {shortened(example['original'], 80)!r} -> "
+                  f"{shortened(example['marked_variants'][0], 80)!r}")
     print("\nkernel speed: " + "; ".join(f"{job}: {f['verdict']}" for job, f in speed.items()))
     print(f"report: {out / 'report.md'} ({len(report.splitlines())} lines), results.json and plots in {out}")

@@ -1,7 +1,9 @@
 """`rarekit demo` regressions of issue 20: options it ignored, rows it dropped silently, outputs a failed
 run destroyed, errors that did not say what is wrong with the data, its augmentation budget, and its plots."""
+import ast
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,3 +167,95 @@ def test_arrays_with_one_row_per_class_are_refused_with_the_reason(tmp_path, cap
     assert cli.main(["demo", "--data", str(tmp_path / "data.npz"), "--out", str(tmp_path / "out")]) == 1
     assert capsys.readouterr().err.startswith("rarekit demo: error: --data: data.npz: each of its 4 classes has a "
                                               "single row, so none can be tested")
+
+
+class ClockedAugmenter:
+    """Takes 1 ms of a fake clock per character of each variant it makes, and records the texts' lengths."""
+
+    def __init__(self):
+        self.now, self.lengths = 0.0, []
+
+    def perf_counter(self):
+        return self.now
+
+    def augment(self, texts, n=1):
+        self.lengths += [len(text) for text in texts]
+        self.now += 1e-3 * n * sum(len(text) for text in texts)
+        return [[text] * n for text in texts]
+
+
+def long_text_split(long_characters):
+    """Class 0: 40 texts of 50 characters; class 1: 4 texts, the first ``long_characters`` long."""
+    from rarekit.study.datasets import Split
+
+    texts = ["x" * long_characters] + ["y" * 50] * 3 + ["z" * 50] * 40
+    y = np.array([1] * 4 + [0] * 40)
+    return Split("long.csv", texts, y, texts[:2], y[:2], ["short", "long"])
+
+
+def test_augmentation_timing_is_bounded_and_counts_a_long_text_at_its_length(monkeypatch):
+    from rarekit.study import text
+
+    augmenter = ClockedAugmenter()
+    monkeypatch.setattr(text.time, "perf_counter", augmenter.perf_counter)
+    budget = text.AugmentationBudget(per_text=4, total=1000, seconds=5.0)
+    characters = 16 * (6_000_000 + 3 * 50) / 4  # 16 variants of class 1's texts, of their mean length
+    with pytest.raises(text.OverBudget, match=f"generating 16 texts from {characters:,.0f} characters would take "
+                                              f"~{1e-3 * characters:.0f} s"):
+        text.augment_within_budget(long_text_split(6_000_000), augmenter, budget, seed=0, progress=False)
+    assert max(augmenter.lengths) <= text.SAMPLE_CHARS  # the 6 MB text was never handed over whole
+    assert augmenter.now <= text.SAMPLE_SHARE * 5.0 + 1e-3 * text.SAMPLE_CHARS * text.SAMPLE_BATCH
+
+
+def test_projected_augmentation_time_follows_the_characters_of_each_class(monkeypatch):
+    from rarekit.study import text
+
+    augmenter = ClockedAugmenter()
+    monkeypatch.setattr(text.time, "perf_counter", augmenter.perf_counter)
+    split = long_text_split(1_000)
+    gains = np.array([0, 16])
+    seconds, characters, timed = text.projected_seconds(split, gains, augmenter, float("inf"), seed=0)
+    class_one = [len(t) for t, label in zip(split.x_train, split.y_train) if label == 1]
+    assert characters == pytest.approx(16 * np.mean(class_one)) and timed == 4
+    assert seconds == pytest.approx(1e-3 * characters)  # the fake clock's rate, 1 ms a character
+
+
+def test_the_example_text_is_cut_at_a_word_before_it_is_augmented():
+    from rarekit.study import text
+
+    augmenter = ClockedAugmenter()
+    words = [f"word{i}" for i in range(100_000)]  # 0.7 MB
+    split = text.Split("long.csv", [" ".join(words)] + ["short text"] * 9, np.array([1] + [0] * 9),
+                       ["a", "b"], np.array([0, 1]), ["many", "few"])
+    example = text.augmentation_example(split, augmenter)
+    original = example["original"]
+    assert len(original) <= text.EXAMPLE_CHARS and max(augmenter.lengths) <= text.EXAMPLE_CHARS
+    assert original.split() == words[:len(original.split())]  # whole words, from the start
+    assert example["original_characters"] == len(split.x_train[0])
+
+
+def test_examples_shown_are_cut_at_a_word_with_an_ellipsis(capsys):
+    from types import SimpleNamespace
+
+    from rarekit.study import report
+
+    words = [f"w{i:03d}" for i in range(200)]
+    original = " ".join(words)
+    variant = " ".join(words[:1] + ["**" + words[2] + "**", "**" + words[1] + "**"] + words[3:])
+    example = {"class": "few", "training_samples": 3, "test_samples": 1, "original": original,
+               "original_characters": 5000, "marked_variants": [variant, variant]}
+    study = SimpleNamespace(split=SimpleNamespace(name="long.csv", notes=[]), results={}, skipped={},
+                            augmentation_example=example, generated_per_class=None)
+    report.print_summary([study], {}, Path("out"), "")
+    printed = capsys.readouterr().out
+    shown = printed.split("augmented class 'few': ")[1].split("\n")[0]
+    for part in shown.split(" -> "):
+        text = ast.literal_eval(part)  # each shown string is printed as its repr
+        assert text.endswith(" …") and len(text) <= 82
+        assert set(text[:-2].replace("**", "").split()) <= set(words)  # whole words only
+    settings = SimpleNamespace(augmentation=SimpleNamespace(per_text=4, total=100))
+    lines = report.augmentation_lines(study, settings)
+    shown = [line for line in lines if line.startswith("- ")]
+    assert shown[0].startswith(f"- original (the first {len(original):,} of its 5,000 characters): w000 w001")
+    for line in shown:
+        assert line.endswith(" …") and all(word.strip("*") in words for word in line.split(": ", 1)[1][:-2].split())

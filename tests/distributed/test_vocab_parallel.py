@@ -15,7 +15,8 @@ import torch.distributed as dist
 
 import rarekit
 from ranks import run_ranks
-from rarekit.distributed import VocabParallelCrossEntropyLoss, vocab_parallel_cross_entropy
+from rarekit.distributed import (VocabParallelCrossEntropyLoss, VocabParallelLinearCrossEntropyLoss,
+                                 vocab_parallel_cross_entropy, vocab_parallel_linear_cross_entropy)
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 
@@ -228,6 +229,165 @@ def check_module(rank: int, sizes: list[int]) -> None:
     assert set(module.state_dict()) == {"weight", "logit_adjustment"}
 
 
+def linear_inputs(seed: int, rows: int, dim: int, classes: int, dtype: torch.dtype):
+    """Hidden states (2, rows, dim), a classifier and a bias scaled to logits of a few units, and
+    ``inputs``'s targets, weights and adjustment."""
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(2, rows, dim, generator=gen, dtype=torch.float64).to(dtype)
+    classifier = (torch.randn(classes, dim, generator=gen, dtype=torch.float64) * 3 / dim ** 0.5).to(dtype)
+    bias = torch.randn(classes, generator=gen, dtype=torch.float64).to(dtype)
+    _, target, weight, adjustment = inputs(seed, 2 * rows, classes, dtype)
+    return hidden, classifier, bias, target.reshape(2, rows), weight, adjustment
+
+
+def check_linear_parity(rank: int, sizes: list[int], dtype: torch.dtype, rows: int, dim: int = 5,
+                        grid=KEYWORD_GRID[::2]) -> None:
+    """Loss and the gradients of hidden (whole), classifier and bias (the shard) against
+    rarekit.linear_cross_entropy with the whole classifier: keywords, softcap, chunk sizes, reductions."""
+    hidden, classifier, bias, target, weight, adjustment = linear_inputs(20, rows, dim, sum(sizes), dtype)
+    gen = torch.Generator().manual_seed(21)
+    cases = [(keywords, reduction, softcap, chunk) for index, keywords in enumerate(grid)
+             for reduction, softcap, chunk in (("none", None, None), ("none", 4.0, 3), ("mean", 4.0, 5),
+                                               ("sum", None, 2))[:4 if index % 3 == 0 else 2]]
+    for (keywords, reduction, softcap, chunk), class_weight, adjust in itertools.product(
+            cases, (None, weight), (None, adjustment)):
+        probes = [hidden.clone().requires_grad_(), shard_of(classifier, sizes, rank, 0).clone().requires_grad_(),
+                  shard_of(bias, sizes, rank, 0).clone().requires_grad_()]
+        loss = vocab_parallel_linear_cross_entropy(probes[0], probes[1], target, class_weight, bias=probes[2],
+                                                   reduction=reduction, logit_adjustment=adjust, softcap=softcap,
+                                                   chunk_size=chunk, **keywords)
+        wholes = [hidden.clone().requires_grad_(), classifier.clone().requires_grad_(), bias.clone().requires_grad_()]
+        expected = rarekit.linear_cross_entropy(wholes[0], wholes[1], target, class_weight, bias=wholes[2],
+                                                reduction=reduction, logit_adjustment=adjust, softcap=softcap,
+                                                **keywords)
+        context = f"rank {rank}, sizes {sizes}, {dtype}, {keywords}, weight={class_weight is not None}, " \
+                  f"adjustment={adjust is not None}, {reduction}, softcap={softcap}, chunk_size={chunk}"
+        torch.testing.assert_close(loss, expected, **tolerances(dtype), msg=lambda m: f"{context}: {m}")
+        upstream = torch.randn(loss.shape, generator=gen, dtype=dtype)
+        (loss * upstream).sum().backward()
+        (expected * upstream).sum().backward()
+        for name, probe, whole in zip(("hidden", "classifier", "bias"), probes, wholes):
+            wanted = whole.grad if name == "hidden" else shard_of(whole.grad, sizes, rank, 0)
+            torch.testing.assert_close(probe.grad, wanted, **tolerances(dtype),
+                                       msg=lambda m: f"{context}, {name} gradient: {m}")
+        bits = gathered_bits(probes[0].grad)
+        assert (bits == bits[0]).all(), f"{context}: the hidden gradient differs across ranks"
+
+
+def check_linear_budget(rank: int, sizes: list[int]) -> None:
+    """Fused: the forward's collectives (2, or 1 with vocab_start) and the backward's one all-reduce
+    do not depend on the number of chunks; no collective in the backward without a hidden gradient."""
+    hidden, classifier, bias, target, weight, _ = linear_inputs(22, 12, 4, sum(sizes), torch.float32)
+    local = shard_of(classifier, sizes, rank, 0)
+    for vocab_start, forward_count in ((None, 2), (sum(sizes[:rank]), 1)):
+        for chunk in (1, 5, 1000):
+            for wants_hidden in (True, False):
+                probe = hidden.clone().requires_grad_(wants_hidden)
+                head = local.clone().requires_grad_()
+                loss = [None]
+
+                def forward():
+                    loss[0] = vocab_parallel_linear_cross_entropy(probe, head, target, weight, vocab_start=vocab_start,
+                                                                  chunk_size=chunk, label_smoothing=0.1)
+                assert collective_count(forward) == forward_count
+                assert collective_count(lambda: loss[0].backward()) == int(wants_hidden)
+                assert head.grad is not None
+
+
+def check_linear_gradcheck(rank: int, world: int) -> None:
+    """float64 gradcheck of the fused loss: the replicated hidden states probed on every rank at once,
+    the classifier and bias shards one rank at a time (see check_gradcheck)."""
+    sizes = [3] * world
+    hidden, classifier, bias, target, weight, adjustment = linear_inputs(23, 2, 3, sum(sizes), torch.float64)
+    head, offset = shard_of(classifier, sizes, rank, 0).clone(), shard_of(bias, sizes, rank, 0).clone()
+    keywords = dict(reduction="none", label_smoothing=0.2, focal_gamma=1.5, logit_adjustment=adjustment,
+                    softcap=3.0, z_loss=0.01, chunk_size=3)
+    assert torch.autograd.gradcheck(lambda x: vocab_parallel_linear_cross_entropy(
+        x, head, target, weight, bias=offset, **keywords), (hidden.clone().requires_grad_(),))
+    for turn in range(world):
+        def loss(rows, column):
+            if rank == turn:
+                return vocab_parallel_linear_cross_entropy(hidden, rows, target, weight, bias=column, **keywords)
+            return 0 * vocab_parallel_linear_cross_entropy(hidden, head + 0 * rows, target, weight,
+                                                           bias=offset + 0 * column, **keywords)
+        assert torch.autograd.gradcheck(loss, (head.clone().requires_grad_(), offset.clone().requires_grad_()))
+
+
+def check_linear_bad_inputs(rank: int, sizes: list[int]) -> None:
+    hidden, classifier, bias, target, weight, _ = linear_inputs(24, 4, 3, sum(sizes), torch.float32)
+    local, start, classes = shard_of(classifier, sizes, rank, 0), sum(sizes[:rank]), sum(sizes)
+    out_of_range = target.clone()
+    out_of_range[1, 2] = -3
+    cases = [
+        (IndexError, rf"target\[6\] = -3 is out of range",
+         lambda: vocab_parallel_linear_cross_entropy(hidden, local, out_of_range, weight)),
+        (ValueError, rf"weight must have shape \({classes},\)",
+         lambda: vocab_parallel_linear_cross_entropy(hidden, local, target, weight[:-1], vocab_start=start)),
+        (ValueError, "disagree with vocab_start",
+         lambda: vocab_parallel_linear_cross_entropy(hidden, local, target, vocab_start=0)),
+        (ValueError, "disagree on the number of rows",
+         lambda: vocab_parallel_linear_cross_entropy(hidden[:, 1:] if rank == 0 else hidden, local,
+                                                     target[:, 1:] if rank == 0 else target)),
+        (ValueError, "rank 0 of the group: classifier must be",
+         lambda: vocab_parallel_linear_cross_entropy(hidden, local[:, 1:] if rank == 0 else local, target,
+                                                     vocab_start=start)),
+        (ValueError, "rank 1 of the group: bias must be",
+         lambda: vocab_parallel_linear_cross_entropy(hidden, local, target, bias=bias[:2] if rank == 1 else
+                                                     shard_of(bias, sizes, rank, 0))),
+    ]
+    for error, pattern, call in cases:
+        with pytest.raises(error, match=pattern):
+            call()
+    module = VocabParallelLinearCrossEntropyLoss(weight, label_smoothing=0.1, chunk_size=3)
+    torch.testing.assert_close(module(hidden, local, target),
+                               rarekit.LinearCrossEntropyLoss(weight, label_smoothing=0.1)(hidden, classifier, target))
+
+
+def check_dtensor(rank: int, world: int) -> None:
+    """A tiny embedding + LM head parallelized with parallelize_module (vocabulary-parallel embedding,
+    column-parallel head): the loss on its DTensor logits, and the fused loss on its DTensor head weight,
+    equal the unparallelized model's, and so does every parameter's gradient."""
+    import copy
+
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Replicate, Shard
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    classes, dim = 11, 4
+    torch.manual_seed(30)
+    reference = torch.nn.ModuleDict({"embed": torch.nn.Embedding(classes, dim),
+                                     "head": torch.nn.Linear(dim, classes, bias=False)})
+    ids = torch.randint(0, classes, (2, 5))
+    target = ids.roll(-1, 1)
+    target[0, -1] = -100
+    weight = torch.rand(classes) + 0.5
+    keywords = dict(label_smoothing=0.1, smoothing_mode="target_weighted", focal_gamma=1.0, z_loss=1e-3)
+    mesh = init_device_mesh("cpu", (world,))
+    for fused in (False, True):
+        model = parallelize_module(copy.deepcopy(reference), mesh, {
+            "embed": RowwiseParallel(input_layouts=Replicate()),
+            "head": ColwiseParallel(output_layouts=Shard(-1), use_local_output=False)})
+        expected_model = copy.deepcopy(reference)
+        hidden, expected_hidden = model["embed"](ids), expected_model["embed"](ids)
+        if fused:
+            loss = vocab_parallel_linear_cross_entropy(hidden, model["head"].weight, target, weight, **keywords)
+            expected = rarekit.linear_cross_entropy(expected_hidden, expected_model["head"].weight, target, weight,
+                                                    **keywords)
+        else:
+            logits = model["head"](hidden)
+            assert logits.placements == (Shard(2),)
+            loss = vocab_parallel_cross_entropy(logits.reshape(-1, classes), target.reshape(-1), weight, **keywords)
+            expected = rarekit.cross_entropy(expected_model["head"](expected_hidden).reshape(-1, classes),
+                                             target.reshape(-1), weight, **keywords)
+        torch.testing.assert_close(loss, expected)
+        loss.backward()
+        expected.backward()
+        for (name, parameter), expected_parameter in zip(model.named_parameters(), expected_model.parameters()):
+            assert isinstance(parameter.grad, DTensor), name  # (the embedding's comes back replicated)
+            assert name != "head.weight" or parameter.grad.placements == (Shard(0),)
+            torch.testing.assert_close(parameter.grad.full_tensor(), expected_parameter.grad, msg=name)
+
+
 def check_subgroups(rank: int) -> None:
     """Tensor-parallel groups [0, 2] and [1, 3] in a world of 4: each pair splits its own logits."""
     groups = [dist.new_group([0, 2]), dist.new_group([1, 3])]
@@ -245,6 +405,11 @@ def two_ranks(rank: int, world: int) -> None:
     sizes = split_sizes(13, world)
     for dtype in (torch.float32, torch.float64):
         check_cross_entropy_parity(rank, sizes, dtype, 20)
+        check_linear_parity(rank, sizes, dtype, 7)
+    check_linear_budget(rank, sizes)
+    check_linear_gradcheck(rank, world)
+    check_linear_bad_inputs(rank, sizes)
+    check_dtensor(rank, world)
     check_all_ignored(rank, sizes)
     check_bitwise(rank, sizes)
     check_cross_entropy_budget(rank, sizes)
@@ -258,13 +423,17 @@ def three_ranks(rank: int, world: int) -> None:
     sizes = split_sizes(17, world, skew=3)  # 9, 6, 2
     check_cross_entropy_parity(rank, sizes, torch.float32, 15, avoid_rank=1)  # rank 1 owns no target
     check_cross_entropy_parity(rank, sizes, torch.float64, 15, grid=KEYWORD_GRID[::3])
+    check_linear_parity(rank, sizes, torch.float32, 6, grid=KEYWORD_GRID[::3])
     check_bitwise(rank, sizes)
     check_bad_inputs(rank, sizes)
+    check_linear_bad_inputs(rank, sizes)
+    check_dtensor(rank, world)
 
 
 def four_ranks(rank: int, world: int) -> None:
     check_cross_entropy_parity(rank, [2, 1, 1, 0], torch.float32, 9, grid=KEYWORD_GRID[::4])  # an empty shard
     check_cross_entropy_parity(rank, split_sizes(50, world), torch.float64, 9, grid=KEYWORD_GRID[::4])
+    check_linear_parity(rank, [2, 1, 1, 0], torch.float32, 4, grid=KEYWORD_GRID[::6])
     check_subgroups(rank)
 
 
@@ -298,3 +467,11 @@ def test_one_rank_group_is_rarekit_cross_entropy():
         assert torch.equal(loss, reference) and torch.equal(logits.grad, expected.grad)
     finally:
         dist.destroy_process_group()
+
+
+def test_without_a_process_group_it_is_rarekit_linear_cross_entropy():
+    hidden, classifier, bias, target, weight, adjustment = linear_inputs(12, 6, 4, 9, torch.float32)
+    keywords = dict(bias=bias, label_smoothing=0.1, focal_gamma=2.0, logit_adjustment=adjustment, softcap=5.0,
+                    chunk_size=4)
+    assert torch.equal(vocab_parallel_linear_cross_entropy(hidden, classifier, target, weight, **keywords),
+                       rarekit.linear_cross_entropy(hidden, classifier, target, weight, **keywords))

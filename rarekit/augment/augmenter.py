@@ -28,6 +28,7 @@ import copy
 import importlib
 import math
 import random
+import re
 import sys
 
 import numpy as np
@@ -46,6 +47,8 @@ __all__ = ["RareAugmenter", "contextual_word_embs_aug"]
 METHODS = ("contextual", "synonym", "random_swap", "random_delete", "spelling", "keyboard", "ocr")
 MAX_ROUNDS = 5  # generation rounds per augment() call: the first, then retries of missing or rejected variants
 MAX_WORDS = 10  # words changed per variant at most (nlpaug's aug_max)
+MAX_CHARS = 10_000  # characters of a text augmented at most (the head; the rest is kept as it is)
+LAST_SPACE_RE = re.compile(r"\s\S*\Z")  # the last whitespace of a string
 FRAGMENT = "##"  # a WordPiece continuation such as "##ing"
 WORDNET_DATA = (("corpora/wordnet",), ("corpora/omw-1.4",),
                 ("taggers/averaged_perceptron_tagger_eng", "taggers/averaged_perceptron_tagger"))
@@ -69,6 +72,11 @@ class RareAugmenter:
         seed: makes the variants reproducible: two augmenters with one seed give the same variants for
             the same calls. The global ``random``, numpy and torch generators, which nlpaug draws from,
             are seeded for each call and restored after it (so not thread-safe).
+        max_chars: only the head of a longer text is augmented: its first ``max_chars`` characters, cut
+            at the last whitespace within them (so no word, protected phrase or special token is split;
+            inside a word only when they hold no whitespace). The rest is appended to each variant as
+            it is, and ``aug_p`` counts the words of the head. This bounds the time a text takes,
+            whatever its length.
 
     :meth:`augment` guarantees, for every method:
 
@@ -96,7 +104,7 @@ class RareAugmenter:
 
     def __init__(self, method="contextual", *, model_path: str = "bert-base-uncased", action: str = "substitute",
                  aug_p: float = 0.15, device="cpu", batch_size: int = 32, top_k: int | None = 100,
-                 seed: int | None = None):
+                 seed: int | None = None, max_chars: int = MAX_CHARS):
         if isinstance(method, str):
             if method not in METHODS:
                 raise ValueError(f"method must be one of {METHODS} or an nlpaug augmenter, got {method!r}")
@@ -109,6 +117,9 @@ class RareAugmenter:
         check_model_options(top_k, batch_size)
         if seed is not None and not is_integer(seed):
             raise TypeError(f"seed must be an integer or None, got {seed!r}")
+        if not is_integer(max_chars) or max_chars < 1:
+            raise ValueError(f"max_chars must be a positive integer, got {max_chars!r}")
+        self.max_chars = int(max_chars)
         self.method = method
         self.model_path = model_path
         self.action = action
@@ -145,6 +156,12 @@ class RareAugmenter:
         protect = _as_protect(protect)
         literal = {token for token in self._forbidden if any(token in text for text in texts)}
         protection = protection_for(protect | literal)  # special tokens written in a text stay as they are
+        parts = [head_and_tail(text, self.max_chars, protection) for text in texts]
+        variants = self._augment_heads([head for head, _ in parts], n, protection)
+        return [[variant + tail for variant in found] for found, (_, tail) in zip(variants, parts)]
+
+    def _augment_heads(self, texts: list[str], n: int, protection: Protection) -> list[list[str]]:
+        """:meth:`augment` of texts of at most ``max_chars`` characters."""
         variants: list[list[str]] = [[] for _ in texts]
         spare: list[list[str]] = [[] for _ in texts]  # valid, distinct from the text, repeating another variant
         keys = [comparison_key(text) for text in texts]
@@ -240,6 +257,21 @@ class RareAugmenter:
         clone.seed = seed
         clone._rng = random.Random(seed)
         return clone
+
+
+def head_and_tail(text: str, max_chars: int, protection: Protection) -> tuple[str, str]:
+    """``text`` as ``(head, tail)``: the head holds at most ``max_chars`` characters and ends before the
+    last whitespace within them, or before a protected phrase or special token that would span the cut
+    (at ``max_chars`` if there is no whitespace)."""
+    if len(text) <= max_chars:
+        return text, ""
+    last_space = LAST_SPACE_RE.search(text, 0, max_chars + 1)
+    cut = last_space.start() if last_space is not None and last_space.start() > 0 else max_chars
+    if protection.phrases:
+        reach = cut + max(len(phrase) for phrase in protection.phrases)
+        cut = min([cut] + [match.start() for match in protection.matches(text[:reach])
+                           if match.start() < cut < match.end()])
+    return text[:cut], text[cut:]
 
 
 def _is_nlpaug_augmenter(value) -> bool:

@@ -41,7 +41,7 @@ def augment_minority(texts, labels, sampling_strategy="auto", augmenter=None, *,
         augmenter: a :class:`RareAugmenter`, a method name, or an nlpaug augmenter; ``None`` is
             ``RareAugmenter()`` (``"contextual"`` with ``bert-base-uncased``).
         seed: seeds the augmenter (a given RareAugmenter is copied, not changed) and the choice of texts.
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar when stderr is a terminal (never in a log file or a pipe).
 
     Returns:
         ``(texts_res, labels_res)``: the original texts and labels first, in order, then the variants
@@ -60,7 +60,8 @@ def augment_minority(texts, labels, sampling_strategy="auto", augmenter=None, *,
     augmenter = _as_augmenter(augmenter, seed)
     chooser = random.Random(augmenter._rng.getrandbits(63))
     new_texts, sources = [], []
-    with tqdm(total=sum(targets.values()), desc="augmenting", unit="text", disable=not progress) as bar:
+    # disable=None: a bar on a terminal only
+    with tqdm(total=sum(targets.values()), desc="augmenting", unit="text", disable=None if progress else True) as bar:
         for label, value in zip(class_labels, values.tolist()):
             gain = targets.get(label, 0)
             if gain == 0:

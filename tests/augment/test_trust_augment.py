@@ -11,7 +11,7 @@ naw = pytest.importorskip("nlpaug.augmenter.word")
 pytest.importorskip("transformers")
 
 from masked_lm_models import BERT_SPECIAL, ROBERTA_SPECIAL, build_masked_lms, one_torch_thread  # noqa: E402,F401
-from rarekit.augment import contextual_word_embs_aug  # noqa: E402
+from rarekit.augment import RareAugmenter, contextual_word_embs_aug  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -114,3 +114,68 @@ def test_seeded_output_is_reproducible(models, model):
     augmenter = contextual_word_embs_aug(models[model], aug_p=0.5)
     first, again = seeded(augmenter, UNKNOWN_WORD_TEXTS, 7), seeded(augmenter, UNKNOWN_WORD_TEXTS, 7)
     assert first == again and first != UNKNOWN_WORD_TEXTS
+
+
+# --- item 15: the length of a text RareAugmenter augments is bounded ------------------------------
+
+LONG_WORDS = "the quick cat jumped over the lazy dog and the big red bird flew over the old house".split()
+
+
+def long_text(characters: int, seed: int = 0) -> str:
+    rng = random.Random(seed)
+    return " ".join(rng.choice(LONG_WORDS) for _ in range(characters // 4))[:characters]
+
+
+@pytest.mark.parametrize("method", ["random_swap", "random_delete", "contextual"])
+def test_only_the_head_of_a_long_text_is_augmented(models, method):
+    text = long_text(400)
+    cut = text.rfind(" ", 0, 61)  # the last whitespace within the first 60 characters
+    kwargs = {"model_path": str(models["bert"])} if method == "contextual" else {}
+    augmenter = RareAugmenter(method, seed=1, max_chars=60, aug_p=0.5, **kwargs)
+    variants = augmenter.augment([text], n=3)[0]
+    assert len(set(variants)) == 3
+    for variant in variants:
+        head = variant[:len(variant) - (len(text) - cut)]
+        assert variant == head + text[cut:] and head != text[:cut]
+        assert len(WORD.findall(head)) < len(WORD.findall(text[:cut])) if method == "random_delete" else \
+            len(WORD.findall(head)) == len(WORD.findall(text[:cut]))  # the head's words only
+
+
+def test_a_protected_phrase_across_the_cut_stays_whole():
+    text = "a b c d e f g h the lazy dog ran over the big red house and the old tree"
+    limit = text.index("lazy dog") + 6  # the cut would fall between "lazy" and "dog"
+    augmenter = RareAugmenter("random_swap", seed=2, max_chars=limit, aug_p=1.0)
+    for variant in augmenter.augment([text], n=5, protect={"lazy dog"})[0]:
+        assert variant.endswith(text[text.index("lazy dog"):]) and variant != text
+
+
+def test_a_huge_text_takes_bounded_time():
+    import time
+    text = long_text(1_000_000)
+    augmenter = RareAugmenter("random_swap", seed=3)
+    start = time.perf_counter()
+    variants = augmenter.augment([text], n=2)[0]
+    assert time.perf_counter() - start < 5  # it took 39 s (single process, 2 cores shared) before the bound
+    from rarekit.augment.augmenter import MAX_CHARS
+    assert all(variant.endswith(text[MAX_CHARS:]) and variant != text for variant in variants)
+
+
+def test_max_chars_must_be_positive():
+    for bad in (0, -1, 2.5, "10"):
+        with pytest.raises(ValueError, match="max_chars"):
+            RareAugmenter("random_swap", max_chars=bad)
+
+
+# --- item 21: augment_minority's progress bar only on a terminal ---------------------------------
+
+def test_progress_bar_only_on_a_terminal(capsys, monkeypatch):
+    import sys
+    from rarekit.augment import augment_minority
+    texts, labels = [long_text(80, seed) for seed in range(6)], [0, 0, 0, 0, 1, 1]
+    augment_minority(texts, labels, augmenter="random_swap", seed=0)  # stderr is captured: not a terminal
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    augment_minority(texts, labels, augmenter="random_swap", seed=0)
+    assert "augmenting" in capsys.readouterr().err
+    augment_minority(texts, labels, augmenter="random_swap", seed=0, progress=False)
+    assert capsys.readouterr().err == ""

@@ -259,3 +259,31 @@ def test_examples_shown_are_cut_at_a_word_with_an_ellipsis(capsys):
     assert shown[0].startswith(f"- original (the first {len(original):,} of its 5,000 characters): w000 w001")
     for line in shown:
         assert line.endswith(" …") and all(word.strip("*") in words for word in line.split(": ", 1)[1][:-2].split())
+
+
+METHODS = ["plain CE", "weighted CE (effective number)", "balanced sampler", "logit adjustment (tau=1)",
+           "focal (gamma=2)", "augment_minority + CE"]
+
+
+@pytest.mark.parametrize("names, counts", [
+    ([str(digit) for digit in range(10)], [139, 80, 45, 26, 15, 9, 5, 3, 3, 2]),  # the default digits demo
+    (["a", "b", "c"], [5, 3, 1]),
+    (["customer complaint about billing", "shipping delay", "refund request", "other"], [300, 40, 12, 0]),
+    ([f"topic{i}" for i in range(12)], list(range(1200, 0, -100))),
+    ([f"a rather long topic name number {i}" for i in range(30)], list(range(300, 0, -10))),
+])
+def test_recall_plot_labels_do_not_overlap(tmp_path, names, counts):
+    pytest.importorskip("matplotlib")
+    from rarekit.study.plots import plot_class_recall
+
+    rng = np.random.default_rng(0)
+    recalls = {method: [None if count == 0 else float(value) for value, count in zip(rng.random(len(names)), counts)]
+               for method in METHODS}
+    figure = plot_class_recall(recalls, counts, names, tmp_path / "recall.png", title="data.csv")
+    figure.draw_without_rendering()  # the layout of the saved image
+    boxes = sorted((label.get_window_extent() for label in figure.axes[0].get_xticklabels()), key=lambda box: box.x0)
+    assert len(boxes) == len(names)
+    for left, right in zip(boxes, boxes[1:]):
+        assert left.x1 < right.x0, (left, right)
+    for box in boxes:
+        assert figure.bbox.x0 <= box.x0 and box.x1 <= figure.bbox.x1 and figure.bbox.y0 <= box.y0

@@ -18,8 +18,8 @@ from rarekit.counting import is_integer, is_real_number
 from rarekit.losses._options import (check_loss_options, class_vector, mean_divisor, nan_if_zero,
                                      refuse_differentiable_weight)
 from rarekit.ops.cross_entropy import accumulator_dtype
+from rarekit.ops.linear_cross_entropy import FORWARD_AD_UNSUPPORTED, linear_cross_entropy_chunks
 from rarekit.ops.linear_cross_entropy import linear_cross_entropy as fused_linear_cross_entropy
-from rarekit.ops.linear_cross_entropy import linear_cross_entropy_chunks
 
 DEFAULT_CHUNK_BYTES = 256 * 2**20  # the logits of one chunk of rows
 
@@ -91,8 +91,7 @@ def _refuse_forward_ad(*tensors) -> None:
         return
     for tensor in tensors:
         if isinstance(tensor, torch.Tensor) and forward_ad.unpack_dual(tensor).tangent is not None:
-            raise RuntimeError("rarekit.linear_cross_entropy does not support forward-mode AD (dual tensors, "
-                               "torch.func.jvp); compose F.linear with rarekit.cross_entropy for that")
+            raise RuntimeError(FORWARD_AD_UNSUPPORTED)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, classifier: torch.Tensor, target: torch.Tensor,
@@ -110,10 +109,11 @@ def linear_cross_entropy(hidden: torch.Tensor, classifier: torch.Tensor, target:
     before the loss. Only ``chunk_size`` rows of logits exist at a time (default: as many as fit
     256 MiB; one more such buffer with ``softcap`` during training); the forward also computes the
     gradients of ``hidden``, ``classifier``, ``bias`` and ``logit_adjustment`` (Liger Kernel's
-    strategy), so the backward of a reduced loss only scales them, and ``reduction="none"``
+    strategy), so the first backward of a reduced loss only scales them, and ``reduction="none"``
     recomputes the chunks in the backward. Matmuls run in the input dtype, the loss in float32
     (float64 for float64), and the classifier's gradient accumulates in float32. A ``weight`` that
-    requires grad raises (as torch's ``nll_loss``); the result is differentiable once.
+    requires grad raises (as torch's ``nll_loss``); the result is differentiable once, in reverse mode
+    (``torch.func.grad``, ``vjp``, ``jacrev`` and ``vmap`` work; forward mode and second derivatives raise).
     ``check=False`` skips the target range check (one host sync on CUDA). Under ``torch.autocast``,
     ``hidden``, ``classifier`` and ``bias`` are cast to the autocast dtype first, as ``F.linear``
     casts them: float64 tensors are kept.

@@ -194,3 +194,57 @@ def test_zero_width_hidden_is_the_composite(gen, backend, reduction):
         for grad, expected_grad in zip(grads, expected_grads):
             assert grad.shape == expected_grad.shape
             torch.testing.assert_close(grad, expected_grad)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_func_transforms_match_torch(gen, reduction):
+    """torch.func.grad (each input), jacrev, vjp and vmap of grad (per-row gradients) of
+    linear_cross_entropy and cross_entropy equal those of F.linear + F.cross_entropy."""
+    hidden, classifier, bias, target = [tensor.double() if tensor.is_floating_point() else tensor
+                                        for tensor in make_inputs(gen)]
+    weight = torch.rand(classifier.shape[0], generator=gen, dtype=torch.float64) + 0.5
+    keywords = dict(reduction=reduction, label_smoothing=0.1)
+
+    def fused(hidden, classifier, bias, target=target):
+        return rarekit.linear_cross_entropy(hidden, classifier, target, weight, bias=bias, chunk_size=4, **keywords)
+
+    def split(hidden, classifier, bias, target=target):
+        return rarekit.cross_entropy(F.linear(hidden, classifier, bias), target, weight, **keywords)
+
+    def torch_loss(hidden, classifier, bias, target=target):
+        return F.cross_entropy(F.linear(hidden, classifier, bias), target, weight, **keywords)
+
+    inputs = (hidden, classifier, bias)
+    expected = torch.func.grad(lambda *args: torch_loss(*args).sum(), argnums=(0, 1, 2))(*inputs)
+    expected_jacobian = torch.func.jacrev(torch_loss)(*inputs)
+    upstream = torch.randn(torch_loss(*inputs).shape, generator=gen, dtype=torch.float64)
+    expected_vjp = torch.func.vjp(torch_loss, *inputs)[1](upstream)
+    per_row = torch.func.vmap(torch.func.grad(lambda row, label: torch_loss(row[None], classifier, bias,
+                                                                            label[None]).sum()))
+    expected_per_row = per_row(hidden, target)
+    for loss_fn in (fused, split):
+        grads = torch.func.grad(lambda *args: loss_fn(*args).sum(), argnums=(0, 1, 2))(*inputs)
+        torch.testing.assert_close(grads, expected)
+        torch.testing.assert_close(torch.func.jacrev(loss_fn)(*inputs), expected_jacobian)
+        torch.testing.assert_close(torch.func.vjp(loss_fn, *inputs)[1](upstream), expected_vjp)
+        rows = torch.func.vmap(torch.func.grad(lambda row, label: loss_fn(row[None], classifier, bias,
+                                                                          label[None]).sum()))
+        torch.testing.assert_close(rows(hidden, target), expected_per_row, equal_nan=True)
+
+
+def test_func_second_derivatives_raise(gen):
+    """The fused losses are differentiable once: torch.func.hessian and jacrev of jacrev raise instead
+    of answering zeros; forward mode on linear_cross_entropy names it."""
+    hidden, classifier, bias, target = [tensor.double() if tensor.is_floating_point() else tensor
+                                        for tensor in make_inputs(gen)]
+    logits = F.linear(hidden, classifier, bias)
+    losses = {
+        "cross_entropy": (lambda z: rarekit.cross_entropy(z, target), logits),
+        "linear_cross_entropy": (lambda h: rarekit.linear_cross_entropy(h, classifier, target, bias=bias), hidden),
+    }
+    for name, (loss_fn, argument) in losses.items():
+        for transform in (torch.func.hessian, lambda fn: torch.func.jacrev(torch.func.jacrev(fn))):
+            with pytest.raises(RuntimeError, match="differentiable once|forward-mode AD"):
+                transform(loss_fn)(argument)
+    with pytest.raises(RuntimeError, match="linear_cross_entropy does not support forward-mode AD"):
+        torch.func.jvp(losses["linear_cross_entropy"][0], (hidden,), (torch.ones_like(hidden),))

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
+from rarekit import _backend
+
 ROW_TERMS = 4  # max_logit, coef_p, coef_y, coef_v: the kernel's CrossEntropyRowTerms
 
 
@@ -77,7 +79,7 @@ def local_statistics(logits: torch.Tensor, local_target: torch.Tensor, smoothing
     return block
 
 
-def row_chunks(rows: int, classes: int, budget: int = 2**22):
+def row_chunks(rows: int, classes: int, budget: int = 2**20):
     """Row slices of at most ``budget`` elements (at least one row each): a shard's logits are read
     chunk by chunk, so the temporaries stay small and in cache."""
     step = max(1, budget // max(classes, 1))
@@ -85,9 +87,10 @@ def row_chunks(rows: int, classes: int, budget: int = 2**22):
 
 
 def local_target_of(target: torch.Tensor, start: int, classes: int, ignore_index: int) -> torch.Tensor:
-    """y - start where this shard owns y, -1 elsewhere (other shards' targets and ignored rows)."""
+    """y - start where this shard owns y; -1 where another shard does, -2 on ignored rows."""
     shifted = target.long() - start
-    return torch.where((shifted >= 0) & (shifted < classes) & (target != ignore_index), shifted, -1)
+    owned = (shifted >= 0) & (shifted < classes)
+    return torch.where(target == ignore_index, -2, torch.where(owned, shifted, -1))
 
 
 @dataclass(frozen=True)
@@ -152,18 +155,12 @@ def combine_statistics(gathered: torch.Tensor, target: torch.Tensor, weight: tor
     return RowResult(losses, row_terms)
 
 
-def local_gradient(logits: torch.Tensor, local_target: torch.Tensor, smoothing: torch.Tensor | None,
-                   row_terms: torch.Tensor, upstream: torch.Tensor, options: LossOptions,
-                   adjustment: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
-    """The shard's gradient ``upstream_i · (coef_p exp(z'_ik - M) - coef_v v'_k - [k = y_i] coef_y)``
-    of (rows, V_r) logits z (z' = z + ``adjustment``), in the accumulator dtype of the row terms, written
-    into ``out`` (which may be ``logits`` itself, a buffer of the caller's) or a new tensor."""
+def reference_gradient(logits: torch.Tensor, local_target: torch.Tensor, smoothing: torch.Tensor | None,
+                       row_terms: torch.Tensor, upstream: torch.Tensor, options: LossOptions,
+                       adjustment: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+    """The torch form of :func:`local_gradient` for a chunk of rows, written into ``out`` (accumulator dtype)."""
     accumulate = row_terms.dtype
     scale = upstream.to(accumulate)[:, None] * row_terms[:, 1:]
-    if out is None:
-        out = torch.empty(logits.shape, dtype=accumulate, device=logits.device)
-    if out.shape[1] == 0:
-        return out
     if adjustment is not None:  # z' rounded once, then shifted (as the forward and the kernel)
         torch.add(logits, adjustment.to(accumulate), out=out).sub_(row_terms[:, :1])
     else:
@@ -177,3 +174,35 @@ def local_gradient(logits: torch.Tensor, local_target: torch.Tensor, smoothing: 
     owned = local_target >= 0
     out.scatter_add_(1, torch.where(owned, local_target, 0)[:, None], torch.where(owned, -scale[:, 1], 0.0)[:, None])
     return out
+
+
+def local_gradient(logits: torch.Tensor, local_target: torch.Tensor, smoothing: torch.Tensor | None,
+                   row_terms: torch.Tensor, upstream: torch.Tensor, options: LossOptions,
+                   adjustment: torch.Tensor | None = None) -> torch.Tensor:
+    """The shard's gradient ``upstream_i · (coef_p exp(z'_ik - M) - coef_v v'_k - [k = y_i] coef_y)`` of
+    (rows, V_r) logits z (z' = z + ``adjustment``), a new tensor in the logits dtype.
+
+    The compiled kernels' ``cross_entropy_backward`` computes exactly this from row terms, so it serves
+    where built: rows whose target another rank owns get target 0 and coef_y = 0, ignored rows target -1
+    (its ignore_index here: a zero row). Otherwise :func:`reference_gradient`, chunk by chunk."""
+    rows, classes = logits.shape
+    if _backend.native(logits.device) and classes > 0:
+        owned = local_target >= 0
+        coef_y = torch.where(owned, row_terms[:, 2], 0.0)[:, None]
+        kernel_target = torch.where(owned, local_target, torch.where(local_target == -1, 0, -1))
+        return torch.ops.rarekit.cross_entropy_backward(
+            upstream, logits, kernel_target, smoothing if options.label_smoothing > 0 else None, adjustment,
+            torch.cat([row_terms[:, :2], coef_y, row_terms[:, 3:]], 1), -1, options.label_smoothing,
+            options.target_weighted, options.focal_gamma, options.z_loss)
+    grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+    if classes == 0:  # an empty shard
+        return grad
+    _backend.advise_huge_pages(grad)
+    exact = logits.dtype == row_terms.dtype
+    for chunk in row_chunks(rows, classes):
+        out = grad[chunk] if exact else torch.empty(grad[chunk].shape, dtype=row_terms.dtype, device=grad.device)
+        reference_gradient(logits[chunk], local_target[chunk], smoothing, row_terms[chunk], upstream[chunk], options,
+                           adjustment, out)
+        if not exact:
+            grad[chunk] = out
+    return grad

@@ -71,18 +71,12 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:
             return None, None, None, None, None, None
         logits, target, weight, adjustment, row_terms = ctx.saved_tensors
-        options, accumulate = ctx.options, row_terms.dtype
+        options = ctx.options
         local_target = local_target_of(target, ctx.start, ctx.size, options.ignore_index)
         local_adjustment = class_slice(adjustment, ctx.start, ctx.size)
         smoothing = smoothing_vector(class_slice(weight, ctx.start, ctx.size), options)
-        grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
         with torch.no_grad():  # also under create_graph=True: the result is made once-differentiable below
-            for chunk in row_chunks(logits.shape[0], ctx.size):
-                out = grad[chunk] if logits.dtype == accumulate else None
-                part = local_gradient(logits[chunk], local_target[chunk], smoothing, row_terms[chunk],
-                                      grad_losses[chunk], options, local_adjustment, out)
-                if out is None:
-                    grad[chunk] = part
+            grad = local_gradient(logits, local_target, smoothing, row_terms, grad_losses, options, local_adjustment)
         return _once_differentiable(grad, logits, grad_losses), None, None, None, None, None
 
     @staticmethod

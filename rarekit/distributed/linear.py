@@ -93,7 +93,8 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
                 part = slice(begin, begin + ctx.chunk)
                 z, capped = _chunk_logits(hidden[part], classifier, bias, ctx.softcap, local_adjustment, accumulate)
                 gradient = local_gradient(z, local_target[part], smoothing, row_terms[part], grad_losses[part],
-                                          options, out=z)  # z' already holds the adjustment
+                                          options)  # z' already holds the adjustment
+                del z
                 if capped is not None:  # d softcap(raw)/d raw = 1 - tanh²(raw / s)
                     gradient.mul_(capped.square_().neg_().add_(1))
                 if wants_bias:
@@ -192,7 +193,8 @@ def vocab_parallel_linear_cross_entropy(hidden: torch.Tensor, classifier: torch.
     accumulate = accumulator_dtype(hidden)
     if exchange.local_error:  # with vocab_start: meet the others in the exchange, then every rank raises
         exchange.gather(None, rows_target.shape[0], accumulate, options.statistics)
-    chunk = chunk_rows(rows_target.shape[0], exchange.size, hidden.dtype, chunk_size)
+    # the backward holds a chunk's logits and their gradient: the default chunk is half linear_cross_entropy's
+    chunk = chunk_rows(rows_target.shape[0], 2 * exchange.size, accumulate, chunk_size)
     losses, _ = _VocabParallelLinearCrossEntropy.apply(rows_hidden, classifier, bias, rows_target, weight,
                                                        logit_adjustment, exchange, options,
                                                        None if softcap is None else float(softcap), chunk)

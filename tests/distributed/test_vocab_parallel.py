@@ -401,11 +401,22 @@ def check_subgroups(rank: int) -> None:
                                rarekit.cross_entropy(full, target))
 
 
+def check_reference_path(rank: int, sizes: list[int]) -> None:
+    """The shard's gradient from the torch reference (no compiled kernel) gives the same answers."""
+    rarekit.set_backend("reference")
+    try:
+        check_cross_entropy_parity(rank, sizes, torch.float64, 11, grid=KEYWORD_GRID[::2])
+        check_linear_parity(rank, sizes, torch.float32, 5, grid=KEYWORD_GRID[::4])
+    finally:
+        rarekit.set_backend("native")
+
+
 def two_ranks(rank: int, world: int) -> None:
     sizes = split_sizes(13, world)
     for dtype in (torch.float32, torch.float64):
         check_cross_entropy_parity(rank, sizes, dtype, 20)
         check_linear_parity(rank, sizes, dtype, 7)
+    check_reference_path(rank, sizes)
     check_linear_budget(rank, sizes)
     check_linear_gradcheck(rank, world)
     check_linear_bad_inputs(rank, sizes)

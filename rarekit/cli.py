@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rarekit._files import write_text_atomic
+from rarekit._memory import available_memory
 from rarekit.counting import count, max_id, rare_ids
 from rarekit.plots import plot_frequencies
 from rarekit.study.lm import DEFAULT_EPOCHS as LM_DEFAULT_EPOCHS
@@ -265,15 +266,6 @@ def check_memory(num_bins: int, what: str) -> None:
     if needed > available:
         raise ValueError(f"{what} needs {needed / 2**30:,.1f} GiB for its counts and weights, more than the "
                          f"{available / 2**30:,.1f} GiB of memory available")
-
-
-def available_memory() -> int:
-    """Bytes of memory available: MemAvailable of /proc/meminfo, else the physical memory."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def check_not_overwriting(paths: list[Path], out: Path) -> None:

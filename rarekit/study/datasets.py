@@ -14,6 +14,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,9 +25,9 @@ class Split:
 what was left out of the data file and why (for the output and the report)."""
 
     name: str
-    x_train: object
+    x_train: Any
     y_train: np.ndarray
-    x_test: object
+    x_test: Any
     y_test: np.ndarray
     class_names: list[str]
     notes: list[str] = field(default_factory=list)

@@ -95,36 +95,25 @@ def test_a_uint16_file_read_as_uint32_names_the_dtype(tmp_path, capsys):
     np.testing.assert_array_equal(np.load(tmp_path / "out" / "counts.npy"), np.bincount(ids))
 
 
-FIGURES_BENCH = '''"""A stand-in benchmark whose case carries figures besides its times."""
-import torch
-from common import parse_args, report
-
-args = parse_args(__doc__)
-report("figures", torch.device("cpu"), [{"case": "ones", "median_ms": {"torch.sum": 0.5},
-                                         "ratios": {"speed-up": 2.0},
-                                         "peak_extra_memory_MiB": {"rarekit": 1.25, "torch eager": 31.5},
-                                         "logits_MiB": 7.8125, "note": "a note"}], args.out)
-'''
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-def test_bench_prints_tables_and_keeps_json_in_files(tmp_path, capfd):
-    import shutil
+def test_bench_prints_tables_and_keeps_json_in_files(tmp_path, capsys):
+    """What every benchmark prints: common.report's tables, with the case's figures besides its times."""
+    import importlib.util
 
-    folder = tmp_path / "benchmarks"
-    folder.mkdir()
-    for name in ("common.py", "write_results.py"):
-        shutil.copy(BENCHMARKS / name, folder / name)
-    (folder / "bench_figures.py").write_text(FIGURES_BENCH)
-    out = tmp_path / "out"
-    assert cli.main(["bench", "--quick", "--benchmarks", str(folder), "--out", str(out)]) == 0
-    printed = capfd.readouterr().out
-    lines = printed[printed.index("figures [cpu] ones"):].splitlines()
-    assert lines[1:9] == ["  torch.sum                         0.500 ms", f"  {'speed-up':<40}     2.00x",
-                          "  peak_extra_memory_MiB:", f"    {'rarekit':<38}      1.250",
-                          f"    {'torch eager':<38}     31.500", f"  {'logits_MiB':<40}      7.812", "  note: a note", ""]
-    assert not any(line.lstrip().startswith(("{", "}", '"')) for line in printed.splitlines())
-    assert json.loads((out / "figures-cpu.json").read_text())["cases"][0]["peak_extra_memory_MiB"]["rarekit"] == 1.25
+    spec = importlib.util.spec_from_file_location("bench_common", BENCHMARKS / "common.py")
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    case = {"case": "ones", "median_ms": {"torch.sum": 0.5}, "ratios": {"speed-up": 2.0},
+            "peak_extra_memory_MiB": {"rarekit": 1.25, "torch eager": 31.5}, "logits_MiB": 7.8125, "note": "a note"}
+    path = common.report("figures", torch.device("cpu"), [case], str(tmp_path))
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[1:] == [
+        "figures [cpu] ones", "  torch.sum                         0.500 ms", f"  {'speed-up':<40}     2.00x",
+        "  peak_extra_memory_MiB:", f"    {'rarekit':<38}      1.250", f"    {'torch eager':<38}     31.500",
+        f"  {'logits_MiB':<40}      7.812", "  note: a note", "", f"wrote {path}"]
+    assert json.loads(Path(path).read_text())["cases"] == [case]
 
 
 @pytest.mark.parametrize("script", sorted(path.name for path in BENCHMARKS.glob("bench_*.py")))

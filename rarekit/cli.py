@@ -44,6 +44,7 @@ DEMO_DEFAULTS = {"epochs": 30, "time_budget": 80.0, "augment_per_text": 4, "augm
                  "max_features": 50_000, "augmenter": "random_swap"}
 DEMO_EXTRAS = {"sklearn": "scikit-learn", "pandas": "pandas", "chatterbot_corpus": "chatterbot-corpus",
                "yaml": "pyyaml", "nlpaug": "nlpaug", "matplotlib": "matplotlib"}  # module: package of rarekit[demo]
+TEXT_ONLY = ("augment_per_text", "augment_max", "max_features", "augmenter", "mlm")
 CLASSIFICATION_ONLY = ("data", "text_col", "label_col", "batch_size", "time_budget", "force", "augment_per_text",
                        "augment_max", "max_features", "augmenter", "mlm", "ddp")
 
@@ -213,10 +214,18 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.lm:
         from rarekit.study import lm as lm_study
 
-        check_lm_options(args)
+        refuse_options(args, CLASSIFICATION_ONLY, "--lm: the language-model study trains on its built-in corpus "
+                       "(chatterbot-corpus) with its own batches; it takes --out, --epochs, --seed, --train-threads "
+                       "and --no-progress")
         require_demo_extras(["chatterbot_corpus", "yaml", "matplotlib"])
         return lm_study.run(args)
     text = args.data is None or Path(args.data).suffix != ".npz"
+    if not text:
+        refuse_options(args, TEXT_ONLY, f"--data {Path(args.data).name}: they shape the text features and their "
+                       "augmentation, and an .npz file holds arrays")
+    if args.mlm and args.augmenter not in (None, "contextual"):
+        raise ValueError(f"--mlm is the model of --augmenter contextual; it does not apply to --augmenter "
+                         f"{args.augmenter}")
     require_demo_extras(["sklearn"] + ["chatterbot_corpus", "yaml"] * (args.data is None)
                         + ["pandas"] * (text and args.data is not None) + ["nlpaug"] * text)
     for name, value in DEMO_DEFAULTS.items():
@@ -250,13 +259,11 @@ def require_demo_extras(modules: list[str]) -> None:
         raise ImportError(f"this demo needs {', '.join(missing)}, not installed: pip install rarekit[demo]")
 
 
-def check_lm_options(args: argparse.Namespace) -> None:
-    """Refuses the classification study's options under ``--lm``, whose study has its own corpus and budget."""
-    given = ["--" + name.replace("_", "-") for name in CLASSIFICATION_ONLY if getattr(args, name) not in (None, False)]
+def refuse_options(args: argparse.Namespace, names: tuple[str, ...], reason: str) -> None:
+    """Refuses the options ``names`` given on the command line (set, not None or False) that do not apply."""
+    given = ["--" + name.replace("_", "-") for name in names if getattr(args, name) not in (None, False)]
     if given:
-        raise ValueError(f"{', '.join(given)} do{'es' if len(given) == 1 else ''} not apply to --lm: the language-model "
-                         "study trains on its built-in corpus (chatterbot-corpus) with its own batches; it takes "
-                         "--out, --epochs, --seed, --train-threads and --no-progress")
+        raise ValueError(f"{', '.join(given)} do{'es' if len(given) == 1 else ''} not apply to {reason}")
 
 
 def check_memory(num_bins: int, what: str) -> None:

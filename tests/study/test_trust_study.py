@@ -287,3 +287,19 @@ def test_recall_plot_labels_do_not_overlap(tmp_path, names, counts):
         assert left.x1 < right.x0, (left, right)
     for box in boxes:
         assert figure.bbox.x0 <= box.x0 and box.x1 <= figure.bbox.x1 and figure.bbox.y0 <= box.y0
+
+
+@pytest.mark.parametrize("options", [["--augmenter", "random_swap"], ["--augment-max", "10"],
+                                     ["--augment-per-text", "2", "--max-features", "100"], ["--mlm", "model"]])
+def test_text_options_with_array_data_are_refused(tmp_path, capsys, options):
+    np.savez(tmp_path / "data.npz", X=np.eye(6), y=np.arange(6) % 2)
+    assert cli.main(["demo", "--data", str(tmp_path / "data.npz"), "--out", str(tmp_path / "out"), *options]) == 1
+    flags = ", ".join(option for option in options if option.startswith("--"))
+    assert capsys.readouterr().err.startswith(f"rarekit demo: error: {flags} do")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_masked_lm_without_the_contextual_augmenter_is_refused(tmp_path, capsys):
+    assert cli.main(["demo", "--mlm", "model", "--augmenter", "random_swap", "--out", str(tmp_path / "out")]) == 1
+    assert "--mlm is the model of --augmenter contextual" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

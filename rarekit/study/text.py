@@ -90,10 +90,10 @@ def projected_seconds(split: Split, gains: np.ndarray, augmenter, budget_seconds
     """``(seconds, characters, texts timed)``: the time to generate ``gains[c]`` variants of the texts of
     each class c, as the time per character of variants of up to :data:`SAMPLE_TEXTS` texts of those
     classes, each cut to :data:`SAMPLE_CHARS` characters, times the characters the variants are made
-    from (Σ_c gains[c] · the mean length of c's texts): a long text counts at its length, and no
-    timed call is longer than a cut text. The timing stops once it has used :data:`SAMPLE_SHARE` of
-    ``budget_seconds``."""
-    lengths = np.array([len(text) for text in split.x_train], dtype=np.float64)
+    from (Σ_c gains[c] · the mean length of c's texts, each counted up to the ``max_chars`` that the
+    augmenter changes): a long text counts at its length, and no timed call is longer than a cut
+    text. The timing stops once it has used :data:`SAMPLE_SHARE` of ``budget_seconds``."""
+    lengths = np.array([min(len(text), augmenter.max_chars) for text in split.x_train], dtype=np.float64)
     rows = np.bincount(split.y_train, minlength=len(gains))
     mean_length = np.bincount(split.y_train, lengths, len(gains)) / np.maximum(rows, 1)
     characters = float(gains @ mean_length)

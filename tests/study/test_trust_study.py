@@ -170,10 +170,11 @@ def test_arrays_with_one_row_per_class_are_refused_with_the_reason(tmp_path, cap
 
 
 class ClockedAugmenter:
-    """Takes 1 ms of a fake clock per character of each variant it makes, and records the texts' lengths."""
+    """Takes 1 ms of a fake clock per character of each variant it makes, and records the texts' lengths;
+    ``max_chars`` as RareAugmenter's (it changes only a text's head of that many characters)."""
 
-    def __init__(self):
-        self.now, self.lengths = 0.0, []
+    def __init__(self, max_chars=10**9):
+        self.now, self.lengths, self.max_chars = 0.0, [], max_chars
 
     def perf_counter(self):
         return self.now
@@ -218,6 +219,16 @@ def test_projected_augmentation_time_follows_the_characters_of_each_class(monkey
     class_one = [len(t) for t, label in zip(split.x_train, split.y_train) if label == 1]
     assert characters == pytest.approx(16 * np.mean(class_one)) and timed == 4
     assert seconds == pytest.approx(1e-3 * characters)  # the fake clock's rate, 1 ms a character
+
+
+def test_projected_augmentation_time_counts_what_the_augmenter_changes(monkeypatch):
+    from rarekit.study import text
+
+    augmenter = ClockedAugmenter(max_chars=10_000)  # RareAugmenter changes the head of a long text only
+    monkeypatch.setattr(text.time, "perf_counter", augmenter.perf_counter)
+    seconds, characters, _ = text.projected_seconds(long_text_split(6_000_000), np.array([0, 16]), augmenter,
+                                                    float("inf"), seed=0)
+    assert characters == pytest.approx(16 * (10_000 + 3 * 50) / 4) and seconds == pytest.approx(1e-3 * characters)
 
 
 def test_the_example_text_is_cut_at_a_word_before_it_is_augmented():

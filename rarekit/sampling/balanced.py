@@ -4,9 +4,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rarekit.counting import as_counts, is_integer
+from rarekit._memory import available_memory
+from rarekit.counting import INT64_MAX, as_counts, is_integer
 from rarekit.reference import as_int64
-from rarekit.sampling.indices import bucket_labels, resample
+from rarekit.sampling.indices import INDEX_BYTES, UNCHECKED_BYTES, bucket_labels, check_resample_size, resample
 from rarekit.sampling.strategy import resolve_sampling_strategy, strategy_input
 
 
@@ -69,11 +70,7 @@ class BalancedSampler(torch.utils.data.Sampler[int]):
             self.targets = resolve_sampling_strategy(sampling_strategy, self.buckets.class_counts, self.kind,
                                                      y=strategy_input(labels))
             self.weights = None
-            if self.kind == "over":
-                self.resample_size = self.buckets.order.numel() + sum(self.targets.values())
-            else:
-                self.resample_size = sum(self.targets.get(label, count)
-                                         for label, count in self.buckets.class_counts.items())
+            self.resample_size = check_resample_size(self.buckets, self.targets, self.kind)  # drawn each epoch
             dataset_size = self.buckets.order.numel()
         else:
             self.buckets = None
@@ -93,6 +90,10 @@ class BalancedSampler(torch.utils.data.Sampler[int]):
             self.num_samples = self.resample_size
         else:
             self.num_samples = dataset_size if num_samples is None else _non_negative_int(num_samples, "num_samples")
+            needed = self.num_samples * INDEX_BYTES
+            if needed >= UNCHECKED_BYTES and (self.num_samples > INT64_MAX or needed > available_memory()):
+                raise ValueError(f"num_samples={self.num_samples:,} needs {needed / 2**30:,.1f} GiB for the indices of "
+                                 f"one epoch, more than the {available_memory() / 2**30:,.1f} GiB of memory free")
         if self.buckets is not None and self.resample_size == 0 and self.num_samples > 0:
             raise ValueError(f"sampling_strategy={sampling_strategy!r} keeps no sample; num_samples="
                              f"{self.num_samples} cannot be drawn")

@@ -179,3 +179,12 @@ def test_progress_bar_only_on_a_terminal(capsys, monkeypatch):
     assert "augmenting" in capsys.readouterr().err
     augment_minority(texts, labels, augmenter="random_swap", seed=0, progress=False)
     assert capsys.readouterr().err == ""
+
+
+# --- item 14: augment_minority refuses a sampling_strategy too large for memory ------------------
+
+@pytest.mark.parametrize("requested", [10**13, 2**64])
+def test_augment_minority_refuses_a_huge_sampling_strategy(requested):
+    from rarekit.augment import augment_minority
+    with pytest.raises(ValueError, match=rf"sampling_strategy asks for {requested:,} samples of class 1"):
+        augment_minority(["a b c"] * 3 + ["d e"], [0, 0, 0, 1], {0: 3, 1: requested}, "random_swap", progress=False)

@@ -123,3 +123,34 @@ def test_num_samples_forms():
     with pytest.raises(ValueError, match="num_samples='resample' needs labels"):
         rarekit.BalancedSampler(weights=torch.ones(10), num_samples="resample")
     assert len(rarekit.BalancedSampler(y, num_samples=7)) == len(list(rarekit.BalancedSampler(y, num_samples=7))) == 7
+
+
+# --- item 14: a sampling_strategy too large for memory or int64 is a clear ValueError ------------
+
+@pytest.mark.parametrize("requested", [10**13, 2**62, 2**63 + 5, 10**30])
+def test_huge_sampling_strategy_is_refused_before_allocating(requested):
+    y = np.array([0] * 10 + [1] * 3)
+    strategy = {0: 10, 1: requested}
+    calls = [lambda: rarekit.oversample_indices(y, strategy, seed=0),
+             lambda: rarekit.oversample_indices(torch.from_numpy(y), strategy, seed=0),
+             lambda: rarekit.BalancedSampler(y, sampling_strategy=strategy)]
+    calls += [lambda X=X: rarekit.RandomOverSampler(sampling_strategy=strategy).fit_resample(X, y)
+              for X in (np.zeros((13, 2)), torch.zeros(13, 2), pd.DataFrame(np.zeros((13, 2))),
+                        sparse.csr_matrix(np.eye(13, 2)), ["a text"] * 13)]
+    for call in calls:
+        with pytest.raises(ValueError, match=rf"sampling_strategy asks for {requested:,} samples of class 1") as error:
+            call()
+        assert "alloc" not in str(error.value) and "frame #" not in str(error.value)
+
+
+def test_large_sampling_strategy_that_fits_still_resamples():
+    y = np.array([0] * 10 + [1] * 3)
+    indices = rarekit.oversample_indices(y, {0: 10, 1: 3_000_000}, seed=0)
+    assert len(indices) == 3_000_010 and np.bincount(y[indices.numpy()]).tolist() == [10, 3_000_000]
+
+
+def test_huge_num_samples_is_refused():
+    with pytest.raises(ValueError, match=r"num_samples=1,000,000,000,000 needs"):
+        rarekit.BalancedSampler([0, 1, 1], num_samples=10**12)
+    with pytest.raises(ValueError, match="num_samples="):
+        rarekit.BalancedSampler(weights=torch.ones(3), num_samples=2**70)

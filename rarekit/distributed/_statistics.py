@@ -2,26 +2,29 @@
 contributions combine, and the shard's gradient given the combined row terms.
 
 Rank r holds the logits z'_k = z_k + a_k of the classes k in its range [start_r, start_r + V_r). Per
-row it sends, with c_r = max_k z'_k (0 where that max is -inf: an empty or fully masked shard)::
+row it sends, with c_r = max_k z'_k (0 where that max is -inf: a fully masked shard) and the local
+log-probabilities L_k = z'_k - lse_r of one ``log_softmax`` pass (lse_r = c_r + log s_r)::
 
-    m_r = max_k z'_k             s_r = Σ_k exp(z'_k - c_r)
-    d_r = z'_y - c_r             (the rank owning the target y; 0 elsewhere)
-    q_r = Σ_k v'_k (c_r - z'_k)  (label smoothing only; v'_k = w_k in "pytorch" mode with weights, else 1)
+    m_r = max_k z'_k               log s_r = log Σ_k exp(z'_k - c_r) = -max_k L_k
+    d_r = z'_y - c_r               (the rank owning the target y; 0 elsewhere)
+    p_r = Σ_k v'_k (lse_r - z'_k) = -Σ_k v'_k L_k   (label smoothing only; v'_k = w_k in "pytorch"
+                                                     mode with weights, else 1)
 
-and every rank combines the gathered (m, s, d, q) of all ranks, in rank order, into the global row
-statistics: M = max_r m_r, log_sum = log Σ_r s_r exp(m_r - M), lse = M + log_sum, and
+and every rank combines the gathered (m, log s, d, p) of all ranks, in rank order, into the global row
+statistics: M = max_r m_r, log_sum = log Σ_r exp((m_r - M) + log s_r), lse = M + log_sum, and
 
     z'_y - M = d_o + (c_o - M)                            o = the target's owner
-    Σ_k v'_k (lse - z'_k) = Σ_r q_r + V'_r ((M - c_r) + log_sum),   V'_r = Σ_{k in shard r} v'_k
+    Σ_k v'_k (lse - z'_k) = Σ_r p_r + V'_r ((M - c_r) + (log_sum - log s_r)),   V'_r = Σ_{k in r} v'_k
 
-a sum of terms >= 0: no V·lse - Σ z_k cancellation and no log of an underflowed probability. From
-there the loss and the gradient coefficients are those of the single-process kernel
-(``csrc/include/rarekit/cross_entropy_math.h``), whose row-term layout (max_logit, coef_p, coef_y,
-coef_v) they keep, so a kernel can take over :func:`local_gradient`::
+a sum of terms >= 0 (lse >= lse_r): no V·lse - Σ z_k cancellation and no log of an underflowed
+probability. An empty shard sends (-inf, 0, 0, 0) and adds nothing. From there the loss and the
+gradient coefficients are those of the single-process kernel (``csrc/include/rarekit/cross_entropy_math.h``),
+whose row-term layout (max_logit, coef_p, coef_y, coef_v) they keep::
 
     ∂loss/∂z'_k = coef_p exp(z'_k - M) - coef_v v'_k - [k = y] coef_y
 
-The functions here are vectorized torch in the accumulator dtype (float32; float64 for float64).
+which is the contract of the kernels' ``cross_entropy_backward``: :func:`local_gradient` calls it where
+it is built. The rest is vectorized torch in the accumulator dtype (float32; float64 for float64).
 """
 from __future__ import annotations
 
@@ -46,7 +49,7 @@ class LossOptions:
 
     @property
     def statistics(self) -> int:
-        """Rows of the per-rank statistics block: m, s, d, and q with label smoothing."""
+        """Rows of the per-rank statistics block: m, log s, d, and p with label smoothing."""
         return 4 if self.label_smoothing > 0 else 3
 
 
@@ -57,25 +60,27 @@ def smoothing_vector(weight: torch.Tensor | None, options: LossOptions) -> torch
 
 
 def local_statistics(logits: torch.Tensor, local_target: torch.Tensor, smoothing: torch.Tensor | None,
-                     options: LossOptions, accumulate: torch.dtype, in_place: bool = False) -> torch.Tensor:
-    """The (statistics, rows) block (m, s, d[, q]) of one shard's (rows, V_r) logits z' (adjustment
-    already added) in the ``accumulate`` dtype; ``local_target`` is y - start_r, outside [0, V_r)
-    where another rank owns y. ``in_place`` lets it overwrite ``logits`` (a buffer of its caller)."""
+                     options: LossOptions, accumulate: torch.dtype) -> torch.Tensor:
+    """The (statistics, rows) block (m, log s, d[, p]) of one shard's (rows, V_r) logits z' (adjustment
+    already added), in the ``accumulate`` dtype; ``local_target`` is y - start_r, outside [0, V_r)
+    where another rank owns y or the row is ignored."""
     rows, classes = logits.shape
     block = logits.new_zeros((options.statistics, rows), dtype=accumulate)
     if classes == 0:
         block[0] = -torch.inf
         return block
-    z = logits if logits.dtype == accumulate and in_place else logits.to(accumulate, copy=True)
+    z = logits.to(accumulate)
     top = z.amax(1)
+    masked = top == -torch.inf
+    log_probs = torch.log_softmax(z, 1)  # (z' - c) - log s per element, the argmax's exactly -log s
     block[0] = top
-    shifted = z.sub_(torch.where(top == -torch.inf, 0.0, top)[:, None])
+    block[1] = torch.where(masked, -torch.inf, -log_probs.amax(1))
     owned = (local_target >= 0) & (local_target < classes)
-    picked = shifted.gather(1, torch.where(owned, local_target, 0)[:, None]).squeeze(1)
-    block[2] = torch.where(owned, picked, 0.0)
+    picked = z.gather(1, torch.where(owned, local_target, 0)[:, None]).squeeze(1)
+    block[2] = torch.where(owned, picked - torch.where(masked, 0.0, top), 0.0)
     if options.label_smoothing > 0:
-        block[3] = -(shifted @ smoothing.to(accumulate)) if smoothing is not None else -shifted.sum(1)
-    block[1] = shifted.exp_().sum(1)
+        spread = -(log_probs @ smoothing.to(accumulate)) if smoothing is not None else -log_probs.sum(1)
+        block[3] = torch.where(masked, torch.inf, spread)
     return block
 
 
@@ -107,7 +112,7 @@ def combine_statistics(gathered: torch.Tensor, target: torch.Tensor, weight: tor
 
     ``target`` holds global ids (validated: in range or ignore_index), ``weight`` the full (V,)
     class weights or None, ``sizes`` the shards' V_r."""
-    m, s, d = gathered[:, 0], gathered[:, 1], gathered[:, 2]
+    m, log_s, d = gathered[:, 0], gathered[:, 1], gathered[:, 2]
     accumulate = gathered.dtype
     classes = sum(sizes)
     valid = target != options.ignore_index
@@ -116,7 +121,7 @@ def combine_statistics(gathered: torch.Tensor, target: torch.Tensor, weight: tor
     owner = torch.searchsorted(ends, safe_target, right=True).clamp_(max=len(sizes) - 1)[None]
     top = m.amax(0)
     top = torch.where(top == -torch.inf, 0.0, top)  # every logit -inf: the kernel's convention
-    log_sum = (s * torch.exp(m - top)).sum(0).log()
+    log_sum = torch.exp((m - top) + log_s).sum(0).log()
     shift = torch.where(m == -torch.inf, 0.0, m)
     log_p_target = (d.gather(0, owner)[0] + (shift.gather(0, owner)[0] - top)) - log_sum
     w_y = weight.to(accumulate)[safe_target] if weight is not None else torch.ones_like(log_sum)
@@ -132,8 +137,8 @@ def combine_statistics(gathered: torch.Tensor, target: torch.Tensor, weight: tor
             v_total = smoothing.to(accumulate).sum()
         else:
             shard_totals = torch.tensor(sizes, dtype=accumulate, device=target.device)
-        shifted_sum = (gathered[:, 3] + shard_totals[:, None] * ((top - shift) + log_sum)).sum(0)
-        base = base + (eps / classes) * (smooth_scale * shifted_sum)
+        spread = (gathered[:, 3] + shard_totals[:, None] * ((top - shift) + (log_sum - log_s))).sum(0)
+        base = base + (eps / classes) * (smooth_scale * spread)
     focal, base_slope = 1.0, 0.0
     if options.focal_gamma != 0:
         gamma = options.focal_gamma

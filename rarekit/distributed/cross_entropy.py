@@ -33,11 +33,9 @@ def _logits_error(logits, target: torch.Tensor) -> tuple[int, int] | None:
     return None
 
 
-def _adjusted(logits: torch.Tensor, adjustment: torch.Tensor | None, accumulate: torch.dtype):
-    """(z', whether z' is a fresh buffer): z + a in the accumulator dtype."""
-    if adjustment is None:
-        return logits, False
-    return torch.add(logits.to(accumulate), adjustment.to(accumulate)), True
+def _adjusted(logits: torch.Tensor, adjustment: torch.Tensor | None, accumulate: torch.dtype) -> torch.Tensor:
+    """z' = z + a, rounded once in the accumulator dtype (z itself without an adjustment)."""
+    return logits if adjustment is None else torch.add(logits.to(accumulate), adjustment.to(accumulate))
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
@@ -53,8 +51,8 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         smoothing = smoothing_vector(class_slice(weight, start, size), options)
         statistics = logits.new_empty((options.statistics, rows), dtype=accumulate)
         for chunk in row_chunks(rows, size):
-            z, fresh = _adjusted(logits[chunk], local_adjustment, accumulate)
-            statistics[:, chunk] = local_statistics(z, local_target[chunk], smoothing, options, accumulate, fresh)
+            statistics[:, chunk] = local_statistics(_adjusted(logits[chunk], local_adjustment, accumulate),
+                                                    local_target[chunk], smoothing, options, accumulate)
         gathered = exchange.gather(statistics, rows, accumulate, options.statistics)
         result = combine_statistics(gathered, target.long(), weight, exchange.shards.sizes, options)
         return result.losses, result.row_terms

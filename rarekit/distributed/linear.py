@@ -63,7 +63,7 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
         for begin in range(0, rows, chunk):
             part = slice(begin, begin + chunk)
             z, _ = _chunk_logits(hidden[part], classifier, bias, softcap, local_adjustment, accumulate)
-            statistics[:, part] = local_statistics(z, local_target[part], smoothing, options, accumulate, True)
+            statistics[:, part] = local_statistics(z, local_target[part], smoothing, options, accumulate)
         gathered = exchange.gather(statistics, rows, accumulate, options.statistics)
         result = combine_statistics(gathered, target.long(), weight, exchange.shards.sizes, options)
         return result.losses, result.row_terms

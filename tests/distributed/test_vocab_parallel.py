@@ -85,6 +85,29 @@ def check_cross_entropy_parity(rank: int, sizes: list[int], dtype: torch.dtype, 
                                    msg=lambda m: f"{context}, gradient: {m}")
 
 
+def check_masked_vocabulary(rank: int, sizes: list[int]) -> None:
+    """-inf logits (a masked vocabulary), including a whole shard of some rows: the single-process
+    answers, as long as no target is masked."""
+    full, target, weight, adjustment = inputs(12, 10, sum(sizes), torch.float32)
+    gen = torch.Generator().manual_seed(13)
+    mask = torch.rand(full.shape, generator=gen) < 0.3
+    mask[:3, sizes[0]:sizes[0] + sizes[1]] = True  # rank 1's whole shard, in three rows
+    mask[torch.arange(10), target.clamp(min=0)] = False
+    mask[:3, target.clamp(min=0)[:3]] = False
+    full = full.masked_fill(mask, -torch.inf)
+    for keywords in [entry for entry in KEYWORD_GRID if entry["label_smoothing"] == 0]:
+        local = shard_of(full, sizes, rank).clone().requires_grad_()
+        loss = vocab_parallel_cross_entropy(local, target, weight, reduction="none", logit_adjustment=adjustment,
+                                            **keywords)
+        whole = full.clone().requires_grad_()
+        expected = rarekit.cross_entropy(whole, target, weight, reduction="none", logit_adjustment=adjustment,
+                                         **keywords)
+        torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+        loss.sum().backward()
+        expected.sum().backward()
+        torch.testing.assert_close(local.grad, shard_of(whole.grad, sizes, rank), rtol=1e-5, atol=1e-6)
+
+
 def check_all_ignored(rank: int, sizes: list[int]) -> None:
     """Every row ignored: torch's answers (mean NaN, sum 0, none zeros) and a zero gradient."""
     full, target, weight, _ = inputs(3, 6, sum(sizes), torch.float32)
@@ -434,6 +457,7 @@ def three_ranks(rank: int, world: int) -> None:
     sizes = split_sizes(17, world, skew=3)  # 9, 6, 2
     check_cross_entropy_parity(rank, sizes, torch.float32, 15, avoid_rank=1)  # rank 1 owns no target
     check_cross_entropy_parity(rank, sizes, torch.float64, 15, grid=KEYWORD_GRID[::3])
+    check_masked_vocabulary(rank, sizes)
     check_linear_parity(rank, sizes, torch.float32, 6, grid=KEYWORD_GRID[::3])
     check_bitwise(rank, sizes)
     check_bad_inputs(rank, sizes)

@@ -60,10 +60,12 @@ def smoothing_vector(weight: torch.Tensor | None, options: LossOptions) -> torch
 
 
 def local_statistics(logits: torch.Tensor, local_target: torch.Tensor, smoothing: torch.Tensor | None,
-                     options: LossOptions, accumulate: torch.dtype) -> torch.Tensor:
+                     options: LossOptions, accumulate: torch.dtype,
+                     scratch: torch.Tensor | None = None) -> torch.Tensor:
     """The (statistics, rows) block (m, log s, d[, p]) of one shard's (rows, V_r) logits z' (adjustment
     already added), in the ``accumulate`` dtype; ``local_target`` is y - start_r, outside [0, V_r)
-    where another rank owns y or the row is ignored."""
+    where another rank owns y or the row is ignored. ``scratch``, a buffer of the logits' shape in
+    ``accumulate``, receives the log-probabilities (a new tensor otherwise)."""
     rows, classes = logits.shape
     block = logits.new_zeros((options.statistics, rows), dtype=accumulate)
     if classes == 0:
@@ -72,7 +74,7 @@ def local_statistics(logits: torch.Tensor, local_target: torch.Tensor, smoothing
     z = logits.to(accumulate)
     top = z.amax(1)
     masked = top == -torch.inf
-    log_probs = torch.log_softmax(z, 1)  # (z' - c) - log s per element, the argmax's exactly -log s
+    log_probs = torch.log_softmax(z, 1, out=scratch)  # (z' - c) - log s per element, the argmax's exactly -log s
     block[0] = top
     block[1] = torch.where(masked, -torch.inf, -log_probs.amax(1))
     owned = (local_target >= 0) & (local_target < classes)

@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from rarekit import _backend
 from rarekit.distributed._common import check_replicated, class_slice, reduce_losses, refuse_forward_ad
 from rarekit.distributed._shards import (DTYPES, Exchange, dtensor_shard, is_dtensor, local_header, options_code,
                                          replicated_local, resolve_group, vocab_start_error)
@@ -35,17 +36,34 @@ def _classifier_error(classifier, bias, hidden: torch.Tensor) -> tuple[int, int]
     return None
 
 
-def _chunk_logits(hidden, classifier, bias, softcap, adjustment, accumulate):
-    """(z', t): the chunk's logits softcap(hidden @ classifierᵀ + bias) + a as a fresh buffer in the
-    accumulator dtype, and t = tanh(raw / s) with ``softcap = s`` (None otherwise)."""
-    raw = F.linear(hidden, classifier, bias).to(accumulate)
-    capped = None
-    if softcap is not None:
-        capped = raw.div_(softcap).tanh_()
-        raw = capped * softcap
-    if adjustment is not None:
-        raw.add_(adjustment.to(accumulate))
-    return raw, capped
+class _ChunkBuffers:
+    """Two (chunk, V_r) buffers in the accumulator dtype, reused by every chunk (a fresh 100 MiB tensor
+    per chunk costs its page faults and zeroing again): ``logits`` and ``scratch``."""
+
+    def __init__(self, chunk: int, rows: int, classes: int, accumulate: torch.dtype, device: torch.device):
+        shape = (min(chunk, rows), classes)
+        self.logits, self.scratch = (torch.empty(shape, dtype=accumulate, device=device) for _ in range(2))
+        for buffer in (self.logits, self.scratch):
+            _backend.advise_huge_pages(buffer)
+
+    def chunk_logits(self, hidden, classifier, bias, softcap, adjustment):
+        """(z', t) of a chunk: z' = softcap(hidden @ classifierᵀ + bias) + a, and t = tanh(raw / s) with
+        ``softcap = s`` (None without; then z' is in ``logits``, else t is and z' in ``scratch``)."""
+        rows = hidden.shape[0]
+        raw = self.logits[:rows]
+        if hidden.dtype != raw.dtype:
+            raw.copy_(F.linear(hidden, classifier, bias))
+        elif bias is None:
+            torch.mm(hidden, classifier.t(), out=raw)
+        else:
+            torch.addmm(bias, hidden, classifier.t(), out=raw)
+        capped = None
+        if softcap is not None:
+            capped = raw.div_(softcap).tanh_()
+            raw = torch.mul(capped, softcap, out=self.scratch[:rows])
+        if adjustment is not None:
+            raw.add_(adjustment.to(raw.dtype))
+        return raw, capped
 
 
 class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
@@ -60,10 +78,13 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
         local_adjustment = class_slice(adjustment, start, size)
         smoothing = smoothing_vector(class_slice(weight, start, size), options)
         statistics = hidden.new_empty((options.statistics, rows), dtype=accumulate)
+        buffers = _ChunkBuffers(chunk, rows, size, accumulate, hidden.device)
         for begin in range(0, rows, chunk):
             part = slice(begin, begin + chunk)
-            z, _ = _chunk_logits(hidden[part], classifier, bias, softcap, local_adjustment, accumulate)
-            statistics[:, part] = local_statistics(z, local_target[part], smoothing, options, accumulate)
+            z, capped = buffers.chunk_logits(hidden[part], classifier, bias, softcap, local_adjustment)
+            scratch = (capped if capped is not None else buffers.scratch)[:z.shape[0]]  # free once z' is made
+            statistics[:, part] = local_statistics(z, local_target[part], smoothing, options, accumulate, scratch)
+        del buffers
         gathered = exchange.gather(statistics, rows, accumulate, options.statistics)
         result = combine_statistics(gathered, target.long(), weight, exchange.shards.sizes, options)
         return result.losses, result.row_terms
@@ -89,12 +110,12 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
                 torch.zeros(shape, dtype=accumulate, device=hidden.device) if wanted else None
                 for shape, wanted in ((hidden.shape, wants_hidden), (classifier.shape, wants_classifier),
                                       ((ctx.size,), wants_bias)))
+            buffers = _ChunkBuffers(ctx.chunk, hidden.shape[0], ctx.size, accumulate, hidden.device)
             for begin in range(0, hidden.shape[0], ctx.chunk):
                 part = slice(begin, begin + ctx.chunk)
-                z, capped = _chunk_logits(hidden[part], classifier, bias, ctx.softcap, local_adjustment, accumulate)
+                z, capped = buffers.chunk_logits(hidden[part], classifier, bias, ctx.softcap, local_adjustment)
                 gradient = local_gradient(z, local_target[part], smoothing, row_terms[part], grad_losses[part],
                                           options)  # z' already holds the adjustment
-                del z
                 if capped is not None:  # d softcap(raw)/d raw = 1 - tanh²(raw / s)
                     gradient.mul_(capped.square_().neg_().add_(1))
                 if wants_bias:

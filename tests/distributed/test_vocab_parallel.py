@@ -510,3 +510,12 @@ def test_without_a_process_group_it_is_rarekit_linear_cross_entropy():
                     chunk_size=4)
     assert torch.equal(vocab_parallel_linear_cross_entropy(hidden, classifier, target, weight, **keywords),
                        rarekit.linear_cross_entropy(hidden, classifier, target, weight, **keywords))
+
+
+def test_import_rarekit_does_not_load_the_distributed_losses():
+    import subprocess
+    import sys
+
+    code = "import sys, rarekit; print('rarekit.distributed' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"

@@ -217,6 +217,7 @@ def case_of(title: str, result: dict) -> dict:
         "case": title,
         "median_ms": {name: seconds * 1e3 for name, seconds in times.items()},
         "ratios": {"W=2 step / single-process step (target <= 1.5)": times[parallel] / times[single],
+                   "same, fastest steps": result["spread_s"][parallel][0] / result["spread_s"][single][0],
                    f"speed-up vs {gather}": times[gather] / times[parallel]},
         "step_range_ms": {f"{name} {end}": seconds * 1e3 for name, (low, high) in result["spread_s"].items()
                           for end, seconds in (("min", low), ("max", high))},

@@ -23,9 +23,12 @@ def check_replicated(target, weight, logit_adjustment, rows_shape: tuple[int, ..
     for name, vector in (("weight", weight), ("logit_adjustment", logit_adjustment)):
         if vector is None:
             continue
-        if not isinstance(vector, torch.Tensor) or not vector.is_floating_point() or vector.dim() != 1:
-            raise TypeError(f"{PREFIX} {name} must be a 1-D floating-point tensor over the whole vocabulary, got "
-                            f"{tuple(vector.shape) if isinstance(vector, torch.Tensor) else type(vector).__name__}")
+        if not isinstance(vector, torch.Tensor) or not vector.is_floating_point():
+            raise TypeError(f"{PREFIX} {name} must be a floating-point tensor over the whole vocabulary, got "
+                            f"{vector.dtype if isinstance(vector, torch.Tensor) else type(vector).__name__}")
+        if vector.dim() != 1:
+            raise ValueError(f"{PREFIX} {name} must be 1-D, one value per class of the whole vocabulary, got shape "
+                             f"{tuple(vector.shape)}")
         if vector.device != target.device:
             raise ValueError(f"{PREFIX} {name} is on {vector.device} but target is on {target.device}")
     refuse_differentiable_weight(weight)

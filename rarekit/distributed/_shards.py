@@ -40,7 +40,7 @@ LOCAL_ERRORS = {
     7: (TypeError, "classifier must have the dtype and device of hidden"),
     8: (ValueError, "bias must be None or this rank's (V_local,) slice, with the dtype and device of hidden"),
 }
-NOT_AN_INTEGER = -1  # the detail of a vocab_start that is not an integer
+UNSHOWN = -2**63  # the detail of a vocab_start that is not an integer or too large for the header
 
 
 def checksum(tensor: torch.Tensor | None, device: torch.device) -> torch.Tensor:
@@ -136,12 +136,11 @@ def replicated_local(value, name: str):
 
 
 def vocab_start_error(vocab_start) -> tuple[int, int] | None:
-    """(code, detail) of a bad ``vocab_start``, or None."""
-    if vocab_start is None:
+    """(code, detail) of a ``vocab_start`` that is not an integer in [0, 2^62), or None; the detail is
+    its value, or UNSHOWN where an int64 cannot carry it."""
+    if vocab_start is None or (is_integer(vocab_start) and 0 <= vocab_start < 2**62):
         return None
-    if not is_integer(vocab_start):
-        return 5, NOT_AN_INTEGER
-    return (5, int(vocab_start)) if vocab_start < 0 else None
+    return 5, int(vocab_start) if is_integer(vocab_start) and vocab_start > -2**62 else UNSHOWN
 
 
 def local_header(error: tuple[int, int] | None, rows: int, classes: int, vocab_start, dtype, code: int,
@@ -206,7 +205,7 @@ class Exchange:
             if code:
                 error, message = LOCAL_ERRORS[code]
                 detail = column["detail"][rank]
-                detail = "a value that is not an integer" if code == 5 and detail == NOT_AN_INTEGER else detail
+                detail = "another value" if detail == UNSHOWN else detail
                 raise error(f"{PREFIX} rank {rank} of the group: "
                             + message.format(detail=detail, rows=column["rows"][rank]))
         if len(set(column["rows"])) > 1:

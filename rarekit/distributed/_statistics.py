@@ -34,9 +34,6 @@ import torch
 
 from rarekit import _backend
 
-ROW_TERMS = 4  # max_logit, coef_p, coef_y, coef_v: the kernel's CrossEntropyRowTerms
-
-
 @dataclass(frozen=True)
 class LossOptions:
     """The loss keywords the row math needs (validated by the callers)."""

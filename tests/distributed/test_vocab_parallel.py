@@ -233,6 +233,13 @@ def check_bad_inputs(rank: int, sizes: list[int]) -> None:
          lambda: vocab_parallel_cross_entropy(local, target.roll(rank))),
         (ValueError, "weight differs across ranks", lambda: vocab_parallel_cross_entropy(local, target, weight + rank)),
         (ValueError, "loss keywords differ", lambda: vocab_parallel_cross_entropy(local, target, z_loss=rank * 1e-3)),
+        (ValueError, "rank 1 of the group: vocab_start must be an integer >= 0, got -1",
+         lambda: vocab_parallel_cross_entropy(local, target, vocab_start=-1 if rank == 1 else sum(sizes[:rank]))),
+        (ValueError, "rank 1 of the group: vocab_start must be an integer >= 0, got another value",
+         lambda: vocab_parallel_cross_entropy(local, target, vocab_start=2.0 if rank == 1 else sum(sizes[:rank]))),
+        (ValueError, "weight must be 1-D", lambda: vocab_parallel_cross_entropy(local, target, weight[None])),
+        (TypeError, "target must hold integer class indices",
+         lambda: vocab_parallel_cross_entropy(local, target.float())),
     ]
     for error, pattern, call in cases:
         with pytest.raises(error, match=pattern):

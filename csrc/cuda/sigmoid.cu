@@ -4,6 +4,7 @@
 // thread, fp64 across the block) and the block sums are added by at::sum in a fixed order: no atomics,
 // no host synchronization (the backward reads the upstream gradient from device memory).
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>

@@ -80,7 +80,7 @@ def _sigmoid_family(input, target, weight, pos_weight, alpha, gamma_pos, gamma_n
     if isinstance(alpha, torch.Tensor):
         alpha_tensor, alpha = _check_operand(alpha, "focal_alpha", input), None
     elif alpha is not None:
-        if not is_real_number(alpha) or not math.isfinite(alpha):
+        if not is_real_number(alpha) or not -math.inf < alpha < math.inf:
             raise ValueError(f"focal_alpha must be a finite number, a tensor or None, got {alpha!r}")
         alpha = float(alpha)
     result_dtype = target.dtype  # torch's BCE returns the target's dtype when the two differ
@@ -119,7 +119,7 @@ def sigmoid_focal_loss(inputs: torch.Tensor, targets: torch.Tensor, alpha: float
         ℓ = α_t (1 - p_t)^γ BCE(x, y),  p_t = p y + (1 - p)(1 - y),  α_t = α y + (1 - α)(1 - y)
 
     ``alpha < 0`` means no α factor, as torchvision. ``reduction="mean"`` averages over every element."""
-    if not is_real_number(alpha) or not math.isfinite(alpha):
+    if not is_real_number(alpha) or not -math.inf < alpha < math.inf:
         raise ValueError(f"alpha must be a finite number, got {alpha!r}")
     return _sigmoid_family(inputs, targets, None, None, alpha if alpha >= 0 else None, gamma, gamma, 0.0, True,
                            reduction)

@@ -29,6 +29,13 @@ def _dense_like(input: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(input, memory_format=torch.contiguous_format)
 
 
+def _is_plain_cpu_one(grad_loss: torch.Tensor) -> bool:
+    """True for an upstream gradient of exactly 1 in a real CPU tensor (not traced, not a functorch wrapper):
+    the forward's gradient is then the answer, without a multiplication pass."""
+    return (type(grad_loss) is torch.Tensor and grad_loss.device.type == "cpu" and not torch.compiler.is_compiling()
+            and not torch._C._functorch.is_functorch_wrapped_tensor(grad_loss) and float(grad_loss) == 1.0)
+
+
 if _backend._C is not None:
     @torch.library.register_fake("rarekit::sigmoid_loss_forward")
     def _forward_fake(input, target, weight, pos_weight, alpha_tensor, alpha, gamma_pos, gamma_neg, clip, pt_form,
@@ -55,8 +62,9 @@ if _backend._C is not None:
         if ctx.gradient_in_forward and not needs_target:
             if not needs_input:
                 return None, None
-            if saved.device.type == "cpu" and not torch.compiler.is_compiling() and float(grad_loss) == 1.0:
-                return saved, None  # the usual loss.backward(): the forward's gradient as it is
+            if _is_plain_cpu_one(grad_loss):  # the usual loss.backward(): the forward's gradient as it is,
+                ctx.gradient_in_forward = False  # handed out once (a retained graph's next backward recomputes)
+                return saved, None
             return saved * grad_loss.to(saved.dtype), None
         with torch.no_grad():
             grad_input, grad_target = torch.ops.rarekit.sigmoid_loss_backward(

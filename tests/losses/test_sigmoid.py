@@ -81,10 +81,12 @@ def logits_and_targets(gen, shape, dtype=torch.float64, device="cpu", soft=False
 
 
 def value_and_grads(fn, x, y):
-    """fn(x, y) and its gradients for x and y under a random upstream gradient (one for a scalar)."""
+    """fn(x, y) and its gradients for x and y under an upstream gradient in [0.5, 1.5), the same for every fn of
+    one output shape (one for a scalar)."""
     x, y = x.detach().clone().requires_grad_(), y.detach().clone().requires_grad_()
     out = fn(x, y)
-    upstream = torch.rand_like(out) + 0.5 if out.dim() else torch.ones_like(out)
+    upstream = torch.rand(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64) + 0.5
+    upstream = upstream.to(out.dtype).to(out.device) if out.dim() else torch.ones_like(out)
     gx, gy = torch.autograd.grad(out, (x, y), upstream)
     return out.detach(), gx, gy
 
@@ -286,8 +288,9 @@ def test_gradient_written_by_the_forward_is_scaled_by_the_upstream(gen):
         torch.testing.assert_close(ours, theirs.float(), rtol=1e-4, atol=1e-6)
     loss = rarekit.binary_cross_entropy_with_logits(x, y, reduction="sum")
     first, = torch.autograd.grad(loss, x, retain_graph=True)
-    second, = torch.autograd.grad(loss, x)  # the saved gradient was not consumed or overwritten
-    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    second, = torch.autograd.grad(loss, x)  # a retained graph's second backward: a gradient of its own
+    assert second.data_ptr() != first.data_ptr()
+    torch.testing.assert_close(second, first, rtol=1e-6, atol=1e-7)
 
 
 # ---- the op contract and torch.compile
@@ -379,15 +382,16 @@ def test_every_cpu_isa_and_the_reference_agree(gen):
     x, y = logits_and_targets(gen, (50_021,), dtype=torch.float32, soft=True)
     weight = torch.rand(50_021, generator=gen)
     options = dict(focal_gamma=2.0, focal_alpha=0.25, gamma_neg=3.0, clip=0.05)
-    exact = value_and_grads(lambda a, b: formula(a, b, weight, None, 0.25, 2.0, 3.0, 0.05).sum(), x.double(), y.double())
+    exact = {dtype: value_and_grads(lambda a, b: formula(a, b, weight, None, 0.25, 2.0, 3.0, 0.05).sum(),
+                                    x.to(dtype).double(), y.to(dtype).double()) for dtype in (torch.float32, torch.bfloat16)}
     previous = _backend._C.cpu_isa()
     try:
         for isa in _backend._C.supported_cpu_isas():
             _backend._C.set_cpu_isa(isa)
-            for dtype, tolerance in ((torch.float32, dict(rtol=1e-5, atol=1e-5)), (torch.bfloat16, dict(rtol=2e-2, atol=2e-2))):
+            for dtype, tolerance in ((torch.float32, dict(rtol=1e-5, atol=1e-5)), (torch.bfloat16, dict(rtol=1e-2, atol=1e-2))):
                 ours = value_and_grads(lambda a, b: rarekit.binary_cross_entropy_with_logits(
                     a, b, weight, reduction="sum", **options), x.to(dtype), y.to(dtype))
-                assert_all_close([t.double() for t in ours], exact, **tolerance)
+                assert_all_close([t.double() for t in ours], exact[dtype], **tolerance)
     finally:
         _backend._C.set_cpu_isa(previous)
     rarekit.set_backend("reference")
@@ -396,7 +400,7 @@ def test_every_cpu_isa_and_the_reference_agree(gen):
             a, b, weight, reduction="sum", **options), x, y)
     finally:
         rarekit.set_backend("native")
-    assert_all_close([t.double() for t in reference], exact, rtol=1e-5, atol=1e-5)
+    assert_all_close([t.double() for t in reference], exact[torch.float32], rtol=1e-5, atol=1e-5)
 
 
 def test_reference_is_the_formula(gen):

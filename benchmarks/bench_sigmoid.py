@@ -11,14 +11,12 @@ Contenders are timed round-robin; each ratio is reported as the median over roun
 a round, with its minimum and maximum (the spread on a shared machine). A clone of the logits is the copy floor.
 """
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
-import common
 import rarekit
-from common import parse_args, report, sync
+from common import parse_args, report, seconds_interleaved
 
 
 def torchvision_sigmoid_focal_loss(inputs, targets, alpha: float = 0.25, gamma: float = 2.0):
@@ -43,25 +41,6 @@ def timm_asymmetric_loss(x, y, gamma_neg=4.0, gamma_pos=0.0, clip=0.05, eps=1e-8
 
 def gradient_step(loss_fn, logits, target):
     return torch.autograd.grad(loss_fn(logits, target), logits)[0]
-
-
-def interleaved_rounds(fns: dict, device: torch.device, repeat: int) -> dict:
-    """Seconds of each fn per round, timed round-robin after the common warm-up."""
-    start, rounds = time.perf_counter(), 0
-    warmup, warmup_seconds = (1, common.QUICK_WARMUP_SECONDS) if common.QUICK else (2, common.WARMUP_SECONDS)
-    while rounds < warmup or time.perf_counter() - start < warmup_seconds:
-        for fn in fns.values():
-            fn()
-        sync(device)
-        rounds += 1
-    times = {name: [] for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            begin = time.perf_counter()
-            fn()
-            sync(device)
-            times[name].append(time.perf_counter() - begin)
-    return times
 
 
 def cases_for(device: torch.device, quick: bool) -> list:
@@ -96,7 +75,7 @@ def main() -> None:
         peers = {"rarekit": lambda fn=ours_for(pos_weight): gradient_step(fn, logits, target),
                  peer: lambda fn=theirs_for(pos_weight): gradient_step(fn, logits, target),
                  "clone of the logits (floor)": lambda: logits.detach().clone()}
-        times = interleaved_rounds(peers, device, args.repeat)
+        times = seconds_interleaved(peers, device, args.repeat)
         per_round = [theirs / ours for ours, theirs in zip(times["rarekit"], times[peer])]
         medians = {name: statistics.median(seconds) for name, seconds in times.items()}
         cases.append({

@@ -37,22 +37,6 @@ FloatType float_type(at::ScalarType type) {
   }
 }
 
-struct DoubleMath {
-  static double exp(double x) { return std::exp(x); }
-  static double log(double x) { return std::log(x); }
-  static double log1p(double x) { return std::log1p(x); }
-};
-
-double operand_value(const SigmoidOperand<double>& operand, int64_t row, int64_t col, int64_t position) {
-  switch (operand.kind) {
-    case kOperandScalar: return operand.data[0];
-    case kOperandColumn: return operand.data[col];
-    case kOperandRow: return operand.data[row];
-    case kOperandFull: return operand.data[position];
-    default: return 1.0;
-  }
-}
-
 double run_range_double(const SigmoidArgsT<double>& args, int64_t begin, int64_t end) {
   const auto* input = static_cast<const double*>(args.input);
   const auto* target = static_cast<const double*>(args.target);
@@ -67,7 +51,7 @@ double run_range_double(const SigmoidArgsT<double>& args, int64_t begin, int64_t
     double a_pos, a_neg;
     alpha_factors<double, double>(args.alpha.kind != kOperandNone, operand_value(args.alpha, row, col, position),
                                   &a_pos, &a_neg);
-    const SigmoidTerms<double> terms = sigmoid_element<DoubleMath, double>(
+    const SigmoidTerms<double> terms = sigmoid_element<ScalarMath, double>(
         args.params, input[position], target[position], operand_value(args.weight, row, col, position),
         operand_value(args.pos_weight, row, col, position), a_pos, a_neg, grads);
     if (losses) losses[position] = terms.loss;

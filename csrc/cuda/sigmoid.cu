@@ -20,92 +20,50 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarp = 32;
 
-struct FloatMath {
-  __device__ static float exp(float x) { return expf(x); }
-  __device__ static float log(float x) { return logf(x); }
-  __device__ static float log1p(float x) { return log1pf(x); }
-};
-
-struct DoubleMath {
-  __device__ static double exp(double x) { return ::exp(x); }
-  __device__ static double log(double x) { return ::log(x); }
-  __device__ static double log1p(double x) { return ::log1p(x); }
-};
-
-template <typename Acc>
-struct MathOf {
-  using type = FloatMath;
-};
-template <>
-struct MathOf<double> {
-  using type = DoubleMath;
-};
-
-template <typename Acc>
-struct DeviceOperand {
-  const Acc* data;
-  int kind;
-};
-
-template <typename Acc>
-__device__ __forceinline__ Acc operand_value(const DeviceOperand<Acc>& operand, int64_t row, int64_t col,
-                                             int64_t position) {
-  switch (operand.kind) {
-    case kOperandScalar: return operand.data[0];
-    case kOperandColumn: return operand.data[col];
-    case kOperandRow: return operand.data[row];
-    case kOperandFull: return operand.data[position];
-    default: return Acc(1);
-  }
-}
-
+// One pass over the elements of `args` (input and outputs of dtype T). The gradients' scale is
+// args.grad_scale, times grad_scale[0] (read on the device) when given. block_sums, when given, gets
+// each block's loss sum.
 template <typename T, typename Acc>
-struct KernelArgs {
-  SigmoidParams<Acc> params;
-  int64_t elements, cols;
-  bool needs_row_col;
-  const T* input;
-  const T* target;
-  DeviceOperand<Acc> weight, pos_weight, alpha;
-  T* losses;
-  T* grad_input;
-  T* grad_target;
-  const T* grad_losses;
-  const Acc* grad_scale;  // one value read on the device, times scale_factor; or null: scale_factor alone
-  Acc scale_factor;
-  double* block_sums;     // the loss sum of each block, or null
-};
-
-template <typename T, typename Acc>
-__global__ void __launch_bounds__(kThreads) sigmoid_loss_kernel(const KernelArgs<T, Acc> args) {
-  using Math = typename MathOf<Acc>::type;
-  const bool grads = args.grad_input != nullptr || args.grad_target != nullptr;
+__global__ void __launch_bounds__(kThreads) sigmoid_loss_kernel(const SigmoidArgsT<Acc> args, const Acc* grad_scale,
+                                                                double* block_sums) {
+  const T* input = static_cast<const T*>(args.input);
+  const T* target = static_cast<const T*>(args.target);
+  T* losses = static_cast<T*>(args.losses);
+  T* grad_input = static_cast<T*>(args.grad_input);
+  T* grad_target = static_cast<T*>(args.grad_target);
+  const T* grad_losses = static_cast<const T*>(args.grad_losses);
+  const bool grads = grad_input != nullptr || grad_target != nullptr;
   const bool has_alpha = args.alpha.kind != kOperandNone;
-  const Acc scale = args.grad_scale ? *args.grad_scale * args.scale_factor : args.scale_factor;
+  bool needs_row_col = false;
+  for (const int kind : {args.weight.kind, args.pos_weight.kind, args.alpha.kind}) {
+    needs_row_col |= kind == kOperandColumn || kind == kOperandRow;
+  }
+  const Acc scale = grad_scale ? *grad_scale * args.grad_scale : args.grad_scale;
+  const int64_t elements = args.rows * args.cols;
   Acc total = Acc(0);
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t position = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; position < args.elements;
+  for (int64_t position = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; position < elements;
        position += stride) {
     int64_t row = 0, col = 0;
-    if (args.needs_row_col) {
+    if (needs_row_col) {
       row = position / args.cols;
       col = position - row * args.cols;
     }
     Acc a_pos, a_neg;
     alpha_factors<Acc, Acc>(has_alpha, operand_value(args.alpha, row, col, position), &a_pos, &a_neg);
-    const SigmoidTerms<Acc> terms = sigmoid_element<Math, Acc>(
-        args.params, static_cast<Acc>(args.input[position]), static_cast<Acc>(args.target[position]),
+    const SigmoidTerms<Acc> terms = sigmoid_element<ScalarMath, Acc>(
+        args.params, static_cast<Acc>(input[position]), static_cast<Acc>(target[position]),
         operand_value(args.weight, row, col, position), operand_value(args.pos_weight, row, col, position), a_pos,
         a_neg, grads);
-    if (args.losses) args.losses[position] = static_cast<T>(terms.loss);
+    if (losses) losses[position] = static_cast<T>(terms.loss);
     total += terms.loss;
     if (grads) {
-      const Acc upstream = args.grad_losses ? static_cast<Acc>(args.grad_losses[position]) : scale;
-      if (args.grad_input) args.grad_input[position] = static_cast<T>(upstream * terms.grad_input);
-      if (args.grad_target) args.grad_target[position] = static_cast<T>(upstream * terms.grad_target);
+      const Acc upstream = grad_losses ? static_cast<Acc>(grad_losses[position]) : scale;
+      if (grad_input) grad_input[position] = static_cast<T>(upstream * terms.grad_input);
+      if (grad_target) grad_target[position] = static_cast<T>(upstream * terms.grad_target);
     }
   }
-  if (args.block_sums == nullptr) return;
+  if (block_sums == nullptr) return;
   __shared__ double warp_sums[kThreads / kWarp];
   double sum = static_cast<double>(total);
   for (int offset = kWarp / 2; offset > 0; offset /= 2) sum += __shfl_down_sync(0xffffffffu, sum, offset);
@@ -114,12 +72,12 @@ __global__ void __launch_bounds__(kThreads) sigmoid_loss_kernel(const KernelArgs
   if (threadIdx.x == 0) {
     double block_sum = 0.0;
     for (int warp = 0; warp < kThreads / kWarp; ++warp) block_sum += warp_sums[warp];
-    args.block_sums[blockIdx.x] = block_sum;
+    block_sums[blockIdx.x] = block_sum;
   }
 }
 
 template <typename Acc>
-DeviceOperand<Acc> operand_of(const SigmoidOperandTensor& operand) {
+SigmoidOperand<Acc> operand_of(const SigmoidOperandTensor& operand) {
   return {operand.values.defined() ? operand.values.const_data_ptr<Acc>() : nullptr, operand.kind};
 }
 
@@ -140,27 +98,24 @@ at::Tensor run(const SigmoidInputs& inputs, at::Tensor& losses, at::Tensor& grad
   const auto stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, inputs.input.scalar_type(), "rarekit_sigmoid_loss", [&] {
     using Acc = at::opmath_type<scalar_t>;
-    KernelArgs<scalar_t, Acc> args{};
+    SigmoidArgsT<Acc> args{};
     args.params = {static_cast<Acc>(inputs.params.gamma_pos), static_cast<Acc>(inputs.params.gamma_neg),
                    static_cast<Acc>(inputs.params.clip), inputs.params.pt_form};
-    args.elements = elements;
+    args.rows = inputs.rows;
     args.cols = inputs.cols;
+    args.input = inputs.input.const_data_ptr();
+    args.target = inputs.target.const_data_ptr();
     args.weight = operand_of<Acc>(inputs.weight);
     args.pos_weight = operand_of<Acc>(inputs.pos_weight);
     args.alpha = operand_of<Acc>(inputs.alpha);
-    for (const auto* operand : {&args.weight, &args.pos_weight, &args.alpha}) {
-      args.needs_row_col |= operand->kind == kOperandColumn || operand->kind == kOperandRow;
-    }
-    args.input = inputs.input.const_data_ptr<scalar_t>();
-    args.target = inputs.target.const_data_ptr<scalar_t>();
-    args.losses = losses.defined() ? losses.mutable_data_ptr<scalar_t>() : nullptr;
-    args.grad_input = grad_input.defined() ? grad_input.mutable_data_ptr<scalar_t>() : nullptr;
-    args.grad_target = grad_target.defined() ? grad_target.mutable_data_ptr<scalar_t>() : nullptr;
-    args.grad_losses = grad_losses.defined() ? grad_losses.const_data_ptr<scalar_t>() : nullptr;
-    args.grad_scale = grad_scale.defined() ? grad_scale.const_data_ptr<Acc>() : nullptr;
-    args.scale_factor = static_cast<Acc>(scale_factor);
-    args.block_sums = sum_losses ? block_sums.mutable_data_ptr<double>() : nullptr;
-    sigmoid_loss_kernel<scalar_t, Acc><<<blocks, kThreads, 0, stream>>>(args);
+    args.losses = losses.defined() ? losses.mutable_data_ptr() : nullptr;
+    args.grad_input = grad_input.defined() ? grad_input.mutable_data_ptr() : nullptr;
+    args.grad_target = grad_target.defined() ? grad_target.mutable_data_ptr() : nullptr;
+    args.grad_losses = grad_losses.defined() ? grad_losses.const_data_ptr() : nullptr;
+    args.grad_scale = static_cast<Acc>(scale_factor);
+    sigmoid_loss_kernel<scalar_t, Acc><<<blocks, kThreads, 0, stream>>>(
+        args, grad_scale.defined() ? grad_scale.const_data_ptr<Acc>() : nullptr,
+        sum_losses ? block_sums.mutable_data_ptr<double>() : nullptr);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return sum_losses ? block_sums.sum() : at::Tensor();

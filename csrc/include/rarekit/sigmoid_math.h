@@ -37,6 +37,63 @@ struct SigmoidTerms {
   V loss, grad_input, grad_target;
 };
 
+// A broadcast operand: its kind (SigmoidOperandKind) and values in the accumulator type (1 value,
+// cols, rows, or rows * cols).
+template <typename Acc>
+struct SigmoidOperand {
+  const Acc* data;
+  int kind;
+};
+
+// What one pass of a kernel reads and writes. Contiguous input and target of one dtype T, viewed as
+// (rows, cols). Each output pointer may be null: losses (per element), grad_input and grad_target (all
+// of dtype T). The gradients are multiplied by grad_losses (dtype T, per element) or else by grad_scale.
+template <typename Acc>
+struct SigmoidArgsT {
+  SigmoidParams<Acc> params;
+  int64_t rows, cols;
+  const void* input;
+  const void* target;
+  SigmoidOperand<Acc> weight, pos_weight, alpha;
+  void* losses;
+  void* grad_input;
+  void* grad_target;
+  const void* grad_losses;
+  Acc grad_scale;
+};
+
+template <typename Acc>
+RAREKIT_HOST_DEVICE Acc operand_value(const SigmoidOperand<Acc>& operand, int64_t row, int64_t col,
+                                      int64_t position) {
+  switch (operand.kind) {
+    case kOperandScalar: return operand.data[0];
+    case kOperandColumn: return operand.data[col];
+    case kOperandRow: return operand.data[row];
+    case kOperandFull: return operand.data[position];
+    default: return Acc(1);
+  }
+}
+
+// exp, log and log1p of a float or a double, on the host and the device: the Math of sigmoid_element
+// for one element (the per-ISA CPU kernels bring their own, 16 lanes wide). Internal linkage, as the
+// helpers above.
+namespace {
+struct ScalarMath {
+#if defined(__CUDACC__)
+#define RAREKIT_SCALAR_MATH __host__ __device__ __forceinline__
+#else
+#define RAREKIT_SCALAR_MATH inline
+#endif
+  static RAREKIT_SCALAR_MATH float exp(float x) { return expf(x); }
+  static RAREKIT_SCALAR_MATH double exp(double x) { return ::exp(x); }
+  static RAREKIT_SCALAR_MATH float log(float x) { return logf(x); }
+  static RAREKIT_SCALAR_MATH double log(double x) { return ::log(x); }
+  static RAREKIT_SCALAR_MATH float log1p(float x) { return log1pf(x); }
+  static RAREKIT_SCALAR_MATH double log1p(double x) { return ::log1p(x); }
+#undef RAREKIT_SCALAR_MATH
+};
+}  // namespace
+
 // Loss and, when `grads`, ∂ℓ/∂x and ∂ℓ/∂y of one element (or one vector of elements). S is the
 // scalar type of V (float for float vectors).
 template <typename Math, typename S, typename V>

@@ -191,7 +191,7 @@ def test_options_match_the_fp64_formula(gen, device, options, reduction, soft):
 
 
 # ---- torchvision and timm
-@pytest.mark.parametrize("alpha,gamma", [(0.25, 2.0), (-1.0, 2.0), (0.6, 0.0), (0.25, 1.5), (0.9, 3.0)])
+@pytest.mark.parametrize("alpha,gamma", [(0.25, 2.0), (-1.0, 2.0), (0.6, 0.0), (0.25, 1.5), (0.9, 3.0), (0.3, 1.0)])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("soft", [False, True])
 def test_sigmoid_focal_loss_equals_torchvision(gen, device, alpha, gamma, reduction, soft):

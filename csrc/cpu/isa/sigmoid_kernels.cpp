@@ -49,10 +49,11 @@ static inline Floats16 log16(Floats16 x) {
 struct VectorMath {
   static Floats16 exp(Floats16 x) { return exp16(x); }
   static Floats16 log(Floats16 x) { return log16(x); }
-  // log(1 + e) for e in [0, 1]: log of the rounded sum, corrected by the part of e the sum lost
-  static Floats16 log1p(Floats16 e) {
+  // log(1 + e) for e in [0, 1], given 1 / (1 + e): the log of the rounded sum, corrected by the part
+  // of e the sum lost
+  static Floats16 log1p(Floats16 e, Floats16 inverse) {
     const Floats16 sum = 1.0f + e;
-    return log16(sum) + (e - (sum - 1.0f)) / sum;
+    return log16(sum) + (e - (sum - 1.0f)) * inverse;
   }
 };
 

@@ -75,8 +75,8 @@ RAREKIT_HOST_DEVICE Acc operand_value(const SigmoidOperand<Acc>& operand, int64_
 }
 
 // exp, log and log1p of a float or a double, on the host and the device: the Math of sigmoid_element
-// for one element (the per-ISA CPU kernels bring their own, 16 lanes wide). Internal linkage, as the
-// helpers above.
+// for one element (the per-ISA CPU kernels bring their own, 16 lanes wide; their log1p(e, 1/(1 + e))
+// may use the reciprocal). Internal linkage, as the helpers above.
 namespace {
 struct ScalarMath {
 #if defined(__CUDACC__)
@@ -88,8 +88,8 @@ struct ScalarMath {
   static RAREKIT_SCALAR_MATH double exp(double x) { return ::exp(x); }
   static RAREKIT_SCALAR_MATH float log(float x) { return logf(x); }
   static RAREKIT_SCALAR_MATH double log(double x) { return ::log(x); }
-  static RAREKIT_SCALAR_MATH float log1p(float x) { return log1pf(x); }
-  static RAREKIT_SCALAR_MATH double log1p(double x) { return ::log1p(x); }
+  static RAREKIT_SCALAR_MATH float log1p(float x, float) { return log1pf(x); }
+  static RAREKIT_SCALAR_MATH double log1p(double x, double) { return ::log1p(x); }
 #undef RAREKIT_SCALAR_MATH
 };
 }  // namespace
@@ -101,28 +101,28 @@ RAREKIT_HOST_DEVICE SigmoidTerms<V> sigmoid_element(const SigmoidParams<S>& para
                                                      V a_neg, bool grads) {
   const V zero = V{}, one = zero + S(1);
   const V e = Math::exp(x < zero ? x : -x);  // exp(-|x|) in (0, 1]
-  const V log1p_e = Math::log1p(e);
+  const V inv = one / (one + e);
+  const V log1p_e = Math::log1p(e, inv);
   const V log_p = (x < zero ? x : zero) - log1p_e;
   const V log_q = (x < zero ? zero : -x) - log1p_e;
-  const V inv = one / (one + e);
   const V p = x < zero ? e * inv : inv, q = x < zero ? inv : e * inv;
   const V not_y = one - y;
-  // the negative side: p_m, log p_m, r = 1 - p_m, log r and ∂p_m/∂x
-  V p_m = p, log_p_m = log_p, r = q, log_r = log_q, dp_m = p * q;
+  // the negative side: p_m, r = 1 - p_m, log r and ∂p_m/∂x
+  V p_m = p, r = q, log_r = log_q, dp_m = p * q;
   const bool clipped = params.clip > S(0);
   if (clipped) {
     p_m = p - params.clip;
     p_m = p_m > zero ? p_m : zero;
     r = q + params.clip;
     r = r < one ? r : one;
-    log_p_m = Math::log(p_m);  // -inf at p_m = 0, and p_m^γ = 0 there
     log_r = Math::log(r);
     dp_m = p_m > zero ? dp_m : zero;
   }
   SigmoidTerms<V> terms{zero, zero, zero};
   if (!params.pt_form) {
     const V m_pos = params.gamma_pos == S(0) ? one : Math::exp(params.gamma_pos * log_q);
-    const V m_neg = params.gamma_neg == S(0) ? one : Math::exp(params.gamma_neg * log_p_m);
+    // p_m^γ₋ (log p_m = -inf at p_m = 0, and the power 0 there)
+    const V m_neg = params.gamma_neg == S(0) ? one : Math::exp(params.gamma_neg * (clipped ? Math::log(p_m) : log_p));
     const V pos = -(a_pos * pw) * m_pos * log_p;  // the loss of y = 1
     const V neg = -a_neg * m_neg * log_r;         // the loss of y = 0
     terms.loss = w * (y * pos + not_y * neg);
@@ -142,26 +142,34 @@ RAREKIT_HOST_DEVICE SigmoidTerms<V> sigmoid_element(const SigmoidParams<S>& para
   const V alpha_t = a_pos * y + a_neg * not_y;
   const V u = y * q + not_y * p_m;
   const V log_term = pw * y * log_p + not_y * log_r;
-  const bool focusing = params.gamma_pos != S(0) || params.gamma_neg != S(0);
+  // u^g and ∂(u^g)/∂u; one γ (torchvision's) of 1 or 2 needs no log (0^0 = 1, as torch.pow)
+  const bool one_gamma = params.gamma_pos == params.gamma_neg;
   const V g = params.gamma_pos * y + params.gamma_neg * not_y;
-  const V log_u = focusing ? Math::log(u) : zero;
-  const V modulator = focusing ? (g == zero ? one : Math::exp(g * log_u)) : one;  // u^g, 0^0 = 1 as torch.pow
+  const V safe_u = u > zero ? u : one;
+  V log_u = zero, modulator = one, d_modulator_du = zero;
+  if (one_gamma && params.gamma_pos == S(2)) {
+    modulator = u * u;
+    d_modulator_du = S(2) * u;
+  } else if (one_gamma && params.gamma_pos == S(1)) {
+    modulator = u;
+    d_modulator_du = one;
+  } else if (params.gamma_pos != S(0) || params.gamma_neg != S(0)) {
+    log_u = Math::log(u);
+    modulator = g == zero ? one : Math::exp(g * log_u);
+    d_modulator_du = u > zero ? g * modulator / safe_u : zero;
+  }
   terms.loss = -w * alpha_t * modulator * log_term;
   if (!grads) return terms;
-  const V safe_u = u > zero ? u : one;
   const V du = not_y * dp_m - y * p * q;
   const V d_log_r = clipped ? -dp_m / r : -p;
   const V d_log_term = pw * y * q + not_y * d_log_r;
-  const V d_modulator = focusing ? (u > zero ? g * modulator * du / safe_u : zero) : zero;
-  terms.grad_input = -w * alpha_t * (d_modulator * log_term + modulator * d_log_term);
-  // ∂/∂y: α_t, u, g and L are each linear in y
+  terms.grad_input = -w * alpha_t * (d_modulator_du * du * log_term + modulator * d_log_term);
+  // ∂/∂y: α_t, u, g and L are each linear in y; ∂(u^g)/∂g = u^g log u
   const V d_alpha_t = a_pos - a_neg;
   const V du_y = q - p_m;
   const V d_log_term_y = pw * log_p - log_r;
-  const V d_modulator_y =
-      focusing
-          ? (u > zero ? modulator * ((params.gamma_pos - params.gamma_neg) * log_u + g * du_y / safe_u) : zero)
-          : zero;
+  V d_modulator_y = d_modulator_du * du_y;
+  if (!one_gamma) d_modulator_y += u > zero ? (params.gamma_pos - params.gamma_neg) * log_u * modulator : zero;
   terms.grad_target = -w * (d_alpha_t * modulator * log_term + alpha_t * d_modulator_y * log_term +
                             alpha_t * modulator * d_log_term_y);
   return terms;

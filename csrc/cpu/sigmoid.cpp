@@ -38,12 +38,7 @@ FloatType float_type(at::ScalarType type) {
 }
 
 double run_range_double(const SigmoidArgsT<double>& args, int64_t begin, int64_t end) {
-  const auto* input = static_cast<const double*>(args.input);
-  const auto* target = static_cast<const double*>(args.target);
-  auto* losses = static_cast<double*>(args.losses);
-  auto* grad_input = static_cast<double*>(args.grad_input);
-  auto* grad_target = static_cast<double*>(args.grad_target);
-  const auto* grad_losses = static_cast<const double*>(args.grad_losses);
+  const auto [input, target, losses, grad_input, grad_target, grad_losses] = typed_pointers<double>(args);
   const bool grads = grad_input != nullptr || grad_target != nullptr;
   double total = 0.0;
   for (int64_t position = begin; position < end; ++position) {

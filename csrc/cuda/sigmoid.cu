@@ -26,13 +26,8 @@ constexpr int kWarp = 32;
 template <typename T, typename Acc>
 __global__ void __launch_bounds__(kThreads) sigmoid_loss_kernel(const SigmoidArgsT<Acc> args, const Acc* grad_scale,
                                                                 double* block_sums) {
-  const T* input = static_cast<const T*>(args.input);
-  const T* target = static_cast<const T*>(args.target);
-  T* losses = static_cast<T*>(args.losses);
-  T* grad_input = static_cast<T*>(args.grad_input);
-  T* grad_target = static_cast<T*>(args.grad_target);
-  const T* grad_losses = static_cast<const T*>(args.grad_losses);
-  const bool grads = grad_input != nullptr || grad_target != nullptr;
+  const SigmoidPointers<T> data = typed_pointers<T>(args);
+  const bool grads = data.grad_input != nullptr || data.grad_target != nullptr;
   const bool has_alpha = args.alpha.kind != kOperandNone;
   bool needs_row_col = false;
   for (const int kind : {args.weight.kind, args.pos_weight.kind, args.alpha.kind}) {
@@ -52,15 +47,15 @@ __global__ void __launch_bounds__(kThreads) sigmoid_loss_kernel(const SigmoidArg
     Acc a_pos, a_neg;
     alpha_factors<Acc, Acc>(has_alpha, operand_value(args.alpha, row, col, position), &a_pos, &a_neg);
     const SigmoidTerms<Acc> terms = sigmoid_element<ScalarMath, Acc>(
-        args.params, static_cast<Acc>(input[position]), static_cast<Acc>(target[position]),
+        args.params, static_cast<Acc>(data.input[position]), static_cast<Acc>(data.target[position]),
         operand_value(args.weight, row, col, position), operand_value(args.pos_weight, row, col, position), a_pos,
         a_neg, grads);
-    if (losses) losses[position] = static_cast<T>(terms.loss);
+    if (data.losses) data.losses[position] = static_cast<T>(terms.loss);
     total += terms.loss;
     if (grads) {
-      const Acc upstream = grad_losses ? static_cast<Acc>(grad_losses[position]) : scale;
-      if (grad_input) grad_input[position] = static_cast<T>(upstream * terms.grad_input);
-      if (grad_target) grad_target[position] = static_cast<T>(upstream * terms.grad_target);
+      const Acc upstream = data.grad_losses ? static_cast<Acc>(data.grad_losses[position]) : scale;
+      if (data.grad_input) data.grad_input[position] = static_cast<T>(upstream * terms.grad_input);
+      if (data.grad_target) data.grad_target[position] = static_cast<T>(upstream * terms.grad_target);
     }
   }
   if (block_sums == nullptr) return;

@@ -91,12 +91,7 @@ constexpr int kFlushVectors = 64;  // partial sums go to double every 1024 eleme
 
 template <typename T>
 double run_range(const SigmoidArgs& args, int64_t begin, int64_t end) {
-  const T* input = static_cast<const T*>(args.input);
-  const T* target = static_cast<const T*>(args.target);
-  T* losses = static_cast<T*>(args.losses);
-  T* grad_input = static_cast<T*>(args.grad_input);
-  T* grad_target = static_cast<T*>(args.grad_target);
-  const T* grad_losses = static_cast<const T*>(args.grad_losses);
+  const auto [input, target, losses, grad_input, grad_target, grad_losses] = typed_pointers<T>(args);
   const bool grads = grad_input != nullptr || grad_target != nullptr;
   const bool has_alpha = args.alpha.kind != kOperandNone;
   Ints16 lane_index;

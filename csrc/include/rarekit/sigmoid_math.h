@@ -62,6 +62,24 @@ struct SigmoidArgsT {
   Acc grad_scale;
 };
 
+// SigmoidArgsT's pointers as the element dtype T.
+template <typename T>
+struct SigmoidPointers {
+  const T* input;
+  const T* target;
+  T* losses;
+  T* grad_input;
+  T* grad_target;
+  const T* grad_losses;
+};
+
+template <typename T, typename Acc>
+RAREKIT_HOST_DEVICE SigmoidPointers<T> typed_pointers(const SigmoidArgsT<Acc>& args) {
+  return {static_cast<const T*>(args.input),      static_cast<const T*>(args.target),
+          static_cast<T*>(args.losses),           static_cast<T*>(args.grad_input),
+          static_cast<T*>(args.grad_target),      static_cast<const T*>(args.grad_losses)};
+}
+
 template <typename Acc>
 RAREKIT_HOST_DEVICE Acc operand_value(const SigmoidOperand<Acc>& operand, int64_t row, int64_t col,
                                       int64_t position) {

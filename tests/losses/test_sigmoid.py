@@ -124,6 +124,20 @@ def test_equals_torch_bce(gen, device, shape, weight_kind, pos_weight_kind, redu
         assert_all_close(ours, theirs, **tolerance)
 
 
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_strided_scalar_and_column_inputs_equal_torch(gen, device, reduction):
+    """A transposed input with an expanded target, a 0-dim input, and (N, 1) inputs whose per-row weight is
+    one value per element."""
+    x, y = logits_and_targets(gen, (5, 7), device=device, soft=True)
+    calls = [(x.t(), y[:1].expand(5, 7).t(), torch.rand(7, 1, dtype=torch.float64, device=device)),
+             (x[0, 0].clone(), y[0, 0].clone(), None),
+             (x[:, :1].contiguous(), y[:, :1].contiguous(), torch.rand(5, 1, dtype=torch.float64, device=device))]
+    for a, b, weight in calls:
+        ours = value_and_grads(lambda u, v: rarekit.binary_cross_entropy_with_logits(u, v, weight, reduction=reduction), a, b)
+        theirs = value_and_grads(lambda u, v: F.binary_cross_entropy_with_logits(u, v, weight, reduction=reduction), a, b)
+        assert_all_close(ours, theirs, rtol=1e-12, atol=1e-12)
+
+
 @needs_native
 def test_module_is_torchs_drop_in(gen):
     weight, pos_weight = torch.rand(7, generator=gen), torch.rand(7, generator=gen) * 3

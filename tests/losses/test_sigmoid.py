@@ -370,6 +370,12 @@ def test_finite_at_logits_of_200(device, dtype):
             if exact is not None:  # log p of -200 is exact in fp64 only through logsigmoid: compare where finite
                 finite = torch.isfinite(exact)
                 torch.testing.assert_close(loss.double()[finite], exact[finite], rtol=1e-2, atol=1e-3)
+        for loss_fn in (lambda a, b: rarekit.sigmoid_focal_loss(a, b, reduction="none"),
+                        rarekit.AsymmetricLoss(gamma_pos=1.0, reduction="none")):  # the p_t form, soft targets too
+            x_grad = x.clone().requires_grad_()
+            loss = loss_fn(x_grad, y)
+            loss.sum().backward()
+            assert torch.isfinite(loss).all() and torch.isfinite(x_grad.grad).all(), (dtype, y_value, loss_fn)
 
 
 # ---- properties against the fp64 formula

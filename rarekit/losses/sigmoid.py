@@ -136,6 +136,10 @@ class BCEWithLogitsLoss(nn.BCEWithLogitsLoss):
         unknown = set(extras) - set(_EXTRAS)
         if unknown:
             raise TypeError(f"unexpected keyword arguments: {sorted(unknown)}")
+        for name in ("focal_gamma", "gamma_neg"):
+            if extras.get(name) is not None:
+                _check_number(extras[name], name)
+        _check_number(extras.get("clip") or 0.0, "clip", high=1.0)
         focal_alpha = extras.pop("focal_alpha", None)
         if isinstance(focal_alpha, torch.Tensor):
             self.register_buffer("focal_alpha", focal_alpha)

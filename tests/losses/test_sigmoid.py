@@ -452,6 +452,8 @@ def test_reference_is_the_formula(gen):
     (lambda x, y: rarekit.sigmoid_focal_loss(x, y, gamma=-2.0), ValueError, "focal_gamma"),
     (lambda x, y: rarekit.sigmoid_focal_loss(x, y, alpha=None), ValueError, "alpha"),
     (lambda x, y: rarekit.AsymmetricLoss(clip=1.5), ValueError, "clip"),
+    (lambda x, y: rarekit.BCEWithLogitsLoss(focal_gamma=-0.5), ValueError, "focal_gamma"),
+    (lambda x, y: rarekit.BCEWithLogitsLoss(clip=2.0), ValueError, "clip"),
     (lambda x, y: rarekit.AsymmetricLoss(gamma_neg=-1), ValueError, "gamma_neg"),
 ])
 def test_bad_input_is_refused_clearly(call, error, match):

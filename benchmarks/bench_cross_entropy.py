@@ -8,7 +8,6 @@ Targets: CPU >= 3x eager, >= 2x torch.compile, peak extra <= 1x the logits (~0 w
 H200 >= 85 % of copy bandwidth (read logits + write grad), >= 1.25x Liger.
 """
 import functools
-import json
 
 import torch
 import torch.nn.functional as F
@@ -116,7 +115,6 @@ def main() -> None:
                 peaks[name] = (torch.cuda.max_memory_allocated() - base) / logits_bytes
             case["peak_extra_memory_x_logits"] = peaks
         cases.append(case)
-        print(json.dumps({k: v for k, v in case.items() if "memory" in k or "bandwidth" in k}, indent=1))
     report("cross_entropy", device, cases, args.out)
 
 

@@ -10,7 +10,6 @@ max_memory_allocated), which counts the returned gradients for every contender a
 Targets (issue 14): CPU peak extra <= 1/4 of eager's, step time <= eager's; H200 time <= 1.15x the
 matmuls, peak <= Cut Cross-Entropy's plus one chunk, not slower than eager at 1024 tokens.
 """
-import json
 
 import torch
 import torch.nn.functional as F
@@ -119,7 +118,6 @@ def main() -> None:
         if missing:
             case["not installed"] = ", ".join(missing)
         cases.append(case)
-        print(json.dumps({key: value for key, value in case.items() if key != "median_ms"}, indent=1))
         del hidden, classifier
     report("linear_cross_entropy", device, cases, args.out)
 

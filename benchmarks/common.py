@@ -118,14 +118,30 @@ def machine() -> dict:
     return info
 
 
+def table_cell(value) -> str:
+    return f"{value:10.3f}" if isinstance(value, float) else str(value)
+
+
 def report(job: str, device: torch.device, cases: list[dict], out_dir: str) -> str:
-    """Prints each case's medians and ratios, writes <out_dir>/<job>-<device>.json, returns its path."""
+    """Prints each case as a table (its medians, ratios and every other figure; the JSON goes only
+    into the file), writes <out_dir>/<job>-<device>.json, returns its path."""
     for case in cases:
         print(f"\n{job} [{device.type}] {case['case']}")
         for name, seconds in case["median_ms"].items():
             print(f"  {name:<28} {seconds:10.3f} ms")
         for name, ratio in case.get("ratios", {}).items():
             print(f"  {name:<40} {ratio:8.2f}x")
+        for key, value in case.items():
+            if key in ("case", "median_ms", "ratios"):
+                continue
+            if isinstance(value, dict):
+                print(f"  {key}:")
+                for name, item in value.items():
+                    print(f"    {name:<38} {table_cell(item)}")
+            elif isinstance(value, str):
+                print(f"  {key}: {value}")
+            else:
+                print(f"  {key:<40} {table_cell(value)}")
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{job}-{device.type}.json")
     write_text_atomic(path, json.dumps({"job": job, "device": device.type, "quick": QUICK, "machine": machine(),

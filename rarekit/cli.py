@@ -1,8 +1,8 @@
 """The ``rarekit`` command line (also ``python -m rarekit``).
 
 ``rarekit count FILE...`` counts the ids of ``.npy`` arrays, raw ``.bin`` token files or whitespace-split
-``.txt`` files; ``rarekit demo`` runs it on the sample corpus shipped in the package, then an imbalance
-study (:mod:`rarekit.study.demo`). Each subcommand
+``.txt`` files; ``rarekit demo`` runs an imbalance study (:mod:`rarekit.study.demo`) and counts the
+sample corpus shipped in the package. Each subcommand
 is registered by an ``add_*_command`` function that sets its ``run`` callable.
 """
 from __future__ import annotations
@@ -11,17 +11,22 @@ import argparse
 import importlib.resources
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rarekit._files import atomic_output, write_text_atomic
+from rarekit._files import write_text_atomic
+from rarekit._memory import available_memory
 from rarekit.counting import count, max_id, rare_ids
 from rarekit.plots import plot_frequencies
+from rarekit.study.lm import DEFAULT_EPOCHS as LM_DEFAULT_EPOCHS
 from rarekit.weights import SCHEMES, class_weights
 
 FORMATS = ("npy", "bin", "txt")
@@ -32,7 +37,16 @@ MAX_AUTO_BINS = 1 << 31  # without --vocab-size, larger ids are taken for corrup
 TOP_IDS = 10  # the most frequent ids listed in the summary
 DEMO_RARE_MAX_COUNT = 2  # the demo corpus is a few KB: rare = seen once or twice
 COUNT_OUTPUTS = ("counts.npy", "summary.json", "weights.json", "vocab.json", "zipf.png")
+STAGING_PREFIX = ".rarekit-count-"  # + pid: the hidden folder in --out where a run writes its outputs first
 BYTES_PER_BIN = 24  # int64 counts, the next chunk's counts, float64 weights: the memory a bin of --vocab-size needs
+# the demo options left unset on the command line (None) take these, except under --lm, which refuses them
+DEMO_DEFAULTS = {"epochs": 30, "time_budget": 80.0, "augment_per_text": 4, "augment_max": 20_000,
+                 "max_features": 50_000, "augmenter": "random_swap"}
+DEMO_EXTRAS = {"sklearn": "scikit-learn", "pandas": "pandas", "chatterbot_corpus": "chatterbot-corpus",
+               "yaml": "pyyaml", "nlpaug": "nlpaug", "matplotlib": "matplotlib"}  # module: package of rarekit[demo]
+TEXT_ONLY = ("augment_per_text", "augment_max", "max_features", "augmenter", "mlm")
+CLASSIFICATION_ONLY = ("data", "text_col", "label_col", "batch_size", "time_budget", "force", "augment_per_text",
+                       "augment_max", "max_features", "augmenter", "mlm", "ddp")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,25 +100,27 @@ def add_demo_command(commands) -> None:
                          help="your own data: .csv/.tsv/.jsonl (with --text-col, --label-col) or .npz with X, y")
     command.add_argument("--text-col", metavar="C", help="text column of --data")
     command.add_argument("--label-col", metavar="L", help="label column of --data")
-    command.add_argument("--epochs", type=positive_int, default=30, help="training epochs per method (default: 30)")
+    command.add_argument("--epochs", type=positive_int,
+                         help=f"training epochs per method (default: {DEMO_DEFAULTS['epochs']}; "
+                              f"with --lm, {LM_DEFAULT_EPOCHS})")
     command.add_argument("--batch-size", type=positive_int, metavar="B",
                          help="samples per optimizer step, split over the ranks under --ddp (default: 64, or "
                               "training samples / 100 when larger)")
-    command.add_argument("--time-budget", type=positive_float, default=80.0, metavar="S",
+    command.add_argument("--time-budget", type=positive_float, metavar="S",
                          help="seconds of training per method: a method projected past it is skipped with the "
                               "reason, and a study whose cheapest method cannot fit is refused (default: 80)")
     command.add_argument("--force", action="store_true", help="train every method whatever the time it takes")
     command.add_argument("--train-threads", type=positive_int, default=1, metavar="N",
                          help="torch threads while training (default: 1; the small model gains little from more, "
                               "and a loaded machine makes their barriers slow); the kernel timings use all")
-    command.add_argument("--augment-per-text", type=positive_int, default=4, metavar="K",
+    command.add_argument("--augment-per-text", type=positive_int, metavar="K",
                          help="augment_minority generates at most K texts per original text (default: 4)")
-    command.add_argument("--augment-max", type=positive_int, default=20_000, metavar="N",
+    command.add_argument("--augment-max", type=positive_int, metavar="N",
                          help="and at most N texts in all (default: 20000)")
-    command.add_argument("--max-features", type=positive_int, default=50_000, metavar="F",
+    command.add_argument("--max-features", type=positive_int, metavar="F",
                          help="TF-IDF vocabulary: the F most frequent words of the training texts (default: 50000)")
     command.add_argument("--seed", type=int, default=0, help="seed of the splits, models and samplers (default: 0)")
-    command.add_argument("--augmenter", default="random_swap", metavar="METHOD",
+    command.add_argument("--augmenter", metavar="METHOD",
                          help="augment_minority's augmenter: random_swap (default), contextual, ...")
     command.add_argument("--mlm", metavar="PATH_OR_NAME", help="masked LM folder for --augmenter contextual")
     command.add_argument("--ddp", action="store_true",
@@ -113,7 +129,9 @@ def add_demo_command(commands) -> None:
                          help="no progress bars (they are shown only when stderr is a terminal)")
     command.add_argument("--lm", action="store_true",
                          help="run the rare-token language-model study instead (rarekit.study.lm: a GRU LM on "
-                              "chatterbot-corpus, four losses; writes --out/lm-study)")
+                              "chatterbot-corpus, four losses; writes --out/lm-study); it takes --out, --epochs, "
+                              "--seed, --train-threads and --no-progress, and refuses the options of the "
+                              "classification study")
     command.set_defaults(run=run_demo)
 
 
@@ -196,17 +214,56 @@ def run_demo(args: argparse.Namespace) -> int:
     if args.lm:
         from rarekit.study import lm as lm_study
 
+        refuse_options(args, CLASSIFICATION_ONLY, "--lm: the language-model study trains on its built-in corpus "
+                       "(chatterbot-corpus) with its own batches; it takes --out, --epochs, --seed, --train-threads "
+                       "and --no-progress")
+        require_demo_extras(["chatterbot_corpus", "yaml", "matplotlib"])
         return lm_study.run(args)
+    text = args.data is None or Path(args.data).suffix != ".npz"
+    if not text:
+        refuse_options(args, TEXT_ONLY, f"--data {Path(args.data).name}: they shape the text features and their "
+                       "augmentation, and an .npz file holds arrays")
+    if args.mlm and args.augmenter not in (None, "contextual"):
+        raise ValueError(f"--mlm is the model of --augmenter contextual; it does not apply to --augmenter "
+                         f"{args.augmenter}")
+    require_demo_extras(["sklearn"] + ["chatterbot_corpus", "yaml"] * (args.data is None)
+                        + ["pandas"] * (text and args.data is not None) + ["nlpaug"] * text)
+    for name, value in DEMO_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     if args.ddp:
         demo.require_torchrun()
-    if not args.ddp or int(os.environ.get("RANK", "0")) == 0:
-        if args.data is None:
-            corpus = importlib.resources.files("rarekit.study") / "data" / "corpus.txt"
-            with importlib.resources.as_file(corpus) as path:
-                count_and_report([path], "txt", args.out / "corpus-count", rare_max_count=DEMO_RARE_MAX_COUNT)
+    writes = not args.ddp or int(os.environ.get("RANK", "0")) == 0
+    corpus = None
+    if writes and args.data is None:
+        shipped = importlib.resources.files("rarekit.study") / "data" / "corpus.txt"
+        with importlib.resources.as_file(shipped) as path:
+            corpus = count_paths([path], "txt", rare_max_count=DEMO_RARE_MAX_COUNT)
+    status = demo.run(args)  # reads and checks the data before anything is written, and writes at the end
+    if writes:  # --out is touched only now that the study has succeeded
+        corpus_out = args.out / "corpus-count"
+        if corpus is None:
+            remove_count_outputs(corpus_out, keep=())  # an earlier run's, not this one's
         else:
-            remove_count_outputs(args.out / "corpus-count", keep=())  # an earlier run's, not this one's
-    return demo.run(args)
+            print("\ncorpus count (the sample text shipped with rarekit)")
+            print_summary(corpus.summary, corpus_out, write_count_outputs(corpus, corpus_out))
+    return status
+
+
+def require_demo_extras(modules: list[str]) -> None:
+    """Refuses, before any work, a demo whose packages (the ``demo`` extra) are not installed."""
+    import importlib.util
+
+    missing = [DEMO_EXTRAS[module] for module in modules if importlib.util.find_spec(module) is None]
+    if missing:
+        raise ImportError(f"this demo needs {', '.join(missing)}, not installed: pip install rarekit[demo]")
+
+
+def refuse_options(args: argparse.Namespace, names: tuple[str, ...], reason: str) -> None:
+    """Refuses the options ``names`` given on the command line (set, not None or False) that do not apply."""
+    given = ["--" + name.replace("_", "-") for name in names if getattr(args, name) not in (None, False)]
+    if given:
+        raise ValueError(f"{', '.join(given)} do{'es' if len(given) == 1 else ''} not apply to {reason}")
 
 
 def check_memory(num_bins: int, what: str) -> None:
@@ -216,15 +273,6 @@ def check_memory(num_bins: int, what: str) -> None:
     if needed > available:
         raise ValueError(f"{what} needs {needed / 2**30:,.1f} GiB for its counts and weights, more than the "
                          f"{available / 2**30:,.1f} GiB of memory available")
-
-
-def available_memory() -> int:
-    """Bytes of memory available: MemAvailable of /proc/meminfo, else the physical memory."""
-    try:
-        with open("/proc/meminfo") as meminfo:
-            return next(int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError):
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def check_not_overwriting(paths: list[Path], out: Path) -> None:
@@ -246,9 +294,29 @@ def remove_count_outputs(out: Path, keep) -> None:
 
 def count_and_report(paths: list[Path], file_format: str, out: Path, *, vocab_size: int | None = None,
                      dtype: str = "uint16", scheme: str = "inverse", rare_max_count: int = 10) -> int:
-    """Counts ``paths``, writes the outputs into ``out`` (each through a temporary file and a rename;
-    an earlier run's outputs that this run does not write are removed) and prints the summary."""
+    """Counts ``paths``, writes the outputs into ``out`` (see :func:`write_count_outputs`) and prints the summary."""
     check_not_overwriting(paths, out)
+    counted = count_paths(paths, file_format, vocab_size=vocab_size, dtype=dtype, scheme=scheme,
+                          rare_max_count=rare_max_count)
+    print_summary(counted.summary, out, write_count_outputs(counted, out))
+    return 0
+
+
+@dataclass
+class Counted:
+    """What ``rarekit count`` found: the int64 counts, the summary, the class weights of ``scheme`` and,
+    for txt files, the words in id order."""
+
+    counts: torch.Tensor
+    summary: dict
+    weights: torch.Tensor
+    scheme: str
+    vocab: list[str] | None
+
+
+def count_paths(paths: list[Path], file_format: str, *, vocab_size: int | None = None, dtype: str = "uint16",
+                scheme: str = "inverse", rare_max_count: int = 10) -> Counted:
+    """Counts ``paths`` and summarizes the counts; writes nothing."""
     counts, ids_read, vocab = count_files(paths, file_format, vocab_size, dtype)
     total = int(counts.sum())
     if total == 0:
@@ -269,26 +337,71 @@ def count_and_report(paths: list[Path], file_format: str, out: Path, *, vocab_si
         "rare_share": int(counts[rare].sum()) / total,
         "top": [[i if vocab is None else vocab[i], c] for i, c in zip(top_ids.tolist(), top_counts.tolist())],
     }
-    weights = class_weights(counts, scheme)
+    return Counted(counts, summary, class_weights(counts, scheme), scheme, vocab)
 
+
+def write_count_outputs(counted: Counted, out: Path) -> list[str]:
+    """Writes counts.npy, summary.json, weights.json, vocab.json (txt) and zipf.png into a hidden folder
+    in ``out``, then renames each into place: a write that fails (disk full, a file size limit) names
+    its file and leaves the earlier run's set whole. Removes an earlier run's outputs that this run
+    does not write, and what killed runs left behind. Returns the names written."""
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_output(out / "counts.npy") as temporary:
-        np.save(temporary, counts.numpy())
-    write_json(out / "summary.json", summary, indent=1)
-    write_json(out / "weights.json", {"scheme": scheme, "normalize": "mean", "zero_count": "max",
-                                      "weights": weights.tolist()})
-    written = ["counts.npy", "summary.json", "weights.json"]
-    if vocab is not None:
-        write_json(out / "vocab.json", vocab)
-        written.append("vocab.json")
+    remove_abandoned_files(out)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out))
     try:
-        plot_frequencies(counts, out / "zipf.png", rare=rare_max_count)
-        written.append("zipf.png")
-    except ImportError as error:
-        print(f"rarekit: skipped zipf.png: {error}", file=sys.stderr)
+        written = write_count_files(counted, staging, out)
+        for name in written:
+            os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     remove_count_outputs(out, keep=written)
-    print_summary(summary, out, written)
-    return 0
+    return written
+
+
+def write_count_files(counted: Counted, folder: Path, out: Path) -> list[str]:
+    """Writes the outputs into ``folder``; an OSError names the file as ``out / name``."""
+    writers = {"counts.npy": lambda path: np.save(path, counted.counts.numpy()),
+               "summary.json": lambda path: write_json(path, counted.summary, indent=1),
+               "weights.json": lambda path: write_json(path, {"scheme": counted.scheme, "normalize": "mean",
+                                                              "zero_count": "max", "weights": counted.weights.tolist()}),
+               "vocab.json": None if counted.vocab is None else lambda path: write_json(path, counted.vocab),
+               "zipf.png": lambda path: plot_frequencies(  # a threshold past every count marks what the largest does
+                   counted.counts, path, rare=min(counted.summary["rare_max_count"], int(counted.counts.max())))}
+    written = []
+    for name, write in writers.items():
+        if write is None:
+            continue
+        try:
+            write(folder / name)
+        except ImportError as error:  # matplotlib, for the plot
+            print(f"rarekit: skipped {name}: {error}", file=sys.stderr)
+            continue
+        except OSError as error:
+            raise OSError(f"cannot write {out / name}: {error}") from error
+        written.append(name)
+    return written
+
+
+def remove_abandoned_files(out: Path) -> None:
+    """Removes what killed runs left in ``out``: the staging folders of processes that no longer run,
+    and the temporary files of the outputs that earlier versions wrote beside them (``.counts.npy.*``)."""
+    for path in out.glob(f"{STAGING_PREFIX}*"):
+        pid = path.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if path.is_dir() and pid.isdigit() and not process_running(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+    for name in COUNT_OUTPUTS:
+        for path in out.glob(f".{name}.*"):
+            path.unlink(missing_ok=True)
+
+
+def process_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def count_files(paths: list[Path], file_format: str, vocab_size: int | None,
@@ -306,11 +419,14 @@ def count_files(paths: list[Path], file_format: str, vocab_size: int | None,
             try:
                 for ids, n_bytes in chunks:
                     num_bins = vocab_size if vocab_size is not None else max(max_id(ids) + 1, counts.numel())
-                    if num_bins > MAX_AUTO_BINS:
-                        raise ValueError(f"the largest id is {num_bins - 1}: pass --vocab-size V to count ids in "
-                                         f"[0, V) and drop the others")
                     if num_bins > counts.numel():
-                        check_memory(num_bins, f"the largest id, {num_bins - 1:,},")
+                        try:
+                            if num_bins > MAX_AUTO_BINS:
+                                raise ValueError(f"the largest id is {num_bins - 1:,}: pass --vocab-size V to count "
+                                                 "ids in [0, V) and drop the others")
+                            check_memory(num_bins, f"the largest id, {num_bins - 1:,},")
+                        except ValueError as error:
+                            raise ValueError(dtype_hint(ids, file_format, dtype) + str(error)) from None
                     chunk_counts = count(ids, num_bins, check=False)
                     chunk_counts[:counts.numel()] += counts
                     counts = chunk_counts
@@ -321,6 +437,16 @@ def count_files(paths: list[Path], file_format: str, vocab_size: int | None,
                 raise ValueError(f"{path}: {error}") from error
             progress.update(size - bytes_done)  # file headers
     return counts, ids_read, None if vocab is None else list(vocab)
+
+
+def dtype_hint(ids: torch.Tensor, file_format: str, dtype: str) -> str:
+    """For ids too large to count: a raw file of uint16 ids read as uint32 gives such ids (two ids a
+    value), so say what its largest id would be as uint16; empty for other files."""
+    if file_format != "bin" or dtype != "uint32":
+        return ""
+    as_uint16 = int(torch.maximum(ids & 0xFFFF, ids >> 16).max())
+    return (f"read as uint32 (--dtype uint32), the ids are too large; read as uint16, the largest would be "
+            f"{as_uint16:,}: pass --dtype uint16 if the file holds uint16 ids. Else: ")
 
 
 def id_chunks(path: Path, file_format: str, dtype: str):

@@ -53,15 +53,20 @@ def _check_fits_int64(ids: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} are uint64 and {name}[{position}] = {value} does not fit int64 (ids must be < 2^63)")
 
 
-def count(ids, num_bins: int | None = None, *, ignore_index: int | None = None,
+def count(ids, num_bins: int | None = None, *, ignore_index: int | None = -100,
           weights: torch.Tensor | None = None, check: bool = True) -> torch.Tensor:
     """Histogram of integer ids: ``counts[b] = Σ_i [ids_i = b]`` (or ``Σ_i [ids_i = b] · weights_i``).
+
+    ``torch.bincount`` of the ids other than ``ignore_index``, with a fixed length: ids outside
+    ``[0, num_bins)`` raise (or are dropped with ``check=False``). :class:`TokenCounter` follows the same
+    rule with the same defaults.
 
     Args:
         ids: integer ids of any shape (uint8, int8, int16, int32, int64, uint16, uint32), any strides.
         num_bins: output length; ``None`` takes ``max(ids) + 1``, which reads the maximum back to the
             host (one synchronization on CUDA).
-        ignore_index: an id value to skip (e.g. ``-100`` padding).
+        ignore_index: an id value to skip: ``-100`` (the padding of PyTorch's losses) by default,
+            ``None`` to count every id.
         weights: per-id float weights, of the shape of ``ids``; the result is then a
             float sum (float64 for float64 weights, float32 otherwise) and is differentiable in them.
         check: raise ``ValueError`` naming the first id outside ``[0, num_bins)`` that is not
@@ -147,8 +152,14 @@ def is_real_number(value) -> bool:
 
 
 def _check_threshold(value, name: str) -> None:
-    if value is not None and (not is_real_number(value) or not math.isfinite(value) or value < 0):
+    if value is not None and (not is_real_number(value) or value < 0
+                              or not is_integer(value) and not math.isfinite(value)):  # ints of any size are finite
         raise ValueError(f"{name} must be a finite non-negative number or None, got {value!r}")
+
+
+def _comparable(threshold):
+    """``threshold`` in a form torch compares counts with: an integer past int64, above every count, as inf."""
+    return math.inf if is_integer(threshold) and threshold > INT64_MAX else threshold
 
 
 def rare_ids(counts, *, min_count: float | None = None, max_count: float | None = None,
@@ -178,9 +189,9 @@ def rare_ids(counts, *, min_count: float | None = None, max_count: float | None 
 
     candidate = torch.ones_like(counts, dtype=torch.bool)
     if min_count is not None:
-        candidate &= counts >= min_count
+        candidate &= counts >= _comparable(min_count)
     if max_count is not None:
-        candidate &= counts <= max_count
+        candidate &= counts <= _comparable(max_count)
     ids = candidate.nonzero().flatten()
     if ids.numel() == 0:
         return ids
@@ -197,22 +208,29 @@ def rare_ids(counts, *, min_count: float | None = None, max_count: float | None 
 class TokenCounter:
     """Counts ids as a stream: ``counts[b]`` = number of ids equal to ``b`` over every :meth:`update`.
 
-    Ids outside ``[0, num_bins)`` and ids equal to ``ignore_index`` are dropped silently: :meth:`update`
-    never checks the range, so on CUDA it never synchronizes with the host. Pass ``ignore_index=None``
-    to count every id in range. :meth:`update` and :meth:`merge` may be called from several threads at
-    once: each adds under a lock (the counting itself runs outside it), so no count is lost.
+    Each :meth:`update` adds :func:`count` of its ids, with the same rule and defaults: ids equal to
+    ``ignore_index`` are skipped, and an id outside ``[0, num_bins)`` raises ValueError naming it (on
+    CUDA, one host synchronization per update), or, with ``check=False``, is dropped, and then
+    :meth:`update` never synchronizes with the host. :meth:`update` and :meth:`merge` may be called from
+    several threads at once: each adds under a lock (the counting itself runs outside it), so no count
+    is lost.
 
     Args:
         num_bins: the number of ids (vocabulary size or number of classes).
-        ignore_index: an id value to skip (``-100``, the PyTorch loss padding, by default).
+        ignore_index: an id value to skip: ``-100`` (the padding of PyTorch's losses) by default,
+            ``None`` to count every id.
+        check: raise for ids outside ``[0, num_bins)`` (default), or drop them (``False``).
         device: where the counts live and the counting runs (``None``: the default device).
     """
 
-    def __init__(self, num_bins: int, *, ignore_index: int | None = -100, device=None):
+    def __init__(self, num_bins: int, *, ignore_index: int | None = -100, check: bool = True, device=None):
         if not is_integer(num_bins) or num_bins < 1:
             raise ValueError(f"num_bins must be a positive integer, got {num_bins!r}")
+        if not isinstance(check, bool):
+            raise TypeError(f"check must be a bool, got {check!r}")
         self.num_bins = int(num_bins)
         self.ignore_index = checked_ignore_index(ignore_index)
+        self.check = check
         self._counts = torch.zeros(self.num_bins, dtype=torch.int64, device=device)
         self._lock = threading.Lock()
 
@@ -220,7 +238,7 @@ class TokenCounter:
         return {key: value for key, value in self.__dict__.items() if key != "_lock"}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update({"check": True, **state})  # counters pickled before check existed
         self._lock = threading.Lock()
 
     @property
@@ -238,15 +256,20 @@ class TokenCounter:
         return int(self._counts.sum())
 
     def __repr__(self) -> str:
-        return f"TokenCounter(num_bins={self.num_bins}, ignore_index={self.ignore_index}, device={self.device})"
+        return (f"TokenCounter(num_bins={self.num_bins}, ignore_index={self.ignore_index}, check={self.check}, "
+                f"device={self.device})")
 
     def update(self, ids) -> TokenCounter:
         """Adds the ids of ``ids`` (tensor, array or list of any shape). Returns self.
 
-        Ids already on the counter's CUDA device are counted asynchronously, with no host synchronization.
+        With ``check=False``, ids already on the counter's CUDA device are counted asynchronously, with
+        no host synchronization. An id out of range raises before anything is added.
         """
         ids = as_ids(ids).to(self.device)
-        added = count(ids, self.num_bins, ignore_index=self.ignore_index, check=False)
+        try:
+            added = count(ids, self.num_bins, ignore_index=self.ignore_index, check=self.check)
+        except ValueError as error:
+            raise ValueError(f"TokenCounter(num_bins={self.num_bins}).update: {error}") from None
         with self._lock:  # `+=` from two threads at once would lose counts
             self._counts += added
         return self

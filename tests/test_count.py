@@ -360,3 +360,43 @@ def test_cuda_count_on_a_side_stream(gen):
     torch.cuda.current_stream().wait_stream(side)
     assert torch.equal(counts.cpu(), bincount(ids, 1000))
     torch.testing.assert_close(sums.cpu(), bincount(ids, 1000, weights), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("check", [True, False])
+def test_count_and_token_counter_follow_one_rule(device, gen, check):
+    """rarekit.count and TokenCounter share one rule and its defaults: ignore_index=-100 (the padding of
+    PyTorch's losses) is skipped, any other id outside [0, num_bins) raises ValueError naming it, or, with
+    check=False, is dropped: torch.bincount of the kept ids either way, and the two agree on every input."""
+    num_bins = 30
+    in_range = torch.randint(0, num_bins, (500,), generator=gen)
+    padded = torch.where(torch.rand(500, generator=gen) < 0.2, -100, in_range)
+    expected = torch.bincount(in_range[padded != -100], minlength=num_bins)
+    counter = rarekit.TokenCounter(num_bins, check=check, device=device)
+    assert torch.equal(rarekit.count(padded.to(device), num_bins, check=check).cpu(), expected)
+    assert torch.equal(counter.update(padded.to(device)).counts.cpu(), expected)
+    for outside in (-1, num_bins, -101, 2**40):
+        ids = padded.clone()
+        ids[7] = outside
+        ids = ids.to(device)
+        if check:
+            with pytest.raises(ValueError, match=rf"ids\[7\] = {outside}\b"):
+                rarekit.count(ids, num_bins)
+            with pytest.raises(ValueError, match=rf"TokenCounter\(num_bins=30\).update: .*ids\[7\] = {outside}\b"):
+                counter.update(ids)
+            assert torch.equal(counter.counts.cpu(), expected)  # nothing added
+        else:
+            kept = torch.bincount(ids.cpu()[(ids.cpu() >= 0) & (ids.cpu() < num_bins)], minlength=num_bins)
+            assert torch.equal(rarekit.count(ids, num_bins, check=False).cpu(), kept)
+            fresh = rarekit.TokenCounter(num_bins, check=False, device=device).update(ids)
+            assert torch.equal(fresh.counts.cpu(), kept)
+    every_id = rarekit.TokenCounter(num_bins, ignore_index=None, check=check, device=device)
+    if check:  # without ignore_index, -100 is an id out of range for both
+        with pytest.raises(ValueError, match="= -100"):
+            rarekit.count(padded.to(device), num_bins, ignore_index=None)
+        with pytest.raises(ValueError, match="= -100"):
+            every_id.update(padded.to(device))
+    else:
+        assert torch.equal(rarekit.count(padded.to(device), num_bins, ignore_index=None, check=False).cpu(),
+                           every_id.update(padded.to(device)).counts.cpu())
+    with pytest.raises(TypeError, match="check must be a bool"):
+        rarekit.TokenCounter(num_bins, check=1)

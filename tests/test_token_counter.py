@@ -31,7 +31,7 @@ def random_batch(gen, num_bins, shape):
 def test_update_stream_matches_bincount(device, gen):
     num_bins = int(torch.randint(1, 500, (1,), generator=gen))
     batches = [random_batch(gen, num_bins, (int(torch.randint(0, 64, (1,), generator=gen)), 7)) for _ in range(20)]
-    counter = TokenCounter(num_bins, device=device)
+    counter = TokenCounter(num_bins, check=False, device=device)  # out-of-range ids dropped
     for batch in batches:
         assert counter.update(batch.to(device)) is counter
     expected = bincount(torch.cat(batches), num_bins)
@@ -59,14 +59,14 @@ def test_ignore_index_inside_range_is_skipped(device, gen):
 ])
 def test_update_accepts_lists_arrays_and_id_dtypes(gen, convert):
     ids = torch.randint(0, 120, (400,), generator=gen)
-    counter = TokenCounter(100).update(convert(ids))
+    counter = TokenCounter(100, check=False).update(convert(ids))
     assert torch.equal(counter.counts, bincount(ids, 100))
 
 
 def test_counts_is_a_copy_and_inputs_are_not_mutated(device, gen):
     ids = torch.randint(-5, 10, (100,), generator=gen, device="cpu").to(device)
     before = ids.clone()
-    counter = TokenCounter(10, device=device).update(ids)
+    counter = TokenCounter(10, check=False, device=device).update(ids)
     returned = counter.counts
     returned += 1000
     assert torch.equal(ids, before)
@@ -78,7 +78,7 @@ def test_empty_updates_and_one_bin(device):
     assert torch.equal(counter.counts.cpu(), torch.zeros(3, dtype=torch.int64)) and counter.total == 0
     counter.update_from([], progress=False)
     assert counter.total == 0
-    one = TokenCounter(1, device=device).update(torch.tensor([0, 0, 1, -1, 0]))
+    one = TokenCounter(1, check=False, device=device).update(torch.tensor([0, 0, 1, -1, 0]))
     assert one.counts.tolist() == [3] and one.total == 3
 
 
@@ -105,8 +105,8 @@ def test_update_rejects_non_integer_ids():
 
 def test_merge_adds_the_other_counter(device, gen):
     first_ids, second_ids = random_batch(gen, 50, (300,)), random_batch(gen, 50, (200,))
-    first = TokenCounter(50, device=device).update(first_ids)
-    second = TokenCounter(50).update(second_ids)
+    first = TokenCounter(50, check=False, device=device).update(first_ids)
+    second = TokenCounter(50, check=False).update(second_ids)
     assert first.merge(second) is first
     assert torch.equal(first.counts.cpu(), bincount(torch.cat([first_ids, second_ids]), 50))
     assert torch.equal(second.counts, bincount(second_ids, 50))
@@ -124,7 +124,7 @@ def test_merge_rejects_incompatible_counters():
 
 def test_state_dict_round_trip(device, gen):
     ids = random_batch(gen, 40, (500,))
-    counter = TokenCounter(40, ignore_index=3, device=device).update(ids)
+    counter = TokenCounter(40, ignore_index=3, check=False, device=device).update(ids)
     state = counter.state_dict()
     counter.update(ids)  # the state is a copy: later updates leave it alone
     assert state["num_bins"] == 40 and state["ignore_index"] == 3
@@ -157,7 +157,7 @@ def test_load_state_dict_rejects_bad_states(change, message):
 
 def test_save_and_load(tmp_path, device, gen):
     ids = random_batch(gen, 70, (1000,))
-    TokenCounter(70, ignore_index=None, device=device).update(ids).save(tmp_path / "counter.pt")
+    TokenCounter(70, ignore_index=None, check=False, device=device).update(ids).save(tmp_path / "counter.pt")
     loaded = TokenCounter.load(tmp_path / "counter.pt", device=device)
     assert (loaded.num_bins, loaded.ignore_index, loaded.device) == (70, None, device)
     assert torch.equal(loaded.counts.cpu(), bincount(ids, 70))
@@ -172,10 +172,10 @@ def test_update_from_mixed_sequences_in_batches(gen, monkeypatch, capsys):
     sequences = [random_batch(gen, 80, (length,)) for length in lengths]
     as_given = [[ids.tolist(), ids.numpy().astype(np.int32), ids, ids.to(torch.int16)][i % 4]
                 for i, ids in enumerate(sequences)]
-    counter = TokenCounter(80).update_from(as_given)
+    counter = TokenCounter(80, check=False).update_from(as_given)
     assert torch.equal(counter.counts, bincount(torch.cat(sequences), 80))
     assert "counting" in capsys.readouterr().err
-    quiet = TokenCounter(80).update_from((ids for ids in sequences), progress=False)
+    quiet = TokenCounter(80, check=False).update_from((ids for ids in sequences), progress=False)
     assert torch.equal(quiet.counts, counter.counts)
     assert capsys.readouterr().err == ""
 
@@ -221,7 +221,7 @@ def rank_ids(seed: int, rank: int) -> torch.Tensor:
 def all_reduce_worker(rank: int, port: int, seed: int, out_dir) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
-        counter = TokenCounter(DISTRIBUTED_NUM_BINS).update(rank_ids(seed, rank))
+        counter = TokenCounter(DISTRIBUTED_NUM_BINS, check=False).update(rank_ids(seed, rank))
         assert counter.all_reduce() is counter
         torch.save(counter.counts, out_dir / f"rank{rank}.pt")
     finally:
@@ -240,7 +240,7 @@ def test_all_reduce_sums_over_two_gloo_processes(tmp_path, gen):
 def test_update_does_not_synchronize_on_cuda(gen):
     ids = random_batch(gen, 1000, (100_000,))
     on_gpu = ids.cuda()
-    counter = TokenCounter(1000, device="cuda")
+    counter = TokenCounter(1000, check=False, device="cuda")
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:

@@ -30,40 +30,30 @@ import math
 import random
 import re
 import sys
-from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from rarekit.augment.masked_lm import WORD_RE, MaskedLM, as_device, check_model_options, import_optional
+from rarekit.augment.contextual import (ACTIONS, SPECIAL_TOKENS, Edit, apply_plans, edit_options, head_words,
+                                        literal_spans)
+from rarekit.augment.masked_lm import MaskedLM, as_device, check_model_options, import_optional
 from rarekit.augment.nlpaug_compat import contextual_word_embs_aug, sort_spelling_dictionary
-from rarekit.augment.protection import (NLPAUG_TOKEN_RE, PROTECTION_CACHE, Protection, comparison_key, match_case,
+from rarekit.augment.protection import (NLPAUG_TOKEN_RE, PROTECTION_CACHE, Protection, comparison_key,
                                         protection_for, stopwords_for)
 from rarekit.counting import is_integer, is_real_number
 
 __all__ = ["RareAugmenter", "contextual_word_embs_aug"]
 
 METHODS = ("contextual", "synonym", "random_swap", "random_delete", "spelling", "keyboard", "ocr")
-ACTIONS = ("substitute", "insert")
 MAX_ROUNDS = 5  # generation rounds per augment() call: the first, then retries of missing or rejected variants
 MAX_WORDS = 10  # words changed per variant at most (nlpaug's aug_max)
-SPECIAL_TOKENS = ("[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]", "<s>", "</s>", "<pad>", "<unk>", "<mask>",
-                  "<|endoftext|>")
+MAX_CHARS = 10_000  # characters of a text augmented at most (the head; the rest is kept as it is)
+LAST_SPACE_RE = re.compile(r"\s\S*\Z")  # the last whitespace of a string
 FRAGMENT = "##"  # a WordPiece continuation such as "##ing"
 WORDNET_DATA = (("corpora/wordnet",), ("corpora/omw-1.4",),
                 ("taggers/averaged_perceptron_tagger_eng", "taggers/averaged_perceptron_tagger"))
 WORDNET_INSTALL = ("pip install nltk\n    python -m nltk.downloader wordnet omw-1.4 averaged_perceptron_tagger_eng\n"
                    "(on a machine without network, copy an nltk_data folder and set NLTK_DATA to it)")
-
-
-class Edit(NamedTuple):
-    """One change of a contextual variant: ``original`` (``text[start:end]``) is substituted, or, when
-    ``original`` is None, a word is inserted at ``start`` (before the word there if ``before_word``,
-    else after the word that ends there)."""
-    start: int
-    end: int
-    original: str | None
-    before_word: bool = False
 
 
 class RareAugmenter:
@@ -82,6 +72,11 @@ class RareAugmenter:
         seed: makes the variants reproducible: two augmenters with one seed give the same variants for
             the same calls. The global ``random``, numpy and torch generators, which nlpaug draws from,
             are seeded for each call and restored after it (so not thread-safe).
+        max_chars: only the head of a longer text is augmented: its first ``max_chars`` characters, cut
+            at the last whitespace within them (so no word, protected phrase or special token is split;
+            inside a word only when they hold no whitespace). The rest is appended to each variant as
+            it is, and ``aug_p`` counts the words of the head. This bounds the time a text takes,
+            whatever its length.
 
     :meth:`augment` guarantees, for every method:
 
@@ -109,7 +104,7 @@ class RareAugmenter:
 
     def __init__(self, method="contextual", *, model_path: str = "bert-base-uncased", action: str = "substitute",
                  aug_p: float = 0.15, device="cpu", batch_size: int = 32, top_k: int | None = 100,
-                 seed: int | None = None):
+                 seed: int | None = None, max_chars: int = MAX_CHARS):
         if isinstance(method, str):
             if method not in METHODS:
                 raise ValueError(f"method must be one of {METHODS} or an nlpaug augmenter, got {method!r}")
@@ -122,6 +117,9 @@ class RareAugmenter:
         check_model_options(top_k, batch_size)
         if seed is not None and not is_integer(seed):
             raise TypeError(f"seed must be an integer or None, got {seed!r}")
+        if not is_integer(max_chars) or max_chars < 1:
+            raise ValueError(f"max_chars must be a positive integer, got {max_chars!r}")
+        self.max_chars = int(max_chars)
         self.method = method
         self.model_path = model_path
         self.action = action
@@ -158,6 +156,12 @@ class RareAugmenter:
         protect = _as_protect(protect)
         literal = {token for token in self._forbidden if any(token in text for text in texts)}
         protection = protection_for(protect | literal)  # special tokens written in a text stay as they are
+        parts = [head_and_tail(text, self.max_chars, protection) for text in texts]
+        variants = self._augment_heads([head for head, _ in parts], n, protection)
+        return [[variant + tail for variant in found] for found, (_, tail) in zip(variants, parts)]
+
+    def _augment_heads(self, texts: list[str], n: int, protection: Protection) -> list[list[str]]:
+        """:meth:`augment` of texts of at most ``max_chars`` characters."""
         variants: list[list[str]] = [[] for _ in texts]
         spare: list[list[str]] = [[] for _ in texts]  # valid, distinct from the text, repeating another variant
         keys = [comparison_key(text) for text in texts]
@@ -185,7 +189,8 @@ class RareAugmenter:
     def _generate(self, texts: list[str], protection: Protection) -> list[str]:
         seed = self._rng.getrandbits(63)
         if self._masked_lm is not None:
-            return self._contextual(texts, protection, random.Random(seed), torch.Generator().manual_seed(seed))
+            return self._contextual(self._masked_lm, texts, protection, random.Random(seed),
+                                    torch.Generator().manual_seed(seed))
         augmenter = self.method if not isinstance(self.method, str) else self._nlpaug_augmenter(protection.phrases)
         on_cuda = "cuda" in str(getattr(augmenter, "device", "")) and torch.cuda.is_available()
         with _seeded_globals(seed, range(torch.cuda.device_count()) if on_cuda else ()):
@@ -231,79 +236,20 @@ class RareAugmenter:
 
     # contextual: rarekit's masked-LM augmentation
 
-    def _contextual(self, texts: list[str], protection: Protection, rng: random.Random,
+    def _contextual(self, lm: MaskedLM, texts: list[str], protection: Protection, rng: random.Random,
                     generator: torch.Generator) -> list[str]:
         """Picks the edits of every text, masks them all at once, fills every mask in one batched pass
         (each mask independently), and writes the words into the original text."""
-        lm = self._masked_lm
-        plans = [self._plan(text, protection, rng) for text in texts]
-        todo = [i for i, plan in enumerate(plans) if plan]
-        masked = [self._render(texts[i], plans[i], None) for i in todo]
-        exclude = [[lm.ids_of_word(edit.original) if edit.original is not None else [] for edit in plans[i]]
-                   for i in todo]
-        outputs = list(texts)
-        for i, masks in zip(todo, lm.sample(masked, exclude, 1, generator)):
-            fills = [lm.words[ids[0]] if ids else None for ids in masks]
-            outputs[i] = self._render(texts[i], plans[i], fills + [None] * (len(plans[i]) - len(fills)))
-        return outputs
+        return apply_plans(lm, texts, [self._plan(lm, text, protection, rng) for text in texts], generator)
 
-    def _plan(self, text: str, protection: Protection, rng: random.Random) -> list[Edit]:
+    def _plan(self, lm: MaskedLM, text: str, protection: Protection, rng: random.Random) -> list[Edit]:
         """The edits of one variant: ``ceil(aug_p · words)`` (1 to MAX_WORDS) words to substitute, or
-        places to insert at, drawn among the words the model sees, never in a protected word or phrase
-        or a special token."""
-        limit = self._char_limit(text)
-        words = [match for match in WORD_RE.finditer(text) if match.end() <= limit]
-        if not words:
-            return []
-        blocked = protection.spans(text) + [(match.start(), match.end()) for token in self._forbidden
-                                            if token in text for match in re.finditer(re.escape(token), text)]
+        places to insert at, drawn among the words the model sees (with room for the masks), never in a
+        protected word or phrase or a special token."""
+        words = head_words(lm, text, lm.max_tokens - 2 - MAX_WORDS)
+        options = edit_options(words, protection.spans(text) + literal_spans(text, self._forbidden), self.action)
         count = min(MAX_WORDS, max(1, math.ceil(self.aug_p * len(words))))
-        if self.action == "substitute":
-            options = [Edit(match.start(), match.end(), match.group()) for match in words
-                       if any(c.isalpha() for c in match.group())
-                       and not any(start < match.end() and match.start() < end for start, end in blocked)]
-        else:
-            options = [Edit(match.start(), match.start(), None, True) for match in words
-                       if not any(start < match.start() < end for start, end in blocked)]
-            options.append(Edit(words[-1].end(), words[-1].end(), None, False))
         return sorted(rng.sample(options, min(count, len(options))))
-
-    def _char_limit(self, text: str) -> int:
-        """The end of the part of ``text`` that fits the model with room for the masks (all of it when short)."""
-        lm = self._masked_lm
-        budget = lm.max_tokens - 2 - MAX_WORDS
-        if 2 * len(text.encode("utf-8")) <= budget:  # no tokenizer makes more tokens than that
-            return len(text)
-        try:
-            encoded = lm.tokenizer(text, add_special_tokens=False, truncation=True, max_length=budget,
-                                   return_offsets_mapping=True)
-        except NotImplementedError:  # a slow tokenizer: masks past the model's length simply stay unfilled
-            return len(text)
-        if len(encoded["input_ids"]) < budget:
-            return len(text)
-        return encoded["offset_mapping"][-1][1]
-
-    def _render(self, text: str, plan: list[Edit], fills: list[str | None] | None) -> str:
-        """``text`` with the edits of ``plan``: the model's input with mask tokens (``fills=None``; a mask
-        token already in the text becomes the unknown token), or the variant with the drawn words (a
-        substitution without a word keeps the original, an insertion without one is dropped)."""
-        lm = self._masked_lm
-        escape = (lambda part: part.replace(lm.mask_token, lm.tokenizer.unk_token or " ")) if fills is None else str
-        pieces, position = [], 0
-        for index, edit in enumerate(plan):
-            pieces.append(escape(text[position:edit.start]))
-            word = lm.mask_token if fills is None else fills[index]
-            if edit.original is None:  # an insertion
-                pieces.append("" if word is None else f"{word} " if edit.before_word else f" {word}")
-            elif fills is None:  # a substitution, masked
-                pieces.append(word)
-            else:
-                pieces.append(edit.original if word is None else match_case(edit.original, word))
-            position = edit.end
-        pieces.append(escape(text[position:]))
-        rendered = "".join(pieces)
-        # A mask stands for a whole word, leading space included (roberta's Ġ): no separate space token.
-        return rendered.replace(" " + lm.mask_token, lm.mask_token) if fills is None else rendered
 
     def _reseeded(self, seed: int) -> RareAugmenter:
         """This augmenter (sharing its model and nlpaug augmenters) with a fresh generator seeded by ``seed``."""
@@ -311,6 +257,21 @@ class RareAugmenter:
         clone.seed = seed
         clone._rng = random.Random(seed)
         return clone
+
+
+def head_and_tail(text: str, max_chars: int, protection: Protection) -> tuple[str, str]:
+    """``text`` as ``(head, tail)``: the head holds at most ``max_chars`` characters and ends before the
+    last whitespace within them, or before a protected phrase or special token that would span the cut
+    (at ``max_chars`` if there is no whitespace)."""
+    if len(text) <= max_chars:
+        return text, ""
+    last_space = LAST_SPACE_RE.search(text, 0, max_chars + 1)
+    cut = last_space.start() if last_space is not None and last_space.start() > 0 else max_chars
+    if protection.phrases:
+        reach = cut + max(len(phrase) for phrase in protection.phrases)
+        cut = min([cut] + [match.start() for match in protection.matches(text[:reach])
+                           if match.start() < cut < match.end()])
+    return text[:cut], text[cut:]
 
 
 def _is_nlpaug_augmenter(value) -> bool:

@@ -12,10 +12,12 @@ from tqdm.auto import tqdm
 
 from rarekit.augment.augmenter import RareAugmenter, as_texts, as_words
 from rarekit.augment.masked_lm import WORD_RE
+from rarekit.sampling.indices import check_resample_fits
 from rarekit.sampling.strategy import encode_labels, resolve_sampling_strategy, strategy_input
 
 __all__ = ["augment_minority", "augment_rare_tokens"]
 AUGMENT_CHUNK = 256  # texts per RareAugmenter.augment call in augment_minority (the progress bar's step)
+STR_BYTES = 8 + 49  # a list's reference and a Python str's header
 
 
 def _as_augmenter(augmenter, seed: int | None) -> RareAugmenter:
@@ -41,7 +43,7 @@ def augment_minority(texts, labels, sampling_strategy="auto", augmenter=None, *,
         augmenter: a :class:`RareAugmenter`, a method name, or an nlpaug augmenter; ``None`` is
             ``RareAugmenter()`` (``"contextual"`` with ``bert-base-uncased``).
         seed: seeds the augmenter (a given RareAugmenter is copied, not changed) and the choice of texts.
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar when stderr is a terminal (never in a log file or a pipe).
 
     Returns:
         ``(texts_res, labels_res)``: the original texts and labels first, in order, then the variants
@@ -55,12 +57,15 @@ def augment_minority(texts, labels, sampling_strategy="auto", augmenter=None, *,
     codes, classes = encode_labels(labels, "labels")
     values, counts = torch.unique(codes.cpu(), return_counts=True)
     class_labels = values.tolist() if classes is None else classes[values.numpy()].tolist()
-    targets = resolve_sampling_strategy(sampling_strategy, dict(zip(class_labels, counts.tolist())), "over",
-                                        y=strategy_input(labels))
+    class_counts = dict(zip(class_labels, counts.tolist()))
+    targets = resolve_sampling_strategy(sampling_strategy, class_counts, "over", y=strategy_input(labels))
+    text_bytes = STR_BYTES + sum(map(len, texts)) // max(len(texts), 1)  # a variant is about as long as its text
+    check_resample_fits(targets, class_counts, "over", len(texts) + sum(targets.values()), text_bytes)
     augmenter = _as_augmenter(augmenter, seed)
     chooser = random.Random(augmenter._rng.getrandbits(63))
     new_texts, sources = [], []
-    with tqdm(total=sum(targets.values()), desc="augmenting", unit="text", disable=not progress) as bar:
+    # disable=None: a bar on a terminal only
+    with tqdm(total=sum(targets.values()), desc="augmenting", unit="text", disable=None if progress else True) as bar:
         for label, value in zip(class_labels, values.tolist()):
             gain = targets.get(label, 0)
             if gain == 0:

@@ -23,7 +23,9 @@ and its ``DistilBert``/``Roberta`` wrappers drop all but the last batch of their
 - :func:`contextual_word_embs_aug` is nlpaug's own ``ContextualWordEmbsAug`` with :class:`MaskedLM` as
   its language model (it implements the interface nlpaug calls, and nlpaug's public ``get_device`` and
   ``to``), for code that wants the nlpaug augmenter itself on transformers 5. Its model type comes from
-  the vocabulary, so a local folder needs none; an unknown hub name gives nlpaug's ValueError.
+  the vocabulary, so a local folder needs none; an unknown hub name gives nlpaug's ValueError. Its
+  ``substitute`` and ``insert`` edit the text itself (:mod:`rarekit.augment.contextual`) with nlpaug's
+  counts, stopwords and generators, instead of re-decoding it (which turned unknown words into ``[UNK]``).
 - :func:`sort_spelling_dictionary` makes nlpaug's ``SpellingAug`` reproducible across processes.
 - :func:`import_optional` names the ``rarekit[augment]`` extra when nlpaug or transformers is missing.
 
@@ -34,7 +36,9 @@ from __future__ import annotations
 import functools
 import os
 
+from rarekit.augment.contextual import SPECIAL_TOKENS, Edit, apply_plans, edit_options, head_words, literal_spans
 from rarekit.augment.masked_lm import MaskedLM, import_optional
+from rarekit.augment.protection import protection_for
 
 # nlpaug's model types (its use_custom_api=True path) and the vocabulary each stands for: WordPiece ("bert",
 # "##" continuations) or byte-level BPE ("roberta", "Ġ" word starts), the two nlpaug's augmenter handles.
@@ -88,6 +92,41 @@ def _contextual_augmenter_class():
         def get_model(self, *args, **kwargs) -> MaskedLM:  # instead of nlpaug's cache keyed by folder name
             return self._masked_lm
 
+        def substitute(self, data):
+            return self._edited(data)
+
+        def insert(self, data):
+            return self._edited(data)
+
+        def _edited(self, data):
+            """nlpaug's ``substitute`` / ``insert`` of one text or a list, on the text itself
+            (:func:`rarekit.augment.contextual.apply_plans`), drawing from nlpaug's generators (``random``
+            for the places, torch's for the words)."""
+            texts = data if isinstance(data, list) else [data]
+            outputs = apply_plans(self._masked_lm, texts, [self._plan(text) for text in texts], None)
+            return outputs if isinstance(data, list) else outputs[0]
+
+        def _plan(self, text: str) -> list[Edit]:
+            """nlpaug's choice of places: ``generate_aug_cnt(words)`` (``aug_p``, ``aug_min``, ``aug_max``)
+            among the words of the text's first ``max_num_token`` tokens, never a stopword (as nlpaug
+            matches them: the phrase itself, or a word whose lower case is one; ``stopwords_regex``) or a
+            special token written in the text."""
+            lm = self._masked_lm
+            words = head_words(lm, text, self.max_num_token)
+            blocked = literal_spans(text, SPECIAL_TOKENS + lm.special_tokens)
+            if self.stopwords:
+                lowered = set(self.stopwords)
+                blocked += protection_for(frozenset(self.stopwords)).spans(text)
+                blocked += [match.span() for match in words if match.group().lower() in lowered]
+            if self.stopwords_regex is not None:
+                blocked += [match.span() for match in words if self._regex_stopword(match.group())]
+            options = edit_options(words, blocked, self.action)
+            return sorted(self.sample(options, min(self.generate_aug_cnt(len(words)), len(options))))
+
+        def _regex_stopword(self, word: str) -> bool:
+            """nlpaug's test of a token against ``stopwords_regex`` (WordAugmenter.pre_skip_aug)."""
+            return any(self.stopwords_regex.match(form) for form in (word, f" {word} ", f" {word}", f"{word} "))
+
     return ContextualWordEmbsAug
 
 
@@ -106,8 +145,13 @@ def contextual_word_embs_aug(model_path: str = "bert-base-uncased", model_type: 
     its own model (nlpaug's shared cache is not used, so ``force_reload`` changes nothing, and neither
     does ``use_custom_api``: :class:`MaskedLM` replaces both of nlpaug's backends).
 
-    Its output is nlpaug's: the text is re-decoded by the tokenizer, so words the vocabulary lacks come
-    back as the unknown token; rarekit's ``RareAugmenter("contextual")`` keeps them."""
+    Unlike nlpaug's, which re-decodes the whole text through the tokenizer (words the vocabulary lacks
+    came back as the unknown token, stopwords included), only the chosen words change: the rest of the
+    text (unknown words, emoji, case, spacing) is kept as it is, no special token or word piece is ever
+    written, and ``aug_p`` counts words, not word pieces. Substitutes and insertions are whole
+    words of the vocabulary, as in ``RareAugmenter("contextual")``; the places are drawn with nlpaug's
+    ``random`` and the words with torch's global generator, so ``random.seed`` and ``torch.manual_seed``
+    fix the output."""
     return _contextual_augmenter_class()(model_path, model_type, action, top_k, device=device,
                                          batch_size=batch_size, **kwargs)
 

@@ -2,11 +2,16 @@
 
 Two entry points:
 
-* :func:`weighted_causal_lm_loss` — a ``compute_loss_func`` for ``Trainer``. The model has already
-  computed the (batch, tokens, vocab) logits by the time it is called.
+* :func:`weighted_causal_lm_loss` — a ``compute_loss_func`` for ``Trainer`` (or
+  :class:`WeightedCausalLMTrainer`). The model has already computed the (batch, tokens, vocab)
+  logits by the time it is called.
 * :func:`fused_causal_lm_loss` with :class:`FusedCausalLMTrainer` (or :class:`FusedCausalLMLossMixin`
   on any ``Trainer`` subclass) — the logits are never materialized: the loss runs the model, keeps
   the input of its LM head and calls :func:`rarekit.linear_cross_entropy` on it.
+
+With class weights, both divide by Σ w_y over the whole accumulated batch (torch's weighted mean,
+``normalize="weights"``), which rarekit's Trainers count where transformers' counts tokens;
+``normalize="tokens"`` divides by the number of tokens instead, as a plain ``Trainer`` does.
 
 ::
 
@@ -15,89 +20,66 @@ Two entry points:
     weights = rarekit.class_weights(token_counts, "inverse_sqrt")
     trainer = FusedCausalLMTrainer(model=model, args=args, train_dataset=data,
                                    fused_loss=fused_causal_lm_loss(weights, label_smoothing=0.1))
+
+Importing this module does not import transformers; the two Trainer classes are built from
+``rarekit.integrations._trainers`` on first use.
 """
 from __future__ import annotations
 
-import weakref
-from collections.abc import Mapping
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
+from rarekit.integrations._causal_lm import (INSTALL_HINT, TRAINER_IGNORE_INDEX, CausalLMLoss, LossType,
+                                             check_reserved, logits_of, require_transformers, shifted)
+from rarekit.integrations._fused_lm import FusedCausalLMLoss
+from rarekit.losses._options import mean_divisor
 from rarekit.losses.cross_entropy import cross_entropy
 
-INSTALL_HINT = "pip install 'rarekit[augment]' (or 'rarekit[all]')"
-FUSED_KEYWORDS = ("label_smoothing", "smoothing_mode", "focal_gamma", "logit_adjustment", "z_loss", "chunk_size")
+if TYPE_CHECKING:
+    from rarekit.integrations._trainers import FusedCausalLMTrainer, WeightedCausalLMTrainer
+
+__all__ = ["FusedCausalLMLoss", "FusedCausalLMLossMixin", "FusedCausalLMTrainer",
+           "WeightedCausalLMLoss", "WeightedCausalLMLossMixin", "WeightedCausalLMTrainer", "fused_causal_lm_loss",
+           "weighted_causal_lm_loss"]
+TRAINERS = ("FusedCausalLMTrainer", "WeightedCausalLMTrainer")
 
 
-def _require_transformers() -> None:
-    try:
-        import transformers  # noqa: F401  (absolute import: the library, not this module)
-    except ImportError as error:
-        raise ImportError(f"rarekit.integrations.transformers needs the transformers package: "
-                          f"{INSTALL_HINT}") from error
+class WeightedCausalLMLoss(CausalLMLoss):
+    """Causal-LM cross-entropy on a model's logits with class weights; made by :func:`weighted_causal_lm_loss`."""
+
+    name = "weighted_causal_lm_loss"
+    trainer = "WeightedCausalLMTrainer (or WeightedCausalLMLossMixin)"
+
+    def __call__(self, outputs, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+        if labels is None:
+            raise ValueError("weighted_causal_lm_loss needs the labels (the Trainer passes inputs['labels'])")
+        model_logits = logits_of(outputs)
+        vocab = model_logits.shape[-1]
+        logits = model_logits.float().reshape(-1, vocab)
+        target = shifted(labels.to(logits.device), self.ignore_index).reshape(-1)
+        weight = self.class_weights.on(vocab, logits.device)
+        keywords = self.keywords
+        if keywords.get("inplace_backward") and not _may_overwrite(logits, model_logits):
+            keywords = {**keywords, "inplace_backward": False}
+        if num_items_in_batch is None:
+            return cross_entropy(logits, target, weight, ignore_index=self.ignore_index, reduction="mean", **keywords)
+        total = cross_entropy(logits, target, weight, ignore_index=self.ignore_index, reduction="sum", **keywords)
+        return self.divided(total, target, weight, num_items_in_batch)
 
 
-def _logits_of(outputs) -> torch.Tensor:
-    """The logits of a model's outputs: a ``ModelOutput``/dict, a tuple (logits first, as a model called
-    without labels returns it) or the tensor itself."""
-    if isinstance(outputs, torch.Tensor):
-        return outputs
-    if isinstance(outputs, Mapping):
-        return outputs["logits"]
-    return outputs[0]
+def _may_overwrite(logits: torch.Tensor, model_logits: torch.Tensor) -> bool:
+    """Whether ``inplace_backward`` may write the gradient into ``logits``: only when a backward will
+    follow (grad mode on, logits that require grad) and ``logits`` are the loss's own float32 copy, not
+    the model's output, which the caller still holds (``Trainer.prediction_step`` hands it to
+    ``compute_metrics``)."""
+    return (torch.is_grad_enabled() and logits.requires_grad
+            and logits.untyped_storage().data_ptr() != model_logits.untyped_storage().data_ptr())
 
 
-def _checked_class_weights(class_weights) -> torch.Tensor | None:
-    if class_weights is None:
-        return None
-    class_weights = torch.as_tensor(class_weights)
-    if not class_weights.is_floating_point() or class_weights.dim() != 1:
-        raise TypeError(f"class_weights must be a 1-D floating-point tensor (one weight per vocabulary id), "
-                        f"got dtype {class_weights.dtype} and shape {tuple(class_weights.shape)}")
-    return class_weights
-
-
-class _ClassWeights:
-    """``class_weights`` checked against the vocabulary and copied once to each device and dtype asked for."""
-
-    def __init__(self, class_weights):
-        self.weights = _checked_class_weights(class_weights)
-        self.copies: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-
-    def on(self, vocab: int, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
-        if self.weights is None:
-            return None
-        if self.weights.shape != (vocab,):
-            raise ValueError(f"class_weights has shape {tuple(self.weights.shape)} but the logits have "
-                             f"{vocab} classes")
-        copy = self.copies.get((device, dtype))
-        if copy is None:
-            copy = self.copies[(device, dtype)] = self.weights.to(device, dtype)
-        return copy
-
-
-def _shifted(labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
-    """transformers' causal-LM shift: position t predicts ``labels[..., t + 1]``; the last position
-    predicts nothing (``ignore_index``)."""
-    return F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
-
-
-def _normalized(summed_or_mean, num_items_in_batch) -> torch.Tensor:
-    """The summed loss divided by ``num_items_in_batch`` (a number or a tensor, moved to the loss's device)."""
-    if isinstance(num_items_in_batch, torch.Tensor):
-        num_items_in_batch = num_items_in_batch.to(summed_or_mean.device)
-    return summed_or_mean / num_items_in_batch
-
-
-def _check_reserved(name: str, keywords: dict, reserved) -> None:
-    for key in reserved:
-        if key in keywords:
-            raise TypeError(f"{name}: {key!r} is set by the loss itself")
-
-
-def weighted_causal_lm_loss(class_weights=None, *, ignore_index: int = -100, **cross_entropy_kwargs):
+def weighted_causal_lm_loss(class_weights=None, *, ignore_index: int = -100, normalize: str = "weights",
+                            **cross_entropy_kwargs) -> WeightedCausalLMLoss:
     """A ``compute_loss_func`` for ``transformers.Trainer`` (transformers ≥ 4.46, 5.x): causal-LM
     cross-entropy with per-token-id class weights on rarekit's fused kernel.
 
@@ -108,190 +90,34 @@ def weighted_causal_lm_loss(class_weights=None, *, ignore_index: int = -100, **c
 
     * without ``num_items_in_batch``, the mean over the kept tokens (with class weights: divided by
       Σ w_y, as ``torch.nn.functional.cross_entropy``);
-    * with it (the Trainer passes the number of kept tokens over the whole accumulated batch), the
-      summed loss divided by ``num_items_in_batch``, so that gradient accumulation averages correctly.
+    * with it (the Trainer's size of the whole accumulated batch, so that gradient accumulation
+      averages correctly), the summed loss divided by Σ w_y of the accumulated batch
+      (``normalize="weights"``, torch's weighted mean), or by its number of kept tokens
+      (``normalize="tokens"``). A plain ``Trainer`` counts only tokens, so with class weights,
+      ``"weights"`` and gradient accumulation (or several processes) train with
+      :class:`WeightedCausalLMTrainer`, which counts Σ w_y; the plain ``Trainer`` then raises
+      ``ValueError`` rather than divide by the wrong number.
+
+    ``inplace_backward=True`` (a :func:`rarekit.cross_entropy` keyword) writes the gradient into the
+    float32 upcast of lower-precision logits, and only when a backward follows (grad mode on, logits
+    that require grad); float32 logits are the model's own output, which the caller still holds, and
+    are never overwritten.
 
     Args:
         class_weights: per-vocabulary-id weights (vocab,), e.g. from :func:`rarekit.class_weights`, or None.
         ignore_index: the label value to skip.
+        normalize: ``"weights"`` or ``"tokens"``, as above (the same without class weights).
         **cross_entropy_kwargs: further keywords of :func:`rarekit.cross_entropy` (``label_smoothing``,
             ``smoothing_mode``, ``focal_gamma``, ``z_loss``, ``logit_adjustment``, ``inplace_backward``, ...).
     """
-    _require_transformers()
-    _check_reserved("weighted_causal_lm_loss", cross_entropy_kwargs, ("reduction", "weight", "target"))
-    weights = _ClassWeights(class_weights)
-
-    def loss(outputs, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
-        if labels is None:
-            raise ValueError("weighted_causal_lm_loss needs the labels (the Trainer passes inputs['labels'])")
-        logits = _logits_of(outputs).float()
-        vocab = logits.shape[-1]
-        shifted = _shifted(labels.to(logits.device), ignore_index)
-        weight = weights.on(vocab, logits.device)
-        flat_logits, flat_labels = logits.reshape(-1, vocab), shifted.reshape(-1)
-        if num_items_in_batch is None:
-            return cross_entropy(flat_logits, flat_labels, weight, ignore_index=ignore_index, reduction="mean",
-                                 **cross_entropy_kwargs)
-        total = cross_entropy(flat_logits, flat_labels, weight, ignore_index=ignore_index, reduction="sum",
-                              **cross_entropy_kwargs)
-        return _normalized(total, num_items_in_batch)
-
-    return loss
+    require_transformers()
+    check_reserved("weighted_causal_lm_loss", cross_entropy_kwargs, ("reduction", "weight", "target"))
+    return WeightedCausalLMLoss(class_weights, ignore_index=ignore_index, normalize=normalize,
+                                keywords=cross_entropy_kwargs)
 
 
-# --- the fused loss: the logits are never materialized ------------------------------------------------
-
-class _HeadInput(nn.Module):
-    """Stands in for a model's LM head during one forward: keeps the final hidden states it is given
-    and returns them unchanged (a (batch, tokens, hidden) tensor in place of the (batch, tokens, vocab)
-    logits)."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen: list[torch.Tensor] = []
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        self.seen.append(hidden)
-        return hidden
-
-
-def _unwrapped(model: nn.Module) -> nn.Module:
-    """The model inside DistributedDataParallel and torch.compile; DataParallel (several GPUs in one
-    process) replicates the model on every forward, so its LM head cannot be swapped: it raises."""
-    while True:
-        if isinstance(model, nn.DataParallel):
-            raise ValueError("fused_causal_lm_loss does not support nn.DataParallel; run one process per GPU "
-                             "(torchrun, DistributedDataParallel) instead")
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):  # torch.compile
-            model = model._orig_mod
-        else:
-            return model
-
-
-def _plain_linear_head(model: nn.Module) -> tuple[str, nn.Linear]:
-    """The dotted name and module of ``model.get_output_embeddings()``, which must be a plain
-    ``nn.Linear`` (no subclass, hook or patched forward: quantized, LoRA-wrapped and offloaded heads
-    compute something else than ``hidden @ weightᵀ + bias``)."""
-    config = getattr(model, "config", None)
-    if getattr(config, "is_encoder_decoder", False):
-        raise ValueError(f"fused_causal_lm_loss needs a decoder-only model; {type(model).__name__} is an "
-                         "encoder-decoder model")
-    get_head = getattr(model, "get_output_embeddings", None)
-    head = get_head() if get_head is not None else None
-    if head is None:
-        raise ValueError(f"{type(model).__name__} has no LM head (get_output_embeddings() returned nothing); "
-                         "fused_causal_lm_loss needs a ...ForCausalLM model")
-    if (type(head) is not nn.Linear or "forward" in vars(head) or head._forward_hooks or head._forward_pre_hooks
-            or not head.weight.is_floating_point()):
-        raise TypeError(f"fused_causal_lm_loss needs an LM head that is a plain torch.nn.Linear; "
-                        f"{type(model).__name__}'s is {type(head).__module__}.{type(head).__qualname__}"
-                        f"{' with hooks or a patched forward' if type(head) is nn.Linear else ''}. "
-                        "Use weighted_causal_lm_loss (materialized logits) for this model")
-    for name, module in model.named_modules(remove_duplicate=False):
-        if module is head and name:
-            return name, head
-    raise ValueError(f"the LM head of {type(model).__name__} is not one of its submodules")
-
-
-def _softcapped(hidden: torch.Tensor, softcap: float | None) -> torch.Tensor:
-    return hidden if softcap is None else softcap * torch.tanh(hidden / softcap)
-
-
-class FusedCausalLMLoss:
-    """Causal-LM cross-entropy of a ``transformers`` model that never materializes the logits; made
-    by :func:`fused_causal_lm_loss`.
-
-    ``loss, outputs = fused(model, inputs, num_items_in_batch=None)`` runs ``model(**inputs)`` (without
-    the labels) with its LM head swapped for a module that keeps the head's input, the final hidden
-    states h, then returns ``rarekit.linear_cross_entropy(h, head.weight, shifted labels, class_weights,
-    bias=head.bias, softcap=config.final_logit_softcapping, ...)``. So whatever the model does up to
-    its head (final norm, scaling) is its own code; the only post-head step a model may take is
-    Gemma 2's soft-capping, and on the first call with each model the loss checks that the output the
-    model built from the kept hidden states is exactly that (a model that scales its logits after the
-    head, as Cohere and Granite do, raises ``ValueError``). ``outputs`` is the model's output without
-    logits, with the loss. Labels come from ``inputs["labels"]`` (shifted as transformers does) or
-    ``inputs["shift_labels"]`` (already shifted, as padding-free collators give them).
-    """
-
-    def __init__(self, class_weights=None, *, ignore_index: int = -100, **keywords):
-        unknown = sorted(set(keywords) - set(FUSED_KEYWORDS))
-        if unknown:
-            _check_reserved("fused_causal_lm_loss", keywords, ("reduction", "weight", "target", "bias", "softcap"))
-            raise TypeError(f"fused_causal_lm_loss: unexpected keywords {unknown}; it takes {list(FUSED_KEYWORDS)}")
-        self.weights = _ClassWeights(class_weights)
-        self.ignore_index = ignore_index
-        self.keywords = keywords
-        self._checked: weakref.WeakSet = weakref.WeakSet()  # models whose post-head step was verified
-        self._capture = _HeadInput()  # one instance: a torch.compile'd model sees the same module on every call
-
-    def __call__(self, model: nn.Module, inputs: Mapping, num_items_in_batch=None):
-        from rarekit.losses.linear import linear_cross_entropy
-
-        inputs = dict(inputs)
-        labels, shift_labels = inputs.pop("labels", None), inputs.pop("shift_labels", None)
-        if labels is None and shift_labels is None:
-            raise ValueError("fused_causal_lm_loss needs inputs['labels'] (or inputs['shift_labels'])")
-        inner = _unwrapped(model)
-        name, head = _plain_linear_head(inner)
-        parent_name, _, attribute = name.rpartition(".")
-        parent = inner.get_submodule(parent_name)
-        capture = self._capture
-        capture.seen.clear()
-        setattr(parent, attribute, capture)
-        try:
-            outputs = model(**inputs)
-        finally:
-            setattr(parent, attribute, head)
-        seen = list(capture.seen)
-        capture.seen.clear()  # the hidden states are not kept past the call
-        if len(seen) != 1:
-            raise ValueError(f"{type(inner).__name__} called its LM head {len(seen)} times in one forward; "
-                             "fused_causal_lm_loss supports models that call it once")
-        hidden = seen[0]
-        softcap = getattr(getattr(inner, "config", None), "final_logit_softcapping", None)
-        if inner not in self._checked:
-            self._check_post_head(inner, hidden, _logits_of(outputs), softcap)
-            self._checked.add(inner)
-        target = shift_labels if shift_labels is not None else _shifted(labels, self.ignore_index)
-        target = target.to(hidden.device)
-        if target.shape != hidden.shape[:-1]:
-            raise ValueError(f"the labels have shape {tuple(target.shape)} but the model kept hidden states for "
-                             f"{tuple(hidden.shape[:-1])} positions (is logits_to_keep set?)")
-        weight = self.weights.on(head.out_features, hidden.device)
-        reduction = "mean" if num_items_in_batch is None else "sum"
-        loss = linear_cross_entropy(hidden.to(head.weight.dtype), head.weight, target, weight, bias=head.bias,
-                                    ignore_index=self.ignore_index, reduction=reduction, softcap=softcap,
-                                    **self.keywords).float()
-        if num_items_in_batch is not None:
-            loss = _normalized(loss, num_items_in_batch)
-        return loss, _without_logits(outputs, loss)
-
-    @staticmethod
-    def _check_post_head(model, hidden, built, softcap) -> None:
-        with torch.no_grad():
-            expected = _softcapped(hidden, softcap)
-            same = built.shape == expected.shape and torch.allclose(built.to(expected.dtype), expected,
-                                                                    rtol=1e-3, atol=1e-5)
-        if not same:
-            raise ValueError(f"{type(model).__name__} transforms the output of its LM head in a way that "
-                             f"fused_causal_lm_loss does not reproduce (it applies only "
-                             f"config.final_logit_softcapping = {softcap}); use weighted_causal_lm_loss")
-
-
-def _without_logits(outputs, loss: torch.Tensor):
-    """The model's outputs with the loss in place of the stand-in logits."""
-    if isinstance(outputs, Mapping):
-        kept = {key: value for key, value in outputs.items() if key not in ("logits", "loss")}
-        try:
-            return type(outputs)(loss=loss, **kept)
-        except TypeError:  # a plain dict, or an output class without a loss field
-            return {"loss": loss, **kept}
-    return (loss,) + tuple(outputs[1:])
-
-
-def fused_causal_lm_loss(class_weights=None, *, ignore_index: int = -100, **keywords) -> FusedCausalLMLoss:
+def fused_causal_lm_loss(class_weights=None, *, ignore_index: int = -100, normalize: str = "weights",
+                         **keywords) -> FusedCausalLMLoss:
     """Causal-LM cross-entropy with class weights that never materializes the (tokens, vocab) logits,
     for :class:`FusedCausalLMTrainer` (or a plain training loop: ``loss, _ = fused(model, batch)``).
 
@@ -300,7 +126,8 @@ def fused_causal_lm_loss(class_weights=None, *, ignore_index: int = -100, **keyw
     the input embeddings or not, with ``config.final_logit_softcapping`` applied where set (Gemma 2):
 
     * without ``num_items_in_batch``, the mean over the kept tokens (divided by Σ w_y with weights);
-    * with it, the summed loss divided by ``num_items_in_batch`` (gradient accumulation).
+    * with it, the summed loss divided by the size of the accumulated batch, Σ w_y or the number of
+      kept tokens by ``normalize`` (see :func:`weighted_causal_lm_loss`).
 
     The loss is returned as float32 but computed as :func:`rarekit.linear_cross_entropy` returns it, in
     the model's dtype: for a bf16 model it is rounded to bf16 (relative error ≤ 2^-9) where transformers,
@@ -312,35 +139,94 @@ def fused_causal_lm_loss(class_weights=None, *, ignore_index: int = -100, **keyw
     Args:
         class_weights: per-vocabulary-id weights (vocab,), e.g. from :func:`rarekit.class_weights`, or None.
         ignore_index: the label value to skip.
+        normalize: ``"weights"`` or ``"tokens"``, as above (the same without class weights).
         **keywords: :func:`rarekit.linear_cross_entropy`'s ``label_smoothing``, ``smoothing_mode``,
             ``focal_gamma``, ``logit_adjustment``, ``z_loss`` and ``chunk_size``.
     """
-    _require_transformers()
-    return FusedCausalLMLoss(class_weights, ignore_index=ignore_index, **keywords)
+    require_transformers()
+    return FusedCausalLMLoss(class_weights, ignore_index=ignore_index, normalize=normalize, **keywords)
 
 
-class FusedCausalLMLossMixin:
+# --- Trainer mixins --------------------------------------------------------------------------------------
+
+class _RarekitLossTrainer:
+    """What both mixins do to a ``transformers.Trainer``: apply ``TrainingArguments.label_smoothing_factor``
+    to the rarekit loss (the Trainer's ``LabelSmoother`` is torch's uniform smoothing, the mean over
+    the kept tokens of (1-ε)·nll + ε·mean_k(-log p_k)), and count Σ w_y of the accumulated batch where
+    the Trainer counts its kept tokens (``num_items_in_batch``)."""
+
+    args: Any  # the Trainer's
+    accelerator: Any
+    compute_loss_func: Any
+    get_tp_size: Callable[[], int]
+    rarekit_loss: CausalLMLoss
+
+    def _adopted(self, loss: LossType) -> LossType:
+        """The copy of ``loss`` this Trainer calls."""
+        factor = self.args.label_smoothing_factor
+        if factor:
+            own = loss.keywords.get("label_smoothing", 0.0)
+            if own and own != factor:
+                raise ValueError(f"TrainingArguments.label_smoothing_factor = {factor} and the loss's "
+                                 f"label_smoothing = {own} disagree; set only one of them")
+            loss = loss.with_keywords(label_smoothing=factor)
+        if loss.divides_by_weight_sum:
+            if not hasattr(super(), "_get_num_items_in_batch"):
+                raise ValueError(f"{loss.name}(normalize='weights') with class weights needs a transformers "
+                                 "Trainer with _get_num_items_in_batch (transformers 5.x); pass normalize='tokens' "
+                                 "or upgrade transformers")
+            loss = loss.counted_by_weight_sums()
+        self.rarekit_loss = loss
+        # The loss shifts the labels: the Trainer counts labels[..., 1:] of the accumulated batch.
+        self._loss_shifts_labels = True
+        return loss
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
+        """The Trainer's count of kept tokens, times Σ w_y / (number of kept tokens) of the accumulated
+        batch (of every process, where the Trainer gathers its count): Σ w_y as the Trainer would count
+        it, scaled as the Trainer scales its count for processes that share a batch."""
+        count = super()._get_num_items_in_batch(batch_samples, device)  # type: ignore[misc]
+        loss = self.rarekit_loss
+        if count is None or loss.class_weights.weights is None or loss.normalize != "weights":
+            return count
+        vocab = loss.class_weights.weights.shape[0]
+        tokens = weight_sum = torch.zeros((), dtype=torch.float64, device=device)
+        for batch in batch_samples:
+            target = batch["shift_labels"] if "shift_labels" in batch else batch["labels"][..., 1:]
+            weight = loss.class_weights.on(vocab, target.device, torch.float64)
+            tokens = tokens + (target != TRAINER_IGNORE_INDEX).sum().to(device)
+            weight_sum = weight_sum + mean_divisor(target, weight, vocab, loss.ignore_index, torch.float64).to(device)
+        totals = torch.stack([tokens, weight_sum])
+        if getattr(self.args, "average_tokens_across_devices", False) and self.args.world_size > 1:
+            totals = self.accelerator.gather(totals).reshape(-1, 2).sum(0)
+        tokens, weight_sum = totals
+        return (count * torch.where(tokens > 0, weight_sum / tokens, 1.0)).float()
+
+
+class FusedCausalLMLossMixin(_RarekitLossTrainer):
     """Put before a ``transformers.Trainer`` class (``class MyTrainer(FusedCausalLMLossMixin, Trainer)``,
     e.g. with TRL's SFTTrainer) to compute the training and evaluation loss with a
     :class:`FusedCausalLMLoss`, passed as ``fused_loss=`` (default: ``fused_causal_lm_loss()``).
 
     The Trainer then counts the kept shifted labels of the whole accumulated batch
-    (``num_items_in_batch``) for every model and does not divide the loss by the accumulation steps
-    again; with ``average_tokens_across_devices`` the loss is scaled as the Trainer scales its own.
-    Evaluation returns no logits (use ``prediction_loss_only``, or the model's own forward to predict).
+    (``num_items_in_batch``; with class weights and ``normalize="weights"``, their Σ w_y) for every
+    model and does not divide the loss by the accumulation steps again; with
+    ``average_tokens_across_devices`` the loss is scaled as the Trainer scales its own.
+    ``TrainingArguments.label_smoothing_factor`` is applied as the Trainer applies it (a loss with
+    another ``label_smoothing`` raises). ``self.fused_loss`` is the copy of ``fused_loss`` the Trainer
+    calls. Evaluation returns no logits (use ``prediction_loss_only``, or the model's own forward to predict).
     """
 
     def __init__(self, *args, fused_loss: FusedCausalLMLoss | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         if getattr(self, "compute_loss_func", None) is not None:
             raise ValueError("FusedCausalLMTrainer computes the loss itself; pass fused_loss=, not compute_loss_func=")
-        self.fused_loss = fused_loss if fused_loss is not None else fused_causal_lm_loss()
-        if not isinstance(self.fused_loss, FusedCausalLMLoss):
+        fused_loss = fused_loss if fused_loss is not None else fused_causal_lm_loss()
+        if not isinstance(fused_loss, FusedCausalLMLoss):
             raise TypeError(f"fused_loss must come from fused_causal_lm_loss(...), got {type(fused_loss).__name__}")
-        # The fused loss takes num_items_in_batch and shifts the labels, whatever the model's forward
-        # accepts: the Trainer then counts labels[..., 1:] of the accumulated batch.
+        self.fused_loss = self._adopted(fused_loss)
+        # The fused loss takes num_items_in_batch, whatever the model's forward accepts.
         self.model_accepts_loss_kwargs = True
-        self._loss_shifts_labels = True
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = self.fused_loss(model, inputs, num_items_in_batch=num_items_in_batch)
@@ -351,17 +237,34 @@ class FusedCausalLMLossMixin:
         return (loss, outputs) if return_outputs else loss
 
 
-def __getattr__(name: str):
-    """``FusedCausalLMTrainer`` (``FusedCausalLMLossMixin`` + ``transformers.Trainer``), built on first
-    use so that importing this module does not import transformers."""
-    if name == "FusedCausalLMTrainer":
-        _require_transformers()
-        from transformers import Trainer
+class WeightedCausalLMLossMixin(_RarekitLossTrainer):
+    """Put before a ``transformers.Trainer`` class (``class MyTrainer(WeightedCausalLMLossMixin, Trainer)``)
+    whose ``compute_loss_func`` is a :func:`weighted_causal_lm_loss`: the Trainer then counts Σ w_y of
+    the accumulated batch for its ``normalize="weights"`` (torch's weighted mean over the whole
+    accumulated batch, on every process where the Trainer averages tokens across devices) and applies
+    ``TrainingArguments.label_smoothing_factor`` to it, which a plain Trainer ignores when
+    ``compute_loss_func`` is set. ``self.compute_loss_func`` is the copy of the loss the Trainer calls.
+    """
 
-        trainer = type("FusedCausalLMTrainer", (FusedCausalLMLossMixin, Trainer), {
-            "__module__": __name__,
-            "__doc__": "transformers.Trainer whose loss is a fused_causal_lm_loss (see FusedCausalLMLossMixin).",
-        })
-        globals()[name] = trainer
-        return trainer
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        loss = getattr(self, "compute_loss_func", None)
+        if not isinstance(loss, WeightedCausalLMLoss):
+            raise TypeError(f"WeightedCausalLMTrainer needs compute_loss_func=weighted_causal_lm_loss(...), got "
+                            f"{type(loss).__name__}")
+        self.compute_loss_func = self._adopted(loss)
+
+
+def __getattr__(name: str):
+    """``FusedCausalLMTrainer`` and ``WeightedCausalLMTrainer`` (the mixins + ``transformers.Trainer``),
+    imported on first use so that importing this module does not import transformers."""
+    if name in TRAINERS:
+        require_transformers()
+        from rarekit.integrations import _trainers
+
+        return getattr(_trainers, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *TRAINERS})

@@ -18,8 +18,8 @@ from rarekit.counting import is_integer, is_real_number
 from rarekit.losses._options import (check_loss_options, class_vector, mean_divisor, nan_if_zero,
                                      refuse_differentiable_weight)
 from rarekit.ops.cross_entropy import accumulator_dtype
+from rarekit.ops.linear_cross_entropy import FORWARD_AD_UNSUPPORTED, linear_cross_entropy_chunks
 from rarekit.ops.linear_cross_entropy import linear_cross_entropy as fused_linear_cross_entropy
-from rarekit.ops.linear_cross_entropy import linear_cross_entropy_chunks
 
 DEFAULT_CHUNK_BYTES = 256 * 2**20  # the logits of one chunk of rows
 
@@ -68,11 +68,21 @@ def _check_inputs(hidden, classifier, target, bias):
 def _check_options(reduction, smoothing_mode, label_smoothing, focal_gamma, z_loss, softcap, chunk_size,
                    ignore_index) -> int:
     ignore_index = check_loss_options(reduction, smoothing_mode, label_smoothing, focal_gamma, z_loss, ignore_index)
-    if softcap is not None and (not is_real_number(softcap) or not math.isfinite(softcap) or softcap <= 0):
+    if softcap is not None and (not is_real_number(softcap) or not 0 < softcap < math.inf):  # also NaN; traces
         raise ValueError(f"softcap must be None or a finite number > 0, got {softcap!r}")
-    if chunk_size is not None and (not is_integer(chunk_size) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be None or a positive number of rows, got {chunk_size!r}")
+    if chunk_size is not None and (not is_integer(chunk_size) or not 1 <= chunk_size < 2**63):
+        raise ValueError(f"chunk_size must be None or a positive number of rows below 2**63 (an int64), "
+                         f"got {chunk_size!r}")
     return ignore_index
+
+
+def _autocast_as_linear(tensor, device_type: str):
+    """``tensor`` cast as autocast casts the inputs of ``F.linear``: floating-point tensors of the
+    autocast device other than float64 go to the autocast dtype; float64 and the rest stay."""
+    if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and tensor.dtype != torch.float64 \
+            and tensor.device.type == device_type:
+        return tensor.to(torch.get_autocast_dtype(device_type))
+    return tensor
 
 
 def _refuse_forward_ad(*tensors) -> None:
@@ -81,8 +91,7 @@ def _refuse_forward_ad(*tensors) -> None:
         return
     for tensor in tensors:
         if isinstance(tensor, torch.Tensor) and forward_ad.unpack_dual(tensor).tangent is not None:
-            raise RuntimeError("rarekit.linear_cross_entropy does not support forward-mode AD (dual tensors, "
-                               "torch.func.jvp); compose F.linear with rarekit.cross_entropy for that")
+            raise RuntimeError(FORWARD_AD_UNSUPPORTED)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, classifier: torch.Tensor, target: torch.Tensor,
@@ -100,17 +109,18 @@ def linear_cross_entropy(hidden: torch.Tensor, classifier: torch.Tensor, target:
     before the loss. Only ``chunk_size`` rows of logits exist at a time (default: as many as fit
     256 MiB; one more such buffer with ``softcap`` during training); the forward also computes the
     gradients of ``hidden``, ``classifier``, ``bias`` and ``logit_adjustment`` (Liger Kernel's
-    strategy), so the backward of a reduced loss only scales them, and ``reduction="none"``
+    strategy), so the first backward of a reduced loss only scales them, and ``reduction="none"``
     recomputes the chunks in the backward. Matmuls run in the input dtype, the loss in float32
     (float64 for float64), and the classifier's gradient accumulates in float32. A ``weight`` that
-    requires grad raises (as torch's ``nll_loss``); the result is differentiable once.
+    requires grad raises (as torch's ``nll_loss``); the result is differentiable once, in reverse mode
+    (``torch.func.grad``, ``vjp``, ``jacrev`` and ``vmap`` work; forward mode and second derivatives raise).
     ``check=False`` skips the target range check (one host sync on CUDA). Under ``torch.autocast``,
-    ``hidden``, ``classifier`` and ``bias`` are cast to the autocast dtype first, as ``F.linear`` is.
+    ``hidden``, ``classifier`` and ``bias`` are cast to the autocast dtype first, as ``F.linear``
+    casts them: float64 tensors are kept.
     """
     if isinstance(hidden, torch.Tensor) and torch.is_autocast_enabled(hidden.device.type):
-        device_type, dtype = hidden.device.type, torch.get_autocast_dtype(hidden.device.type)
-        hidden, classifier, bias = (tensor.to(dtype) if isinstance(tensor, torch.Tensor) and tensor.is_floating_point()
-                                    else tensor for tensor in (hidden, classifier, bias))
+        device_type = hidden.device.type
+        hidden, classifier, bias = (_autocast_as_linear(tensor, device_type) for tensor in (hidden, classifier, bias))
         with torch.autocast(device_type, enabled=False):  # the op's own matmuls keep their dtypes
             return linear_cross_entropy(hidden, classifier, target, weight, bias=bias, ignore_index=ignore_index,
                                         reduction=reduction, label_smoothing=label_smoothing,
@@ -124,7 +134,7 @@ def linear_cross_entropy(hidden: torch.Tensor, classifier: torch.Tensor, target:
                                   chunk_size, ignore_index)
     refuse_differentiable_weight(weight)
     _refuse_forward_ad(hidden, classifier, bias, weight, logit_adjustment)
-    rows_hidden, rows_target = hidden.reshape(-1, hidden.shape[-1]), target.reshape(-1)
+    rows_hidden, rows_target = hidden.reshape(target.numel(), hidden.shape[-1]), target.reshape(-1)
     options = (ignore_index, float(label_smoothing), smoothing_mode == "target_weighted", float(focal_gamma),
                float(z_loss), None if softcap is None else float(softcap),
                chunk_rows(rows_hidden.shape[0], classifier.shape[0], hidden.dtype, chunk_size), bool(check))

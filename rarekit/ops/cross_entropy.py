@@ -26,22 +26,35 @@ class _NoSecondDerivative(torch.autograd.Function):
     """Wraps a gradient that the kernels computed outside autograd: differentiating it again raises,
     instead of autograd's silent zeros (or, for the inplace path, a walk through the logits' history).
     The ``sources`` (the inputs the gradient depends on) connect it to the graph, so that
-    ``autograd.grad(gradient, inputs)`` reaches the raise instead of answering None."""
+    ``autograd.grad(gradient, inputs)`` reaches the raise instead of answering None. Written with
+    ``setup_context``, so that the torch.func transforms (hessian, jacrev of grad) reach it too."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, gradient, *sources):
+    def forward(gradient, *sources):
         return gradient.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
 
     @staticmethod
     def backward(ctx, *_):
         raise RuntimeError("rarekit's fused losses are differentiable once: double backward (a second derivative "
-                           "through autograd.grad(..., create_graph=True)) is not supported")
+                           "through autograd.grad(..., create_graph=True), torch.func.hessian, jacrev of grad) "
+                           "is not supported")
+
+    @staticmethod
+    def jvp(ctx, *_):
+        raise RuntimeError("rarekit's fused losses are differentiable once: a forward-mode derivative of their "
+                           "gradient (torch.func.hessian, jacfwd of grad) is not supported")
 
 
 def _once_differentiable(gradient: torch.Tensor, *sources) -> torch.Tensor:
-    """``gradient``, made to raise if differentiated again (create_graph=True)."""
-    if not torch.is_grad_enabled() or torch._C._functorch.is_functorch_wrapped_tensor(gradient):
-        return gradient  # the usual backward (create_graph=False), or torch.func.grad's own
+    """``gradient``, made to raise if differentiated again (create_graph=True, the torch.func transforms)."""
+    if not torch.is_grad_enabled():
+        return gradient  # the usual backward (create_graph=False)
     sources = [source for source in sources if isinstance(source, torch.Tensor) and source.requires_grad]
     if not sources:
         sources = [gradient.detach().requires_grad_()]

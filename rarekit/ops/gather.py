@@ -1,7 +1,8 @@
 """The row copies ``rarekit::gather_rows`` (``out[j] = source[indices[j]]``), ``rarekit::repeat_rows_into``
 (``source[b]`` ``repeats[b]`` times, row after row) and ``rarekit::gather_segments_into`` (runs of rows of
-variable length, e.g. rows of a CSR matrix): fake kernels and dispatch. Rows of any dtype are
-copied as bytes by one multi-threaded kernel (CPU) or one grid-stride kernel (CUDA).
+variable length, e.g. rows of a CSR matrix): fake kernels, dispatch, and the autograd of ``gather_rows``
+(differentiable in ``source``, as ``source[indices]``). Rows of any dtype are copied as bytes by one
+multi-threaded kernel (CPU) or one grid-stride kernel (CUDA).
 """
 from __future__ import annotations
 
@@ -13,6 +14,27 @@ if _backend._C is not None:
     @torch.library.register_fake("rarekit::gather_rows")
     def _gather_rows_fake(source, indices, check=True):
         return source.new_empty((indices.shape[0], *source.shape[1:]))
+
+    def _gather_rows_setup_context(ctx, inputs, output):
+        source, indices, check = inputs
+        ctx.save_for_backward(indices)
+        ctx.source_shape, ctx.check = source.shape, check
+
+    def _gather_rows_backward(ctx, grad_out):
+        """The gradient of ``source[indices]``: the output's gradient rows added into zeros at ``indices``
+        (index_add, itself differentiable). With ``check=False`` (CUDA) a row left zero for an index
+        outside ``source`` adds nothing."""
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        (indices,) = ctx.saved_tensors
+        if not ctx.check:
+            inside = (indices >= 0) & (indices < ctx.source_shape[0])
+            indices = torch.where(inside, indices, 0)
+            grad_out = grad_out * inside.reshape(-1, *[1] * (grad_out.dim() - 1))
+        return grad_out.new_zeros(ctx.source_shape).index_add(0, indices, grad_out), None, None
+
+    torch.library.register_autograd("rarekit::gather_rows", _gather_rows_backward,
+                                    setup_context=_gather_rows_setup_context)
 
     @torch.library.register_fake("rarekit::repeat_rows_into")
     def _repeat_rows_into_fake(source, repeats, out, check=True):
@@ -27,8 +49,6 @@ def gather_rows(source: torch.Tensor, indices: torch.Tensor, check: bool = True)
     """``source[indices]`` along the first dimension into a fresh contiguous tensor. IndexError for an index
     outside ``[0, len(source))``; on CUDA ``check=False`` skips that check (one host synchronization) and
     leaves such rows zero."""
-    if source.requires_grad and torch.is_grad_enabled():  # the op has no backward: keep the graph exact
-        return source.index_select(0, indices)
     if _backend.native(source.device):
         return torch.ops.rarekit.gather_rows(source, indices, check)
     return reference.gather_rows(source, indices)

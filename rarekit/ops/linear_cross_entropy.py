@@ -3,9 +3,10 @@
 ``linear_cross_entropy_chunks`` returns the per-row losses of softcap(hidden @ classifierᵀ + bias),
 and, given ``grad_scale`` c, the gradients of Σ_i c_i loss_i, computed chunk by chunk during the
 forward (Liger Kernel's strategy). :class:`_FusedLinearCrossEntropy` turns that into autograd:
-for a reduced loss (c = 1/Σw_y or 1) the backward only scales the saved gradients by the upstream
-scalar; for ``reduction="none"`` the backward recomputes the chunks with c = the upstream per-row
-gradient, so no gradient depends on a guess about the upstream.
+for a reduced loss (c = 1/Σw_y or 1) the first backward only scales the saved gradients by the
+upstream scalar (a later one, through a retained graph, recomputes them); for ``reduction="none"``
+the backward recomputes the chunks with c = the upstream per-row gradient, so no gradient depends
+on a guess about the upstream.
 """
 from __future__ import annotations
 
@@ -85,50 +86,88 @@ def linear_cross_entropy_chunks(hidden, classifier, bias, target, weight, logit_
 
 
 def _needs_scaling(scale: torch.Tensor) -> bool:
-    """False when the upstream gradient is 1 (loss.backward()), checked on the CPU only: the saved
-    gradients are then handed over without a copy. On CUDA (no host sync) and while compiling, always True."""
-    return scale.device.type != "cpu" or torch.compiler.is_compiling() or not bool(scale == 1)
+    """False when the upstream gradient is 1 (loss.backward()), checked on the CPU only. On CUDA (no host
+    sync), while compiling and under the torch.func transforms, always True."""
+    return (scale.device.type != "cpu" or torch.compiler.is_compiling()
+            or torch._C._functorch.is_functorch_wrapped_tensor(scale) or not bool(scale == 1))
+
+
+def _scaled(grad: torch.Tensor, upstream: torch.Tensor) -> torch.Tensor:
+    """``grad · upstream``, in place (the forward's gradients are this backward's alone), except while
+    compiling and under vmap (torch.func.jacrev, where the upstream is batched and the gradient is not)."""
+    if torch.compiler.is_compiling() or torch._C._functorch.is_functorch_wrapped_tensor(upstream):
+        return grad * upstream.to(grad.dtype)
+    return grad.mul_(upstream.to(grad.dtype))
+
+
+FORWARD_AD_UNSUPPORTED = ("rarekit.linear_cross_entropy does not support forward-mode AD (dual tensors, torch.func.jvp, "
+                          "jacfwd, hessian); compose F.linear with rarekit.cross_entropy for that")
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
-    """forward(hidden, classifier, bias, logit_adjustment, target, weight, grad_scale, options) returns the
-    per-row losses (``grad_scale`` None: ``reduction="none"``) or ``grad_scale · Σ losses``."""
+    """forward(hidden, classifier, bias, logit_adjustment, target, weight, grad_scale, options, grad_mask)
+    returns the per-row losses (``grad_scale`` None: ``reduction="none"``), or ``grad_scale · Σ losses``
+    followed by the gradients of the inputs that ``grad_mask`` names (not differentiable).
+
+    The gradients computed by the forward are handed to autograd by the first backward, scaled in
+    place and without a copy, and dropped: a later backward through a retained graph recomputes them,
+    so that no two backwards share storage. Written with ``setup_context`` for the torch.func transforms."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, hidden, classifier, bias, logit_adjustment, target, weight, grad_scale, options):
-        # only the gradients autograd asks for: a frozen classifier skips its (classes, dim) product
-        grad_mask = [ctx.needs_input_grad[index] and tensor is not None
-                     for index, tensor in enumerate((hidden, classifier, bias, logit_adjustment))]
+    def forward(hidden, classifier, bias, logit_adjustment, target, weight, grad_scale, options, grad_mask):
         losses, *grads = linear_cross_entropy_chunks(
             hidden, classifier, bias, target, weight, logit_adjustment, grad_scale, *options[:-1], grad_mask,
             options[-1])
-        ctx.options, ctx.grad_mask, ctx.reduced = options, grad_mask, grad_scale is not None
         if grad_scale is None:  # reduction="none": the backward recomputes with the upstream gradients
-            ctx.save_for_backward(hidden, classifier, bias, logit_adjustment, target, weight)
             return losses
-        ctx.save_for_backward(*grads, hidden, classifier, bias, logit_adjustment)
-        return (losses.sum() * grad_scale.squeeze(0)).to(losses.dtype)
+        return (losses.sum() * grad_scale.squeeze(0)).to(losses.dtype), *grads
 
     @staticmethod
-    def backward(ctx, grad_output):
+    def setup_context(ctx, inputs, output):
+        hidden, classifier, bias, logit_adjustment, target, weight, grad_scale, options, grad_mask = inputs
+        ctx.options, ctx.grad_mask, ctx.reduced = options, grad_mask, grad_scale is not None
+        ctx.save_for_backward(hidden, classifier, bias, logit_adjustment, target, weight, grad_scale)
+        ctx.grads = None
         if ctx.reduced:
-            scale = grad_output.detach()
-            *grads, hidden, classifier, bias, logit_adjustment = ctx.saved_tensors
-            if _needs_scaling(scale):
-                grads = [grad * scale.to(grad.dtype) if wanted else grad for grad, wanted in zip(grads, ctx.grad_mask)]
-        else:
-            hidden, classifier, bias, logit_adjustment, target, weight = ctx.saved_tensors
+            ctx.grads = list(output[1:])
+            ctx.mark_non_differentiable(*output[1:])
+
+    @staticmethod
+    def backward(ctx, grad_output, *_unused):
+        hidden, classifier, bias, logit_adjustment, target, weight, grad_scale = ctx.saved_tensors
+        grads, ctx.grads = ctx.grads, None
+        upstream = grad_output.detach()
+        if grads is None:  # reduction="none", or a second backward through a retained graph
+            upstream = upstream.to(accumulator_dtype(hidden))
             with torch.no_grad():  # the op's out= matmuls refuse a graph (create_graph=True)
                 _, *grads = linear_cross_entropy_chunks(
                     hidden, classifier, bias, target, weight, logit_adjustment,
-                    grad_output.detach().to(accumulator_dtype(hidden)), *ctx.options[:-1], ctx.grad_mask, False)
+                    (grad_scale * upstream).reshape(1) if ctx.reduced else upstream, *ctx.options[:-1],
+                    ctx.grad_mask, False)
+        elif _needs_scaling(upstream):
+            grads = [_scaled(grad, upstream) if wanted else grad for grad, wanted in zip(grads, ctx.grad_mask)]
         sources = (hidden, classifier, bias, logit_adjustment, grad_output)
         return (*(_once_differentiable(grad, *sources) if wanted else None for grad, wanted in zip(grads, ctx.grad_mask)),
-                None, None, None, None)
+                None, None, None, None, None)
+
+
+class _EagerFusedLinearCrossEntropy(_FusedLinearCrossEntropy):
+    """The eager entry: a forward-mode tangent that reaches the op (torch.func.hessian, jacfwd) raises
+    naming the function. (torch.compile uses the base class: dynamo does not trace a custom jvp.)"""
+
+    @staticmethod
+    def jvp(ctx, *_):
+        raise RuntimeError(FORWARD_AD_UNSUPPORTED)
 
 
 def linear_cross_entropy(hidden, classifier, bias, logit_adjustment, target, weight, grad_scale, options):
     """Differentiable entry point; ``options`` = (ignore_index, label_smoothing, target_weighted,
-    focal_gamma, z_loss, softcap, chunk_rows, check)."""
-    return _FusedLinearCrossEntropy.apply(hidden, classifier, bias, logit_adjustment, target, weight, grad_scale,
-                                          options)
+    focal_gamma, z_loss, softcap, chunk_rows, check). Only the gradients autograd may ask for are
+    computed: a frozen classifier skips its (classes, dim) product."""
+    grad_mask = [torch.is_grad_enabled() and tensor is not None and tensor.requires_grad
+                 for tensor in (hidden, classifier, bias, logit_adjustment)]
+    function = _FusedLinearCrossEntropy if torch.compiler.is_compiling() else _EagerFusedLinearCrossEntropy
+    result = function.apply(hidden, classifier, bias, logit_adjustment, target, weight, grad_scale, options, grad_mask)
+    return result if grad_scale is None else result[0]

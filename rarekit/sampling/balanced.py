@@ -4,10 +4,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rarekit.counting import as_counts, is_integer
+from rarekit._memory import available_memory
+from rarekit.counting import INT64_MAX, as_counts, is_integer
 from rarekit.reference import as_int64
-from rarekit.sampling.indices import bucket_labels, resample
+from rarekit.sampling.indices import INDEX_BYTES, UNCHECKED_BYTES, bucket_labels, check_resample_size, resample
 from rarekit.sampling.strategy import resolve_sampling_strategy, strategy_input
+
+
+RESAMPLE = "resample"  # num_samples: an epoch is one whole resample (imbalanced-learn's size)
 
 
 def _non_negative_int(value, name: str) -> int:
@@ -17,29 +21,37 @@ def _non_negative_int(value, name: str) -> int:
 
 
 class BalancedSampler(torch.utils.data.Sampler[int]):
-    """A ``torch.utils.data.Sampler`` that resamples for balance anew each epoch (:meth:`set_epoch`).
+    """A ``torch.utils.data.Sampler`` that resamples for balance anew each epoch.
 
-    Give one of:
+    An epoch is ``num_samples`` indices, by default as many as the dataset has samples (``len(labels)``
+    or ``len(weights)``), as ``WeightedRandomSampler`` and torchsampler's ``ImbalancedDatasetSampler``
+    draw. Give one of:
 
-    - ``labels``: each epoch is the resample of imbalanced-learn's ``RandomOverSampler``
+    - ``labels``: the indices come from resamples of imbalanced-learn's ``RandomOverSampler``
       (:func:`oversample_indices`; ``replacement=True``) or ``RandomUnderSampler`` without replacement
       (:func:`undersample_indices`; ``replacement=False``) under ``sampling_strategy``, shuffled if
-      ``shuffle``. ``num_samples`` (default: the resample's size) takes the first ``num_samples``
-      indices of as many independent resamples, one after the other, as it needs.
-    - ``weights``: per-sample weights ``w ≥ 0``; each epoch draws ``num_samples`` (default ``len(weights)``)
-      indices with probability ``w_i / Σw``: with ``replacement`` by inverse-CDF search of a float64
+      ``shuffle``: as many independent resamples, one after the other, as ``num_samples`` needs, the
+      last one cut to a uniform random subset (in the resample's order when not ``shuffle``).
+      ``num_samples="resample"`` makes an epoch one whole resample (imbalanced-learn's size: for
+      over-sampling, every class as large as the majority).
+    - ``weights``: per-sample weights ``w ≥ 0``; each epoch draws ``num_samples`` indices with
+      probability ``w_i / Σw``: with ``replacement`` by inverse-CDF search of a float64
       cumulative sum, without it by Efraimidis-Spirakis keys ``E_i / w_i``, ``E_i ~ Exp(1)``, smallest first
       (Efraimidis & Spirakis 2006). Unlike ``WeightedRandomSampler`` (``torch.multinomial``), there is
       no 2^24 limit on the number of weights; memory is O(N). ``shuffle=False`` sorts the draws.
 
-    The stream of an epoch is a function of ``(seed, epoch)``. With ``num_replicas`` > 1 (default: the
-    world size of an initialized ``torch.distributed``), rank ``rank`` iterates over positions
-    ``rank, rank + num_replicas, ...`` of that stream, padded with its head to a multiple of
-    ``num_replicas`` (or cut to one if ``drop_last``), as ``DistributedSampler`` shards: the shards are
-    disjoint, of equal length, and cover the epoch. Labels and weights are kept on the CPU.
+    The stream of an epoch is a function of ``(seed, epoch)``. In one process (``num_replicas`` 1) each
+    iteration advances the epoch by itself, so each pass over a DataLoader draws anew, as
+    ``RandomSampler`` reshuffles. With ``num_replicas`` > 1 (default: the world size of an initialized
+    ``torch.distributed``), call :meth:`set_epoch` before each epoch, as for ``DistributedSampler``: every
+    rank then draws the same stream, and rank ``rank`` iterates over positions ``rank, rank +
+    num_replicas, ...`` of it, padded with its head to a multiple of ``num_replicas`` (or cut to one if
+    ``drop_last``), as ``DistributedSampler`` shards: the shards are disjoint, of equal length, and cover
+    the epoch. An explicit :meth:`set_epoch` pins the epoch in one process too. Labels and weights are
+    kept on the CPU.
     """
 
-    def __init__(self, labels=None, *, weights=None, sampling_strategy="auto", num_samples: int | None = None,
+    def __init__(self, labels=None, *, weights=None, sampling_strategy="auto", num_samples: int | str | None = None,
                  replacement: bool = True, seed: int = 0, num_replicas: int | None = None, rank: int | None = None,
                  shuffle: bool = True, drop_last: bool = False):
         if (labels is None) == (weights is None):
@@ -51,18 +63,15 @@ class BalancedSampler(torch.utils.data.Sampler[int]):
         self.replacement, self.shuffle, self.drop_last = replacement, shuffle, drop_last
         self.num_replicas, self.rank = self._replicas(num_replicas, rank)
         self.epoch = 0
+        self._epoch_pinned = False  # set_epoch was called: the epoch advances only by set_epoch
         if labels is not None:
             self.kind = "over" if replacement else "under"
             self.buckets = bucket_labels(labels.cpu() if isinstance(labels, torch.Tensor) else labels, "labels")
             self.targets = resolve_sampling_strategy(sampling_strategy, self.buckets.class_counts, self.kind,
                                                      y=strategy_input(labels))
             self.weights = None
-            if self.kind == "over":
-                self.resample_size = self.buckets.order.numel() + sum(self.targets.values())
-            else:
-                self.resample_size = sum(self.targets.get(label, count)
-                                         for label, count in self.buckets.class_counts.items())
-            default_samples = self.resample_size
+            self.resample_size = check_resample_size(self.buckets, self.targets, self.kind)  # drawn each epoch
+            dataset_size = self.buckets.order.numel()
         else:
             self.buckets = None
             self.weights = as_counts(weights, "weights").detach().cpu().double()
@@ -71,8 +80,20 @@ class BalancedSampler(torch.utils.data.Sampler[int]):
             if positive.numel() == 0:
                 raise ValueError(f"weights must have a positive entry, got {self.weights.numel()} zeros")
             self.last_positive, self.num_positive = int(positive[-1]), positive.numel()
-            default_samples = self.weights.numel()
-        self.num_samples = default_samples if num_samples is None else _non_negative_int(num_samples, "num_samples")
+            dataset_size = self.weights.numel()
+        if isinstance(num_samples, str):
+            if num_samples != RESAMPLE:
+                raise ValueError(f"num_samples must be a non-negative integer, None (the dataset's size) or "
+                                 f"{RESAMPLE!r}, got {num_samples!r}")
+            if self.buckets is None:
+                raise ValueError(f"num_samples={RESAMPLE!r} needs labels; weights have no resample size")
+            self.num_samples = self.resample_size
+        else:
+            self.num_samples = dataset_size if num_samples is None else _non_negative_int(num_samples, "num_samples")
+            needed = self.num_samples * INDEX_BYTES
+            if needed >= UNCHECKED_BYTES and (self.num_samples > INT64_MAX or needed > available_memory()):
+                raise ValueError(f"num_samples={self.num_samples:,} needs {needed / 2**30:,.1f} GiB for the indices of "
+                                 f"one epoch, more than the {available_memory() / 2**30:,.1f} GiB of memory free")
         if self.buckets is not None and self.resample_size == 0 and self.num_samples > 0:
             raise ValueError(f"sampling_strategy={sampling_strategy!r} keeps no sample; num_samples="
                              f"{self.num_samples} cannot be drawn")
@@ -98,8 +119,10 @@ class BalancedSampler(torch.utils.data.Sampler[int]):
         return int(num_replicas), int(rank)
 
     def set_epoch(self, epoch: int) -> None:
-        """Makes the next iteration the resample of ``epoch``; call it before each epoch."""
+        """Makes the next iterations the stream of ``epoch`` (and stops the epoch from advancing by
+        itself); under DDP, call it before each epoch."""
         self.epoch = _non_negative_int(epoch, "epoch")
+        self._epoch_pinned = True
 
     def _seed(self, *words: int) -> int:
         """A 64-bit seed derived from (seed, epoch, *words) (numpy's SeedSequence hash). Every value is
@@ -114,12 +137,15 @@ class BalancedSampler(torch.utils.data.Sampler[int]):
         """The whole stream of the current epoch (``num_samples`` indices), before sharding."""
         if self.weights is not None:
             return self._weighted_draws(torch.Generator().manual_seed(self._seed()))
-        rounds = []
-        for round_index in range(max(1, -(-self.num_samples // max(self.resample_size, 1)))):
+        whole_rounds, rest = divmod(self.num_samples, self.resample_size) if self.resample_size else (0, 0)
+        rounds = [torch.zeros(0, dtype=torch.int64)]
+        for round_index in range(whole_rounds + (rest > 0)):
             indices = resample(self.buckets, self.targets, self.kind, self.replacement, self._seed(round_index))
-            if self.shuffle:
-                generator = torch.Generator().manual_seed(self._seed(round_index, 1))
+            generator = torch.Generator().manual_seed(self._seed(round_index, 1))
+            if self.shuffle:  # the head of a shuffled resample is a uniform random subset of it
                 indices = indices[torch.randperm(indices.numel(), generator=generator)]
+            elif round_index == whole_rounds:  # a uniform random subset, in the resample's order
+                indices = indices[torch.randperm(indices.numel(), generator=generator)[:rest].sort().values]
             rounds.append(indices)
         return torch.cat(rounds)[:self.num_samples]
 
@@ -134,6 +160,8 @@ class BalancedSampler(torch.utils.data.Sampler[int]):
 
     def __iter__(self):
         stream = self.epoch_indices()
+        if self.num_replicas == 1 and not self._epoch_pinned:
+            self.epoch += 1
         total = self.per_replica * self.num_replicas
         if total > stream.numel():  # pad with the head of the stream, repeated as often as needed
             stream = stream.repeat(-(-total // max(stream.numel(), 1)))

@@ -16,12 +16,15 @@ import numpy as np
 import torch
 
 from rarekit import _backend, ops
-from rarekit.counting import as_counts, as_ids, checked_ignore_index, is_integer
+from rarekit._memory import available_memory
+from rarekit.counting import INT64_MAX, as_counts, as_ids, checked_ignore_index, is_integer
 from rarekit.reference import as_int64
 from rarekit.sampling.strategy import encode_labels, resolve_sampling_strategy, strategy_input
 
 DENSE_LABEL_SPAN = 1 << 16  # integer labels spanning at most max(2 N, this) values index the buckets directly
 SEQUENCE_RULES = ("rarest", "mean_inverse")
+INDEX_BYTES = 8  # an int64 index
+UNCHECKED_BYTES = 1 << 28  # resamples needing less memory than this are not checked against the memory free
 
 
 class LabelBuckets(NamedTuple):
@@ -112,6 +115,34 @@ def draw_per_class(buckets: LabelBuckets, per_class: list[int], seed: int, repla
                                  sum(per_class), seed, replacement, check=False)
 
 
+def check_resample_size(buckets: LabelBuckets, targets: dict, kind: str, bytes_per_sample: int = INDEX_BYTES) -> int:
+    """The size of the resample of ``targets`` (:func:`resample`), checked by :func:`check_resample_fits`
+    on the device of the labels."""
+    prefix, lengths = resample_runs(buckets, targets, kind)
+    total = prefix + sum(lengths)
+    check_resample_fits(targets, buckets.class_counts, kind, total, bytes_per_sample, buckets.order.device)
+    return total
+
+
+def check_resample_fits(targets: dict, class_counts: dict, kind: str, total: int, bytes_per_sample: int,
+                        device=None) -> None:
+    """Refuses, before anything is allocated, a resample of ``total`` samples (``targets``, the resolved
+    ``sampling_strategy`` of ``kind``) that overflows int64 or whose ``bytes_per_sample`` per sample need
+    more memory than ``device`` has free: a ValueError naming ``sampling_strategy`` and its largest count."""
+    needed = total * bytes_per_sample
+    if needed < UNCHECKED_BYTES or not targets:
+        return
+    free = available_memory(device)
+    if total <= INT64_MAX and needed <= free:
+        return
+    label = max(targets, key=targets.__getitem__)
+    requested = targets[label] + (class_counts[label] if kind == "over" else 0)
+    limit = "more than int64 holds" if total > INT64_MAX else \
+        f"{needed / 2**30:,.1f} GiB, more than the {free / 2**30:,.1f} GiB of memory free"
+    raise ValueError(f"sampling_strategy asks for {requested:,} samples of class {label!r}: the resample would hold "
+                     f"{total:,} samples, {limit}")
+
+
 def resample(buckets: LabelBuckets, targets: dict, kind: str, replacement: bool, seed: int) -> torch.Tensor:
     """The indices of the resample, in imbalanced-learn's order, given ``targets``, the resolved
     ``sampling_strategy_`` (:func:`rarekit.sampling.strategy.resolve_sampling_strategy`).
@@ -120,7 +151,10 @@ def resample(buckets: LabelBuckets, targets: dict, kind: str, replacement: bool,
       targeted class ``c``, class after class;
     - ``kind="under"``: class after class, ``targets[c]`` indices of each targeted class (a random
       subset, or draws with ``replacement``), every index of the others in ascending order.
+
+    A resample too large for memory raises ValueError first (:func:`check_resample_size`).
     """
+    check_resample_size(buckets, targets, kind)
     n, device = buckets.order.numel(), buckets.order.device
     _, per_class = resample_runs(buckets, targets, kind)
     if kind == "over":  # one buffer: arange(n), then the draws written behind it
@@ -168,9 +202,9 @@ def oversample_indices(y, sampling_strategy="auto", *, seed: int | None = None,
     Args:
         y: labels: a 1-D tensor of any integer dtype (the work stays on its device), a numpy array or a
             list of integers, strings or other sortable labels.
-        seed, generator: the draws are a function of a 64-bit seed (the same indices on any device and
-            thread count): ``seed``, one drawn from ``generator``, or one drawn from torch's default
-            generator.
+        seed: the draws are a function of a 64-bit seed (the same indices on any device and thread count):
+            ``seed``, or one drawn from ``generator``, or one drawn from torch's default generator.
+        generator: the generator the seed is drawn from when ``seed`` is None.
 
     Returns:
         int64 indices on the device of ``y`` (CPU for non-tensors).

@@ -27,7 +27,8 @@ import torch
 
 from rarekit import _backend, ops
 from rarekit.counting import is_real_number
-from rarekit.sampling.indices import LabelBuckets, bucket_labels, resample, resample_runs, seed_from_random_state
+from rarekit.sampling.indices import (INDEX_BYTES, LabelBuckets, bucket_labels, check_resample_size, resample,
+                                     resample_runs, seed_from_random_state)
 from rarekit.sampling.strategy import resolve_sampling_strategy, strategy_input
 
 try:
@@ -120,6 +121,21 @@ def resampled_labels(y, buckets: LabelBuckets, runs: tuple[int, list[int]], indi
     ops.repeat_rows_into(rows.index_select(0, one_of_each_class), torch.tensor(lengths, device=device), out[prefix:],
                          check=False)
     return out if isinstance(y, torch.Tensor) else labels
+
+
+def row_bytes(data) -> int:
+    """The bytes one row of ``data`` takes in the resample: its values for arrays, tensors, sparse
+    matrices and pandas data, a reference for the rows of a list."""
+    if isinstance(data, torch.Tensor):
+        return data.element_size() * math.prod(data.shape[1:])
+    if isinstance(data, np.ndarray):
+        return data.itemsize * math.prod(data.shape[1:])
+    rows = max(data.shape[0] if sparse.issparse(data) else len(data), 1)
+    if sparse.issparse(data):
+        return -(-sum(part.nbytes for part in (data.data, data.indices) if part is not None) // rows)
+    if _pandas_type(data):
+        return -(-int(np.sum(data.memory_usage(index=False))) // rows)
+    return 8
 
 
 def byte_rows(array: np.ndarray, writable: bool = False) -> torch.Tensor:
@@ -302,6 +318,7 @@ class _IndexSampler:
         """imbalanced-learn's step after the checks: checked ``X`` and 1-D labels ``y`` (grouped in
         ``buckets``), ``sampling_strategy_`` set; returns the rows of both and sets ``sample_indices_``."""
         buckets = bucket_labels(y) if buckets is None else buckets
+        check_resample_size(buckets, self.sampling_strategy_, self._kind, INDEX_BYTES + row_bytes(X) + row_bytes(y))
         seed = seed_from_random_state(self.random_state)
         indices = resample(buckets, self.sampling_strategy_, self._kind, getattr(self, "replacement", True), seed)
         self.sample_indices_ = indices if isinstance(y, torch.Tensor) else indices.cpu().numpy()
@@ -365,8 +382,9 @@ class RandomOverSampler(_IndexSampler, BaseOverSampler):
 
     ``shrinkage`` (a float, or ``{class: float}`` with a factor for every resampled class) makes the new
     rows a smoothed bootstrap, ``X[i] + σ_c ⊙ z`` with ``z ~ N(0, I)`` and ``σ`` from
-    :func:`smoothed_bootstrap_scale`; it needs numerical ``X`` (dense or sparse). Floating-point ``X``
-    keeps its dtype, other numbers give float64.
+    :func:`smoothed_bootstrap_scale`; it needs numerical ``X`` (dense or sparse) of finite values: NaN or
+    infinity anywhere in ``X`` raises ValueError, as in imbalanced-learn (without ``shrinkage`` rows are
+    copied, NaN included). Floating-point ``X`` keeps its dtype, other numbers give float64.
 
     Attributes after ``fit_resample``: ``sampling_strategy_`` ``{class: samples added}``,
     ``sample_indices_`` and ``shrinkage_`` (imbalanced-learn's: the dict given, or the float for each
@@ -396,11 +414,16 @@ class RandomOverSampler(_IndexSampler, BaseOverSampler):
             if not (X.is_floating_point() and X.dim() == 2):
                 raise ValueError(f"shrinkage needs X as a 2-D floating-point tensor, got {X.dtype} of shape "
                                  f"{tuple(X.shape)}")
+            finite = torch.isfinite(X).all(1)
+            if not bool(finite.all()):
+                row = int((~finite).nonzero()[0, 0])
+                raise ValueError(f"shrinkage needs X of finite numerical data only (to add noise to it), got a "
+                                 f"tensor whose row {row} is {X[row].tolist()}")
             return self._smoothed_rows(X, data.buckets, indices[n:], factors, seed)
-        try:
-            matrix = check_array(X, accept_sparse=["csr", "csc"], dtype="numeric", ensure_all_finite=False)
+        try:  # imbalanced-learn's check: numbers, all finite (a NaN or infinity would spread through the scale)
+            matrix = check_array(X, accept_sparse=["csr", "csc"], dtype="numeric")
         except (ValueError, TypeError) as error:
-            raise ValueError(f"shrinkage needs X of numerical data only (to add noise to it), got "
+            raise ValueError(f"shrinkage needs X of finite numerical data only (to add noise to it), got "
                              f"{type(X).__name__}: {error}") from error
         if sparse.issparse(matrix):
             scale = sparse_bootstrap_scale(matrix, data.buckets, factors)

@@ -12,22 +12,25 @@ from __future__ import annotations
 
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 
 @dataclass
 class Split:
-    """A train/test split; ``x`` is a float array (rows, features) or a list of texts."""
+    """A train/test split; ``x`` is a float array (rows, features) or a list of texts; ``notes`` say
+what was left out of the data file and why (for the output and the report)."""
 
     name: str
-    x_train: object
+    x_train: Any
     y_train: np.ndarray
-    x_test: object
+    x_test: Any
     y_test: np.ndarray
     class_names: list[str]
+    notes: list[str] = field(default_factory=list)
 
 
 def split_per_class(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -41,6 +44,16 @@ def split_per_class(labels: np.ndarray, test_fraction: float, seed: int) -> tupl
     rank = np.arange(len(order)) - np.repeat(starts, sizes)
     is_test = rank < np.repeat(n_test, sizes)
     return np.sort(order[~is_test]), np.sort(order[is_test])
+
+
+def testable_split(labels: np.ndarray, name: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`split_per_class` with a quarter of each class tested; refuses data where no class has the
+    two rows that a training and a test sample need."""
+    train, test = split_per_class(labels, test_fraction=0.25, seed=seed)
+    if test.size == 0:
+        raise ValueError(f"{name}: each of its {len(np.unique(labels))} classes has a single row, so none can be "
+                         "tested: a class needs two rows or more (one to train on, one to test on)")
+    return train, test
 
 
 def long_tail_indices(labels: np.ndarray, imbalance_ratio: float, seed: int) -> np.ndarray:
@@ -89,7 +102,7 @@ def text_split(name: str, texts: list[str], labels: list, seed: int) -> Split:
     if len(class_names) < 2:
         raise ValueError(f"{name}: the labels must hold at least two classes, found {len(class_names)} "
                          f"({class_names.tolist()})")
-    train, test = split_per_class(y, test_fraction=0.25, seed=seed)
+    train, test = testable_split(y, name, seed)
     return Split(name, [texts[i] for i in train], y[train], [texts[i] for i in test], y[test], class_names.tolist())
 
 
@@ -113,8 +126,18 @@ def load_table(path: str | Path, text_col: str, label_col: str, seed: int = 0) -
     for flag, column in (("--text-col", text_col), ("--label-col", label_col)):
         if column not in table.columns:
             raise ValueError(f"--data: {path.name} has no column {column!r} ({flag}); columns: {list(table.columns)}")
-    table = table.dropna(subset=[text_col, label_col])
-    return text_split(path.name, table[text_col].astype(str).tolist(), table[label_col].tolist(), seed)
+    no_text, no_label = table[text_col].isna(), table[label_col].isna()
+    dropped = no_text | no_label
+    reasons = [f"{int(rows.sum())} without a {what} in column {column!r}" for rows, what, column in
+               ((no_text, "text", text_col), (no_label, "label", label_col)) if rows.any()]
+    if dropped.all():
+        raise ValueError(f"--data: no row of {path.name} has both a text and a label ({'; '.join(reasons)})")
+    notes = [f"{path.name}: {int(dropped.sum())} of {len(table)} rows left out ({'; '.join(reasons)}); the study "
+             f"uses the other {int((~dropped).sum())}"] if dropped.any() else []
+    table = table[~dropped]
+    split = text_split(path.name, table[text_col].astype(str).tolist(), table[label_col].tolist(), seed)
+    split.notes += notes
+    return split
 
 
 def load_arrays(path: str | Path, seed: int = 0) -> Split:
@@ -153,7 +176,7 @@ def load_arrays(path: str | Path, seed: int = 0) -> Split:
     class_names, y = np.unique(labels.astype(str), return_inverse=True)
     if len(class_names) < 2:
         raise ValueError(f"--data: y in {path.name} must hold at least two classes, found {class_names.tolist()}")
-    train, test = split_per_class(y, test_fraction=0.25, seed=seed)
+    train, test = testable_split(y, f"--data: {path.name}", seed)
     x = x.astype(np.float32)
     return Split(path.name, x[train], y[train], x[test], y[test], class_names.tolist())
 
@@ -162,7 +185,7 @@ def describe(split: Split) -> dict:
     counts = np.bincount(split.y_train, minlength=len(split.class_names))
     return {"name": split.name, "train": int(len(split.y_train)), "test": int(len(split.y_test)),
             "classes": len(split.class_names), "train_counts": dict(zip(split.class_names, counts.tolist())),
-            "imbalance_ratio": float(counts.max() / max(counts[counts > 0].min(), 1))}
+            "imbalance_ratio": float(counts.max() / max(counts[counts > 0].min(), 1)), "notes": split.notes}
 
 
 __all__ = ["Split", "chatterbot_topics", "describe", "digits_long_tailed", "load_arrays", "load_table"]

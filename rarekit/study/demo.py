@@ -275,7 +275,7 @@ def run_study(split: Split, text: bool, settings: Settings, augmenter=None) -> S
     classes = len(split.class_names)
     train_counts = np.bincount(split.y_train, minlength=classes)
     if text:
-        vectorizer, x_train, x_test = tfidf_features(split.x_train, split.x_test, settings.max_features)
+        vectorizer, x_train, x_test = tfidf_features(split.x_train, split.x_test, settings.max_features, split.name)
     else:
         x_train, x_test = split.x_train, split.x_test
     check_feasible(split, x_train, settings)
@@ -349,14 +349,7 @@ def run(args) -> int:
                         time_budget=time_budget,
                         augmentation=AugmentationBudget(args.augment_per_text, args.augment_max, time_budget),
                         max_features=args.max_features)
-    if args.data is None:
-        datasets = [(digits_long_tailed(seed=args.seed), False), (chatterbot_topics(seed=args.seed), True)]
-    elif Path(args.data).suffix == ".npz":
-        datasets = [(load_arrays(args.data, seed=args.seed), False)]
-    else:
-        if not args.text_col or not args.label_col:
-            raise ValueError("--data with a text file needs --text-col and --label-col")
-        datasets = [(load_table(args.data, args.text_col, args.label_col, seed=args.seed), True)]
+    datasets = load_datasets(args)
     augmenter = make_augmenter(args.augmenter, args.mlm, args.seed, device) if any(t for _, t in datasets) else None
     threads = torch.get_num_threads()
     torch.set_num_threads(args.train_threads)
@@ -374,6 +367,21 @@ def run(args) -> int:
         dist.barrier()
         dist.destroy_process_group()
     return 0
+
+
+def load_datasets(args) -> list[tuple[Split, bool]]:
+    """``(split, is text)`` of each study: digits-LT and chatterbot topics, or ``--data``, read and checked."""
+    table = args.data is not None and Path(args.data).suffix != ".npz"
+    if not table and (args.text_col or args.label_col):
+        raise ValueError("--text-col and --label-col name the columns of a --data text file (.csv, .tsv, .jsonl); "
+                         + ("there is no --data" if args.data is None else f"{Path(args.data).name} is an .npz file"))
+    if args.data is None:
+        return [(digits_long_tailed(seed=args.seed), False), (chatterbot_topics(seed=args.seed), True)]
+    if not table:
+        return [(load_arrays(args.data, seed=args.seed), False)]
+    if not args.text_col or not args.label_col:
+        raise ValueError("--data with a text file needs --text-col and --label-col")
+    return [(load_table(args.data, args.text_col, args.label_col, seed=args.seed), True)]
 
 
 def make_augmenter(method: str, mlm: str | None, seed: int, device: torch.device):

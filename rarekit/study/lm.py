@@ -46,6 +46,7 @@ from rarekit.losses.cross_entropy import cross_entropy, log_prior
 
 TOKEN = re.compile(r"[a-z0-9']+|[^\sa-z0-9']")  # lower-cased words and single punctuation marks
 UNK, EOS = "<unk>", "<eos>"
+DEFAULT_EPOCHS = 4
 
 
 @dataclass
@@ -255,7 +256,7 @@ def loss_step_memory(tokens: int, vocab: int, hidden: int, seed: int = 0) -> dic
 LM_SCALE_LOSS_STEP = (4096, 32000, 32)  # tokens, vocabulary, hidden: a Llama-2-sized vocabulary
 
 
-def run_lm_study(*, epochs: int = 4, seed: int = 0, progress: bool = True, batch_rows: int = 32, window: int = 32,
+def run_lm_study(*, epochs: int = DEFAULT_EPOCHS, seed: int = 0, progress: bool = True, batch_rows: int = 32, window: int = 32,
                  max_steps: int | None = None, memory_shapes=(LM_SCALE_LOSS_STEP,), threads: int = 1) -> dict:
     """Trains one model per method and evaluates it, then measures the loss step's peak memory at the
     study's own shape (``batch_rows · window`` tokens) and at ``memory_shapes``; returns the results
@@ -402,7 +403,8 @@ def write_lm_report(study: dict, out: Path) -> str:
 def run(args) -> int:
     """Entry point of ``rarekit demo --lm`` (arguments from rarekit.cli): writes into ``--out``/lm-study."""
     out = Path(args.out) / "lm-study"
-    study = run_lm_study(seed=args.seed, progress=not args.no_progress)
+    study = run_lm_study(epochs=DEFAULT_EPOCHS if args.epochs is None else args.epochs, seed=args.seed,
+                         progress=not args.no_progress, threads=args.train_threads)
     write_lm_report(study, out)
     print("\n".join(lm_table(study["results"])))
     print("\n".join(lm_verdict(study)))

@@ -20,6 +20,7 @@ from rarekit._files import write_text_atomic
 from rarekit.study.datasets import describe
 from rarekit.plots import plot_frequencies
 from rarekit.study.plots import plot_class_recall
+from rarekit.study.text import shortened
 
 NO_TEST = "n/a (no test samples)"
 PER_CLASS_ROWS = 60  # the per-class table lists every class up to this many; beyond, the rarest and most frequent
@@ -148,9 +149,15 @@ def augmentation_lines(study, settings) -> list[str]:
         lines += [f"augment_minority on {example['class']!r}, the rarest class with test samples "
                   f"({example['training_samples']} training, {example['test_samples']} test texts): an original "
                   "and two variants, changed words in **bold**, deleted ones ~~struck~~", "",
-                  f"- original: {example['original'][:300]}"] + [
-                  f"- variant: {variant[:400]}" for variant in example["marked_variants"]] + [""]
+                  f"- original{cut_from(example)}: {shortened(example['original'], 300)}"] + [
+                  f"- variant: {shortened(variant, 400)}" for variant in example["marked_variants"]] + [""]
     return lines
+
+
+def cut_from(example: dict) -> str:
+    """Says that the example's original is the start of a longer training text, if it is."""
+    length, total = len(example["original"]), example["original_characters"]
+    return f" (the first {length:,} of its {total:,} characters)" if total > length else ""
 
 
 def slug(name: str) -> str:
@@ -205,7 +212,8 @@ def write_report(studies: list, speed: dict, out: Path, machine: dict, settings)
         lines += [f"## {study.split.name}", "",
                   f"{info['train']} training and {info['test']} test samples, {info['classes']} classes, "
                   f"imbalance {info['imbalance_ratio']:.0f}:1 in training; batch size {study.batch_size}, "
-                  f"{study.steps:,} steps per method.", ""] + table(study.results, study.skipped) + [
+                  f"{study.steps:,} steps per method.", ""] + [f"Note: {note}." for note in info["notes"]] + [
+                  ""] * bool(info["notes"]) + table(study.results, study.skipped) + [
                   "", "Does rarekit beat plain CE on the rare classes?", ""] + verdict(study.results) + [
                   "", "Per class (n train: training samples; recall on the test samples):", ""] + per_class_table(
                   study) + [""] + (augmentation_lines(study, settings) if study.text else []) + plot_lines + [""]
@@ -240,10 +248,11 @@ def remove_stale(out: Path, written: set[str]) -> None:
 def print_summary(studies: list, speed: dict, out: Path, report: str) -> None:
     for study in studies:
         print(f"\n{study.split.name}")
+        print("".join(f"note: {note}\n" for note in study.split.notes), end="")
         print("\n".join(table(study.results, study.skipped)))
         example = study.augmentation_example
         if example:
-            print(f"augmented class {example['class']!r}: {example['original'][:80]!r} -> "
-                  f"{example['marked_variants'][0][:80]!r}")
+            print(f"augmented class {example['class']!r}: {shortened(example['original'], 80)!r} -> "
+                  f"{shortened(example['marked_variants'][0], 80)!r}")
     print("\nkernel speed: " + "; ".join(f"{job}: {f['verdict']}" for job, f in speed.items()))
     print(f"report: {out / 'report.md'} ({len(report.splitlines())} lines), results.json and plots in {out}")

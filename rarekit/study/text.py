@@ -8,6 +8,8 @@ up to the majority count) but within an :class:`AugmentationBudget`.
 from __future__ import annotations
 
 import difflib
+import math
+import re
 import time
 from dataclasses import dataclass
 
@@ -15,7 +17,12 @@ import numpy as np
 
 from rarekit.study.datasets import Split
 
-SAMPLE_TEXTS = 32  # texts augmented once to time the augmenter before the full run
+WORD = re.compile(r"(?u)\b\w\w+\b")  # TfidfVectorizer's default token_pattern
+SAMPLE_TEXTS = 32  # at most this many texts are augmented once to time the augmenter before the full run,
+SAMPLE_CHARS = 2_000  # each cut to this many characters (one timed call stays short whatever the texts),
+SAMPLE_BATCH = 8  # this many a call (the masked-LM augmenters batch texts),
+SAMPLE_SHARE = 0.1  # until the timing has used this share of the time budget
+EXAMPLE_CHARS = 1_000  # the report's example text is cut to this many characters (at a word's end), then augmented
 
 
 @dataclass(frozen=True)
@@ -32,14 +39,18 @@ class OverBudget(Exception):
     """A method that cannot finish within its budget; the message says why."""
 
 
-def tfidf_features(train_texts: list[str], test_texts: list[str], max_features: int | None):
+def tfidf_features(train_texts: list[str], test_texts: list[str], max_features: int | None, name: str = "data"):
     """``(vectorizer, X_train, X_test)``: sublinear TF-IDF, L2-normalized rows, float32 CSR matrices,
-    over the ``max_features`` most frequent words of the training texts."""
+    over the ``max_features`` most frequent words of the training texts (of the data set ``name``)."""
     try:
         from sklearn.feature_extraction.text import TfidfVectorizer
     except ImportError as error:
         raise ImportError("the text demo needs scikit-learn: pip install rarekit[demo]") from error
     vectorizer = TfidfVectorizer(sublinear_tf=True, max_features=max_features, dtype=np.float32)
+    if not any(WORD.search(text) for text in train_texts):
+        raise ValueError(f"{name}: no training text holds a word of two or more letters or digits, and TF-IDF "
+                         f"features are such words (scikit-learn's token pattern {WORD.pattern}); "
+                         f"e.g. {train_texts[0][:80]!r}")
     return vectorizer, vectorizer.fit_transform(train_texts), vectorizer.transform(test_texts)
 
 
@@ -55,24 +66,50 @@ def planned_gains(train_counts: np.ndarray, budget: AugmentationBudget) -> np.nd
 def augment_within_budget(split: Split, augmenter, budget: AugmentationBudget, seed: int,
                           progress: bool) -> tuple[list[str], np.ndarray, np.ndarray]:
     """``(texts, labels, generated per class)``: the training texts followed by the planned variants.
-    Raises :class:`OverBudget` when timing :data:`SAMPLE_TEXTS` texts projects past ``budget.seconds``."""
+    Raises :class:`OverBudget` when :func:`projected_seconds` exceeds ``budget.seconds``."""
     from rarekit.augment import augment_minority
 
     train_counts = np.bincount(split.y_train, minlength=len(split.class_names))
     gains = planned_gains(train_counts, budget)
     if gains.sum() == 0:
         return list(split.x_train), split.y_train, gains
-    sample = list(split.x_train[:SAMPLE_TEXTS])
-    start = time.perf_counter()
-    augmenter.augment(sample, n=1)
-    projected = (time.perf_counter() - start) / len(sample) * gains.sum()
-    if projected > budget.seconds:
-        raise OverBudget(f"generating {int(gains.sum()):,} texts would take ~{projected:.0f} s, over the "
-                         f"augmentation time budget of {budget.seconds:g} s (lower --augment-max)")
+    if math.isfinite(budget.seconds):
+        projected, characters, sampled = projected_seconds(split, gains, augmenter, budget.seconds, seed)
+        if projected > budget.seconds:
+            raise OverBudget(f"generating {int(gains.sum()):,} texts from {characters:,.0f} characters would take "
+                             f"~{projected:.0f} s (timed on {sampled} sample texts), over the augmentation time budget "
+                             f"of {budget.seconds:g} s (lower --augment-max or --augment-per-text)")
     targets = {int(label): int(train_counts[label] + gain) for label, gain in enumerate(gains) if gain}
     texts, labels = augment_minority(split.x_train, split.y_train, targets, augmenter=augmenter, seed=seed,
                                      progress=progress)
     return list(texts), np.asarray(labels, dtype=np.int64), gains
+
+
+def projected_seconds(split: Split, gains: np.ndarray, augmenter, budget_seconds: float,
+                      seed: int) -> tuple[float, float, int]:
+    """``(seconds, characters, texts timed)``: the time to generate ``gains[c]`` variants of the texts of
+    each class c, as the time per character of variants of up to :data:`SAMPLE_TEXTS` texts of those
+    classes, each cut to :data:`SAMPLE_CHARS` characters, times the characters the variants are made
+    from (Σ_c gains[c] · the mean length of c's texts, each counted up to the ``max_chars`` that the
+    augmenter changes): a long text counts at its length, and no timed call is longer than a cut
+    text. The timing stops once it has used :data:`SAMPLE_SHARE` of ``budget_seconds``."""
+    lengths = np.array([min(len(text), augmenter.max_chars) for text in split.x_train], dtype=np.float64)
+    rows = np.bincount(split.y_train, minlength=len(gains))
+    mean_length = np.bincount(split.y_train, lengths, len(gains)) / np.maximum(rows, 1)
+    characters = float(gains @ mean_length)
+    gaining = np.flatnonzero(gains[split.y_train] > 0)
+    sample = np.random.default_rng(seed).permutation(gaining)[:SAMPLE_TEXTS]
+    elapsed, timed_characters, timed = 0.0, 0, 0
+    for start in range(0, len(sample), SAMPLE_BATCH):
+        texts = [split.x_train[index][:SAMPLE_CHARS] for index in sample[start:start + SAMPLE_BATCH]]
+        began = time.perf_counter()
+        augmenter.augment(texts, n=1)
+        elapsed += time.perf_counter() - began
+        timed_characters += sum(len(text) for text in texts)
+        timed += len(texts)
+        if elapsed > SAMPLE_SHARE * budget_seconds:
+            break
+    return elapsed / max(timed_characters, 1) * characters, characters, timed
 
 
 def marked_changes(original: str, variant: str) -> str:
@@ -102,12 +139,23 @@ def augmentation_example(split: Split, augmenter, variants: int = 2) -> dict:
     if candidates.size == 0:
         candidates = np.flatnonzero(train_counts > 0)
     label = int(candidates[np.argmin(train_counts[candidates])])
-    original = split.x_train[int(np.flatnonzero(split.y_train == label)[0])]
+    text = split.x_train[int(np.flatnonzero(split.y_train == label)[0])]
+    original = shortened(text, EXAMPLE_CHARS, ellipsis="")  # augmenting it stays cheap
     made = augmenter.augment([original], n=variants)[0]
     return {"class": split.class_names[label], "training_samples": int(train_counts[label]),
-            "test_samples": int(test_counts[label]), "original": original, "variants": made,
-            "marked_variants": [marked_changes(original, variant) for variant in made]}
+            "test_samples": int(test_counts[label]), "original": original, "original_characters": len(text),
+            "variants": made, "marked_variants": [marked_changes(original, variant) for variant in made]}
+
+
+def shortened(text: str, limit: int, ellipsis: str = " …") -> str:
+    """``text`` if it has at most ``limit`` characters, else its longest start of whole words within
+    ``limit`` characters (its first ``limit`` characters when the first word is longer), then ``ellipsis``."""
+    if len(text) <= limit:
+        return text
+    words = re.match(rf"(?s)(.{{0,{limit}}})\s", text)  # the longest start followed by a space
+    kept = words.group(1).rstrip() if words and words.group(1).strip() else text[:limit]
+    return kept + ellipsis
 
 
 __all__ = ["AugmentationBudget", "OverBudget", "augment_within_budget", "augmentation_example", "marked_changes",
-           "planned_gains", "tfidf_features"]
+           "planned_gains", "shortened", "tfidf_features"]

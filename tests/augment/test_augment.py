@@ -236,11 +236,12 @@ def test_augment_minority_binary_float_strategy_and_label_types(strategy, kind):
     assert Counter(np.asarray(labels_res).tolist()) == expected
 
 
-def test_augment_minority_is_reproducible_with_progress_bar(models, capsys):
+def test_augment_minority_is_reproducible_with_progress_bar(models, capsys, monkeypatch):
     labels = ["big"] * 5 + ["small"] * 2
     texts = ["the big dog ran on the road", "a big red car", "the big old house", "a big tree", "the big river",
              "the small cat sat", "a small bird flew over the pond"]
     augmenter = RareAugmenter("contextual", model_path=models["bert"], aug_p=0.3)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # the bar shows on terminals only
     first = augment_minority(texts, labels, "auto", augmenter, seed=3)
     assert "augmenting" in capsys.readouterr().err
     assert augment_minority(texts, labels, "auto", augmenter, seed=3, progress=False) == first

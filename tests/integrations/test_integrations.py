@@ -9,6 +9,7 @@ import torch.nn.functional as F
 pytest.importorskip("transformers")
 
 from rarekit.integrations.transformers import weighted_causal_lm_loss  # noqa: E402
+from tiny_lms import FUSED_VOCAB, HIDDEN, lm_batch, tiny_causal_lm  # noqa: E402
 
 VOCAB = 64
 
@@ -38,7 +39,7 @@ def test_matches_a_shift_by_hand(gen, weighted, label_smoothing):
 
     logits, labels = random_batch(gen)
     weight = torch.rand(VOCAB, generator=gen) + 0.1 if weighted else None
-    loss_fn = weighted_causal_lm_loss(weight, label_smoothing=label_smoothing)
+    loss_fn = weighted_causal_lm_loss(weight, normalize="tokens", label_smoothing=label_smoothing)
     kept = int((labels[:, 1:] != -100).sum())
     for num_items in (None, kept, torch.tensor(kept + 5)):
         for wrap in (lambda x: CausalLMOutputWithPast(logits=x), lambda x: {"logits": x}, lambda x: (x,)):
@@ -87,13 +88,13 @@ def test_missing_transformers_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` now raises ImportError
     from rarekit.integrations import transformers as integration
 
-    with pytest.raises(ImportError, match=r"rarekit\[augment\]"):
+    with pytest.raises(ImportError, match=r"rarekit\[transformers\]"):
         weighted_causal_lm_loss()
-    with pytest.raises(ImportError, match=r"rarekit\[augment\]"):
+    with pytest.raises(ImportError, match=r"rarekit\[transformers\]"):
         integration.fused_causal_lm_loss()
-    monkeypatch.delitem(vars(integration), "FusedCausalLMTrainer", raising=False)  # built on first use
-    with pytest.raises(ImportError, match=r"rarekit\[augment\]"):
-        integration.FusedCausalLMTrainer
+    for trainer in integration.TRAINERS:
+        with pytest.raises(ImportError, match=r"rarekit\[transformers\]"):
+            getattr(integration, trainer)
 
 
 def tiny_llama(seed):
@@ -145,7 +146,7 @@ def test_trainer_uses_the_loss_and_lowers_it(gen, tmp_path):
     from transformers import Trainer, TrainingArguments
 
     model = tiny_llama(int(torch.randint(0, 2**31, (), generator=gen)))
-    loss_fn = weighted_causal_lm_loss(torch.rand(VOCAB, generator=gen) + 0.5)
+    loss_fn = weighted_causal_lm_loss(torch.rand(VOCAB, generator=gen) + 0.5, normalize="tokens")
     calls = []
 
     def spy(outputs, labels, num_items_in_batch=None):
@@ -171,38 +172,6 @@ def test_trainer_uses_the_loss_and_lowers_it(gen, tmp_path):
 
 
 # --- fused_causal_lm_loss: the logits are never materialized ---------------------------------------------
-
-FUSED_VOCAB, HIDDEN = 96, 32  # HIDDEN != FUSED_VOCAB: a (..., FUSED_VOCAB) tensor can only be logits
-
-
-def tiny_causal_lm(kind, seed, vocab=FUSED_VOCAB):
-    """A randomly initialised 2-layer decoder of each family, without dropout, in eval mode."""
-    import transformers
-
-    small = dict(vocab_size=vocab, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    configs = {
-        "llama": lambda: transformers.LlamaConfig(**small),
-        "qwen2": lambda: transformers.Qwen2Config(**small),
-        "qwen3": lambda: transformers.Qwen3Config(**small, head_dim=8),
-        "gemma2": lambda: transformers.Gemma2Config(**small, head_dim=8, final_logit_softcapping=2.0),
-        "gpt2": lambda: transformers.GPT2Config(vocab_size=vocab, n_embd=HIDDEN, n_layer=2, n_head=4, n_positions=64,
-                                                resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                                                bos_token_id=0, eos_token_id=0),
-        "cohere": lambda: transformers.CohereConfig(**small, logit_scale=0.5),
-    }
-    torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(configs[kind]())
-    return model.eval()
-
-
-def lm_batch(gen, batch=2, length=9, vocab=FUSED_VOCAB):
-    input_ids = torch.randint(0, vocab, (batch, length), generator=gen)
-    labels = input_ids.clone()
-    labels[torch.rand(batch, length, generator=gen) < 0.2] = -100
-    labels[0, :3] = -100
-    return input_ids, labels
-
 
 def loss_and_grads(model, compute):
     model.zero_grad(set_to_none=True)
@@ -258,7 +227,7 @@ def test_fused_loss_with_class_weights_equals_the_weighted_loss_on_logits(gen, k
     model = tiny_causal_lm(kind, 2)
     input_ids, labels = lm_batch(gen)
     weight = torch.rand(FUSED_VOCAB, generator=gen) + 0.2
-    options = dict(label_smoothing=0.1, smoothing_mode="target_weighted")
+    options = dict(label_smoothing=0.1, smoothing_mode="target_weighted", normalize="tokens")
     fused = fused_causal_lm_loss(weight, **options)
     materialized = weighted_causal_lm_loss(weight, **options)
     for num_items in (None, 17):

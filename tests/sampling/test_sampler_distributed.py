@@ -30,7 +30,7 @@ def shards_of_each_rank(rank: int, port: int, results) -> None:
     try:
         samplers = {
             "over": rarekit.BalancedSampler(labels(), seed=7),
-            "under": rarekit.BalancedSampler(labels(), replacement=False, seed=7),
+            "under": rarekit.BalancedSampler(labels(), replacement=False, seed=7, num_samples="resample"),
             "weights": rarekit.BalancedSampler(weights=torch.rand(999, generator=torch.Generator().manual_seed(1)),
                                                replacement=False, num_samples=501, seed=7),
         }
@@ -59,7 +59,8 @@ def test_two_gloo_ranks_get_disjoint_equal_shards_covering_the_epoch():
         assert length_0 == length_1 == len(shard_0) == len(shard_1)
         reference = rarekit.BalancedSampler(weights=torch.rand(999, generator=torch.Generator().manual_seed(1)),
                                             replacement=False, num_samples=501, seed=7) if name == "weights" else \
-            rarekit.BalancedSampler(labels(), replacement=name == "over", seed=7)
+            rarekit.BalancedSampler(labels(), replacement=name == "over", seed=7,
+                                    num_samples=None if name == "over" else "resample")
         reference.set_epoch(3)
         epoch = list(reference)
         # rank r holds positions r, r + 2, ... of the epoch's stream, padded with its head

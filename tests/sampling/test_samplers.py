@@ -47,7 +47,9 @@ CHECKED = [rarekit.RandomOverSampler(random_state=42), rarekit.RandomOverSampler
 
 def expected_failures(estimator) -> dict:
     if getattr(estimator, "shrinkage", None) is not None:  # as imbalanced-learn's RandomOverSampler(shrinkage=0.5)
-        return {"check_samplers_string": "the smoothed bootstrap adds noise: it refuses string X, as imblearn's does"}
+        return {"check_samplers_string": "the smoothed bootstrap adds noise: it refuses string X, as imblearn's does",
+                "check_samplers_nan": "the smoothed bootstrap refuses NaN in X, as imblearn's does (its tags allow NaN "
+                                      "too)"}
     return {}
 
 

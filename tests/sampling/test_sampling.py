@@ -628,18 +628,19 @@ def test_sparse_shrinkage_noise_has_the_scale_of_imblearn(gen):
 
 def test_balanced_sampler_resamples_each_epoch_deterministically(gen):
     y = random_labels(numpy_rng(gen), n=1000)
-    sampler = rarekit.BalancedSampler(y, seed=11)
+    sampler = rarekit.BalancedSampler(y, seed=11, num_samples="resample")
     epochs = []
     for epoch in (0, 1, 0):
         sampler.set_epoch(epoch)
         epochs.append(list(sampler))
     assert epochs[0] == epochs[2] and epochs[0] != epochs[1]
-    assert list(rarekit.BalancedSampler(y, seed=11)) == epochs[0]
-    assert list(rarekit.BalancedSampler(y, seed=12)) != epochs[0]
+    assert list(rarekit.BalancedSampler(y, seed=11, num_samples="resample")) == epochs[0]
+    assert list(rarekit.BalancedSampler(y, seed=12, num_samples="resample")) != epochs[0]
     counts = class_counts(y[epochs[1]])
     assert len(set(counts.values())) == 1 and len(epochs[1]) == len(sampler)  # balanced up to the majority
     assert sorted(epochs[0]) == sorted(rarekit.oversample_indices(y, seed=sampler._seed(0)).tolist())
-    under = rarekit.BalancedSampler(torch.from_numpy(y), replacement=False, shuffle=False, seed=3)
+    under = rarekit.BalancedSampler(torch.from_numpy(y), replacement=False, shuffle=False, seed=3,
+                                    num_samples="resample")
     stream = list(under)
     assert len(set(class_counts(y[stream]).values())) == 1 and len(set(stream)) == len(stream)
     assert np.all(np.diff(y[stream]) >= 0)  # shuffle=False keeps imblearn's order
@@ -647,12 +648,13 @@ def test_balanced_sampler_resamples_each_epoch_deterministically(gen):
 
 def test_balanced_sampler_num_samples_and_dataloader(gen):
     y = random_labels(numpy_rng(gen), n=300)
-    size = len(rarekit.BalancedSampler(y))
+    size = len(rarekit.BalancedSampler(y, num_samples="resample"))
     for num_samples in (10, size, 2 * size + 7):
         sampler = rarekit.BalancedSampler(y, num_samples=num_samples)
         assert len(list(sampler)) == len(sampler) == num_samples
     dataset = torch.utils.data.TensorDataset(torch.from_numpy(y))
-    loader = torch.utils.data.DataLoader(dataset, batch_size=64, sampler=rarekit.BalancedSampler(y))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=64,
+                                         sampler=rarekit.BalancedSampler(y, num_samples="resample"))
     seen = torch.cat([batch for (batch,) in loader]).numpy()
     assert len(set(class_counts(seen).values())) == 1
 

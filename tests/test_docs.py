@@ -1,0 +1,73 @@
+"""The documentation: help(rarekit) opens with an overview of the whole API, and the API reference site
+(mkdocs.yml, built strict by `make docs` in CI) documents modules that exist and flags a broken cross-reference."""
+import importlib
+import logging
+import pydoc
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+import rarekit
+
+ROOT = Path(__file__).resolve().parent.parent
+DIRECTIVE = re.compile(r"^::: (\S+)\n(?:    options:\n      members: (\[[^\]]*\]|false))?", re.M)
+
+
+def help_text() -> list[str]:
+    return pydoc.render_doc(rarekit, renderer=pydoc.plaintext).splitlines()
+
+
+def test_help_opens_with_an_overview_that_names_every_public_name():
+    lines = help_text()
+    overview = lines[:lines.index("PACKAGE CONTENTS")]
+    assert len(overview) <= 60  # before pydoc's listings (torch's nn.Module methods make up most of the rest)
+    words = set(re.findall(r"\w+", "\n".join(overview)))
+    assert set(rarekit.__all__) <= words, set(rarekit.__all__) - words
+    assert "help(rarekit.cross_entropy)" in "\n".join(overview)
+
+
+def documented_names() -> dict[str, list[str] | None]:
+    """``{module: the members its ::: directive lists (None: all of them)}`` over the pages of mkdocs.yml's nav."""
+    def members(listed: str) -> list[str] | None:
+        return None if not listed else [] if listed == "false" else listed.strip("[]").split(", ")
+
+    mkdocs = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    pages = re.findall(r":\s+(\S+\.md)\s*$", mkdocs, re.M)
+    assert {"losses.md", "sampling.md", "counting.md", "augmentation.md", "integrations.md", "usage.md",
+            "benchmarks.md"} <= set(pages)
+    return {module: members(listed) for page in pages
+            for module, listed in DIRECTIVE.findall((ROOT / "docs" / page).read_text(encoding="utf-8"))}
+
+
+def test_the_reference_documents_every_public_name_and_only_names_that_exist():
+    documented = documented_names()
+    names = set()
+    for module_name, members in documented.items():
+        module = importlib.import_module(module_name)
+        listed = members if members is not None else getattr(module, "__all__", [])
+        assert all(hasattr(module, name) for name in listed), (module_name, listed)
+        names |= set(listed)
+    public = set(rarekit.__all__)
+    for package in ("rarekit.losses", "rarekit.sampling", "rarekit.augment"):
+        public |= set(importlib.import_module(package).__all__)
+    assert public <= names, public - names
+
+
+def test_a_role_naming_nothing_is_a_warning_and_a_known_one_a_link(tmp_path, caplog):
+    griffe = pytest.importorskip("griffe")  # the docs extra
+    package = tmp_path / "rarekit"
+    package.mkdir()
+    (package / "__init__.py").write_text('"""See :func:`count` and :func:`~rarekit.nothing_here`."""\n'
+                                         'def count():\n    """Counts."""\n')
+    sys.path.insert(0, str(ROOT / "docs"))
+    try:
+        from griffe_sphinx_roles import SphinxRoles
+    finally:
+        sys.path.remove(str(ROOT / "docs"))
+    with caplog.at_level(logging.WARNING):
+        module = griffe.load(package, extensions=griffe.load_extensions(SphinxRoles))
+    assert '<autoref identifier="rarekit.count" optional><code>count</code></autoref>' in module.docstring.value
+    assert "`nothing_here`" in module.docstring.value
+    assert ":func:`rarekit.nothing_here`" in caplog.text and "names nothing in rarekit" in caplog.text

@@ -45,9 +45,15 @@ def median_seconds(fn, device: torch.device, repeat: int, warmup: int = 2) -> fl
 
 def median_seconds_interleaved(fns: dict, device: torch.device, repeat: int, warmup: int = 2) -> dict:
     """Median wall time of each fn, timed in turn (round-robin), so that a slow phase of a noisy
-    machine (another process, the kernel settling the memory in) weighs on every peer alike. Untimed
-    warm-up rounds come first: `warmup` of them, and more until WARMUP_SECONDS have passed (the first
-    half second after a large allocation runs slow on the 2-core VM)."""
+    machine (another process, the kernel settling the memory in) weighs on every peer alike."""
+    return {name: statistics.median(seconds) for name, seconds in
+            seconds_interleaved(fns, device, repeat, warmup).items()}
+
+
+def seconds_interleaved(fns: dict, device: torch.device, repeat: int, warmup: int = 2) -> dict:
+    """Wall times of each fn over `repeat` rounds, each round timing every fn in turn. Untimed warm-up
+    rounds come first: `warmup` of them, and more until WARMUP_SECONDS have passed (the first half
+    second after a large allocation runs slow on the 2-core VM)."""
     start, rounds = time.perf_counter(), 0
     warmup, warmup_seconds = (1, QUICK_WARMUP_SECONDS) if QUICK else (warmup, WARMUP_SECONDS)
     while rounds < warmup or time.perf_counter() - start < warmup_seconds:
@@ -62,7 +68,7 @@ def median_seconds_interleaved(fns: dict, device: torch.device, repeat: int, war
             fn()
             sync(device)
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(seconds) for name, seconds in times.items()}
+    return times
 
 
 def rss_bytes() -> int:

@@ -32,6 +32,20 @@ TORCH_LIBRARY(rarekit, m) {
       "Tensor? logit_adjustment, Tensor? grad_scale, int ignore_index, float label_smoothing, bool target_weighted, "
       "float focal_gamma, float z_loss, float? softcap, int chunk_rows, bool[4] grad_mask, bool check) -> "
       "(Tensor losses, Tensor grad_hidden, Tensor grad_classifier, Tensor grad_bias, Tensor grad_logit_adjustment)");
+  // Sigmoid family (csrc/include/rarekit/sigmoid_math.h): binary cross-entropy with logits, focal and
+  // asymmetric terms, elementwise over an input of any shape. weight, pos_weight and alpha_tensor broadcast to
+  // the input (alpha: a number, or a tensor, or neither); reduction: 0 none, 1 mean, 2 sum. The forward
+  // returns the loss (per element in the input dtype, or a scalar in the accumulator dtype) and, for a
+  // reduced loss with compute_grad, its gradient for the input (empty otherwise).
+  m.def(
+      "sigmoid_loss_forward(Tensor input, Tensor target, Tensor? weight, Tensor? pos_weight, Tensor? alpha_tensor, "
+      "float? alpha, float gamma_pos, float gamma_neg, float clip, bool pt_form, int reduction, bool compute_grad) "
+      "-> (Tensor loss, Tensor grad_input)");
+  // grad_loss times the loss's gradients for the input and the target, each where grad_mask asks for it.
+  m.def(
+      "sigmoid_loss_backward(Tensor grad_loss, Tensor input, Tensor target, Tensor? weight, Tensor? pos_weight, "
+      "Tensor? alpha_tensor, float? alpha, float gamma_pos, float gamma_neg, float clip, bool pt_form, "
+      "int reduction, bool[2] grad_mask) -> (Tensor grad_input, Tensor grad_target)");
   // Resampling (csrc/include/rarekit/sampling_math.h). A stable counting sort of integer codes: order
   // lists the positions of code 0, then code 1, ...; codes outside [0, num_classes) come last;
   // bucket c is order[offsets[c]:offsets[c + 1]] (num_classes + 1 offsets).

@@ -18,6 +18,8 @@ Losses (drop-ins for torch's cross-entropy, plus imbalance-aware variants):
     FocalLoss, LogitAdjustedLoss, ClassBalancedLoss
     linear_cross_entropy, LinearCrossEntropyLoss
                                       LM head + cross-entropy, never holding the (tokens, vocab) logits
+    binary_cross_entropy_with_logits, BCEWithLogitsLoss, sigmoid_focal_loss, AsymmetricLoss
+                                      binary and multi-label: torch's BCE, torchvision's focal loss, ASL
 
 Resampling:
 
@@ -44,8 +46,9 @@ site from these docstrings.
 from rarekit._backend import backend_info, set_backend
 from rarekit.augment import RareAugmenter, augment_minority, augment_rare_tokens
 from rarekit.counting import TokenCounter, count, rare_ids
-from rarekit.losses import (ClassBalancedLoss, CrossEntropyLoss, FocalLoss, LinearCrossEntropyLoss, LogitAdjustedLoss,
-                            cross_entropy, linear_cross_entropy)
+from rarekit.losses import (AsymmetricLoss, BCEWithLogitsLoss, ClassBalancedLoss, CrossEntropyLoss, FocalLoss,
+                            LinearCrossEntropyLoss, LogitAdjustedLoss, binary_cross_entropy_with_logits, cross_entropy,
+                            linear_cross_entropy, sigmoid_focal_loss)
 from rarekit.plots import plot_frequencies
 from rarekit.sampling import (BalancedSampler, oversample_indices, resolve_sampling_strategy, sequence_weights,
                               undersample_indices)
@@ -53,6 +56,7 @@ from rarekit.weights import class_weights
 
 __all__ = ["ClassBalancedLoss", "CrossEntropyLoss", "FocalLoss", "LogitAdjustedLoss", "cross_entropy",
            "LinearCrossEntropyLoss", "linear_cross_entropy",
+           "AsymmetricLoss", "BCEWithLogitsLoss", "binary_cross_entropy_with_logits", "sigmoid_focal_loss",
            "TokenCounter", "backend_info", "class_weights", "count", "plot_frequencies", "rare_ids", "set_backend",
            "BalancedSampler", "RandomOverSampler", "RandomUnderSampler", "oversample_indices", "resolve_sampling_strategy",
            "sequence_weights", "undersample_indices", "RareAugmenter", "augment_minority", "augment_rare_tokens"]

@@ -9,11 +9,11 @@ import pytest
 
 import rarekit
 
-DOCUMENTED_MODULES = ["rarekit.losses", "rarekit.losses.cross_entropy", "rarekit.losses.linear", "rarekit.sampling",
+DOCUMENTED_MODULES = ["rarekit.losses", "rarekit.losses.cross_entropy", "rarekit.losses.linear", "rarekit.losses.sigmoid", "rarekit.sampling",
                       "rarekit.sampling.indices", "rarekit.sampling.strategy", "rarekit.sampling.balanced",
                       "rarekit.augment", "rarekit.augment.augmenter", "rarekit.augment.minority",
                       "rarekit.augment.protection", "rarekit.augment.masked_lm", "rarekit.augment.nlpaug_compat",
-                      "rarekit.counting", "rarekit.weights", "rarekit.plots", "rarekit.ops", "rarekit.reference",
+                      "rarekit.counting", "rarekit.weights", "rarekit.plots", "rarekit.ops", "rarekit.reference", "rarekit.reference_sigmoid",
                       "rarekit.cli", "rarekit.integrations.transformers", "rarekit.study", "rarekit.study.demo",
                       "rarekit.study.lm", "rarekit.study.report", "rarekit.study.text", "rarekit.study.datasets",
                       "rarekit.study.plots"]

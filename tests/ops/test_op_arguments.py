@@ -206,6 +206,47 @@ def cross_entropy_backward_cases():
     return valid, cases
 
 
+def sigmoid_operand_cases(valid: tuple, index: int, name: str) -> list:
+    """A broadcast operand (weight, pos_weight, alpha_tensor) of the wrong dtype, or of a shape that does
+    not broadcast to the (3, 5) input (a 0-dim or (1, 5) one would)."""
+    cases = argument_variants(valid, index, name, NOT_FLOAT, sizes=False)
+    cases += [(f"{name}: {label}", replaced(valid, index, value)) for label, value in (
+        ("(4,)", torch.rand(4)), ("(3,)", torch.rand(3)), ("(5, 1)", torch.rand(5, 1)), ("(2, 3, 5)", torch.rand(2, 3, 5)),
+        ("(0,)", torch.rand(0)))]
+    return cases
+
+
+def sigmoid_input_cases(valid: tuple, offset: int) -> list:
+    """Wrong input, target, operands and scalars of a sigmoid op whose input is argument ``offset``."""
+    cases = argument_variants(valid, offset, "input", (torch.int64, torch.bool, torch.complex64))
+    cases += argument_variants(valid, offset + 1, "target", (torch.float64, torch.float16, torch.int64, torch.bool))
+    for index, name in ((2, "weight"), (3, "pos_weight"), (4, "alpha_tensor")):
+        cases += sigmoid_operand_cases(valid, offset + index, name)
+    scalars = {"alpha and alpha_tensor both": (offset + 5, 0.25), "gamma_pos: -1": (offset + 6, -1.0),
+               "gamma_neg: inf": (offset + 7, float("inf")), "clip: 1": (offset + 8, 1.0),
+               "clip: -0.5": (offset + 8, -0.5), "reduction: 3": (offset + 10, 3)}
+    cases += [(case, replaced(valid, index, value)) for case, (index, value) in scalars.items()]
+    cases.append(("alpha: nan", replaced(replaced(valid, offset + 4, None), offset + 5, float("nan"))))
+    return cases
+
+
+def sigmoid_loss_forward_cases():
+    valid = (torch.randn(3, 5), torch.rand(3, 5), torch.rand(5), torch.rand(3, 1), torch.rand(5), None, 2.0, 1.0, 0.05,
+             False, 1, True)
+    return valid, sigmoid_input_cases(valid, 0)
+
+
+def sigmoid_loss_backward_cases():
+    valid = (torch.rand(3, 5), torch.randn(3, 5), torch.rand(3, 5), torch.rand(5), torch.rand(3, 1), torch.rand(5), None,
+             2.0, 1.0, 0.05, True, 0, [True, True])
+    cases = sigmoid_input_cases(valid, 1)
+    cases += argument_variants(valid, 0, "grad_loss (reduction none)", NOT_FLOAT)
+    reduced = replaced(valid, 11, 1)
+    cases += [("grad_loss (reduction mean): (3, 5)", reduced), ("grad_loss (reduction mean): (0,)",
+                                                                 replaced(reduced, 0, torch.rand(0)))]
+    return valid, cases
+
+
 def gather_rows_cases():
     valid = (torch.randn(5, 3), torch.tensor([0, 4, 2]), True)
     cases = argument_variants(valid, 1, "indices", (torch.float32, torch.bool), sizes=False)
@@ -289,6 +330,8 @@ CASES = {
     "gather_segments_into": gather_segments_into_cases,
     "repeat_rows_into": repeat_rows_into_cases,
     "linear_cross_entropy_forward": linear_cross_entropy_forward_cases,
+    "sigmoid_loss_forward": sigmoid_loss_forward_cases,
+    "sigmoid_loss_backward": sigmoid_loss_backward_cases,
 }
 
 

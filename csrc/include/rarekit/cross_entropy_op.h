@@ -100,7 +100,8 @@ inline CrossEntropyInputs prepare_cross_entropy(const at::Tensor& logits, const 
   config.has_weight = inputs.weight.defined();
   config.target_weighted = target_weighted;
   config.weight_total = static_cast<double>(config.num_classes);
-  if (config.has_weight) inputs.weight_total = inputs.weight.sum();  // read by the kernels, no sync
+  // read by the CUDA kernels, no sync (the CPU operators add the weights on the host)
+  if (config.has_weight && !logits.is_cpu()) inputs.weight_total = inputs.weight.sum();
   return inputs;
 }
 

@@ -140,6 +140,8 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const CrossEntropyInputs& inputs,
   const auto options = inputs.logits.options().dtype(accumulator_type(inputs.logits));
   at::Tensor losses = at::empty({rows}, options);
   at::Tensor row_terms = at::empty({rows, kRowTermCount}, options);
+  advise_huge_pages(losses);  // fresh outputs: 4 and 16 bytes per row, as much as the logits for few classes
+  advise_huge_pages(row_terms);
   CrossEntropyArgsT<Acc> args = make_args<Acc>(inputs);
   args.losses = losses.mutable_data_ptr<Acc>();
   args.row_terms = row_terms.mutable_data_ptr<Acc>();

@@ -1,4 +1,4 @@
-"""The few-class cross-entropy kernels (C <= 64: 16 rows per vector, issue 21) against an fp64 autograd
+"""The few-class cross-entropy kernels (CPU: C <= 32, 16 rows per vector; CUDA: C <= 64; issue 21) against an fp64 autograd
 reference, with every option, on the row counts and class counts where a block of 16 rows is full,
 partial or empty; and the same results whatever the thread count (issue 20 item 22)."""
 
@@ -46,8 +46,12 @@ def expected_loss_and_grad(logits, target, weight, adjustment, reduction, option
     return loss.detach(), x.grad
 
 
-def close(actual, expected, dtype):
+def close(actual, expected, dtype, ill_conditioned=False):
     rtol, atol = TOL[dtype]
+    if ill_conditioned and dtype == torch.float32:
+        # focal γ < 1: ∂(1-p)^γ = γ (1-p)^(γ-1) grows without bound as p_y → 1, and 1 - p_y carries the
+        # float32 rounding of the log-sum (the row-at-a-time kernel has the same error: 9e-5 in 2e5 rows)
+        rtol, atol = 1e-3, 1e-4
     finite = expected[torch.isfinite(expected)]
     scale = max(float(finite.abs().max()) if finite.numel() else 1.0, 1.0)
     torch.testing.assert_close(actual.double(), expected.double(), rtol=rtol, atol=atol * scale, equal_nan=True)
@@ -75,12 +79,13 @@ def run_case(gen, rows, classes, dtype, reduction, options, ignore_fraction=0.25
                                  logit_adjustment=adjustment, inplace_backward=inplace, **kwargs)
     (loss.double() * probe).sum().backward()
     context = f"rows={rows} classes={classes} {dtype} {reduction} {options} inplace={inplace}"
+    ill_conditioned = 0 < options.get("focal_gamma", 0.0) < 1
     try:
         if reduction == "mean" and not torch.isfinite(expected):
             assert not torch.isfinite(loss), context
         else:
-            close(loss.detach(), expected.to(loss.dtype), dtype)
-        close(leaf.grad, expected_grad.to(dtype), dtype)
+            close(loss.detach(), expected.to(loss.dtype), dtype, ill_conditioned)
+        close(leaf.grad, expected_grad.to(dtype), dtype, ill_conditioned)
     except AssertionError as error:
         raise AssertionError(f"{context}: {error}") from None
 
@@ -89,7 +94,7 @@ def run_case(gen, rows, classes, dtype, reduction, options, ignore_fraction=0.25
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 def test_few_classes_match_the_fp64_reference(gen, dtype, options):
     for rows, classes in [(1, 1), (5, 1), (16, 2), (17, 2), (33, 3), (40, 4), (31, 5), (48, 10), (21, 17),
-                          (19, 64), (18, 65)]:
+                          (19, 32), (18, 33), (19, 64), (18, 65), (17, 100)]:
         for reduction in ("mean", "sum", "none"):
             run_case(gen, rows, classes, dtype, reduction, options)
 
@@ -97,7 +102,7 @@ def test_few_classes_match_the_fp64_reference(gen, dtype, options):
 @pytest.mark.parametrize("options", OPTIONS[:6], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_few_classes_inplace_backward(gen, dtype, options):
-    for rows, classes in [(16, 2), (23, 3), (37, 10), (20, 64)]:
+    for rows, classes in [(16, 2), (23, 3), (37, 10), (20, 64), (17, 100)]:
         for reduction in ("mean", "none"):
             run_case(gen, rows, classes, dtype, reduction, options, inplace=True)
 

@@ -188,3 +188,15 @@ def test_count_gather_and_sampling_same_on_one_and_two_threads(gen):
     for one, two in zip(results[0], results[1]):
         for a, b in zip(one if isinstance(one, tuple) else (one,), two if isinstance(two, tuple) else (two,)):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("classes", [3, 50])
+def test_backward_op_names_an_out_of_range_target(gen, classes):
+    """The backward's target check is a scan on the host now (no torch op unless one is bad)."""
+    logits = torch.randn(20, classes, generator=gen)
+    target = torch.randint(0, classes, (20,), generator=gen)
+    config = (-100, 0.0, False, 0.0, 0.0)
+    _, row_terms = torch.ops.rarekit.cross_entropy_forward(logits, target, None, None, *config, True)
+    target[13] = -5
+    with pytest.raises(IndexError, match=r"target\[13\] = -5"):
+        torch.ops.rarekit.cross_entropy_backward(torch.ones(20), logits, target, None, None, row_terms, *config)

@@ -14,7 +14,7 @@ struct CrossEntropyInputs {
   at::Tensor target;        // (rows,) int64
   at::Tensor weight;        // (classes,) in the accumulator dtype, or undefined
   at::Tensor adjust;        // (classes,) in the accumulator dtype, or undefined
-  at::Tensor weight_total;  // () Σ w in the accumulator dtype, computed on the device, or undefined
+  at::Tensor weight_total;  // () Σ w in the accumulator dtype, computed on the device (CUDA only), or undefined
   CrossEntropyConfig config;
 };
 

@@ -6,6 +6,11 @@ gradient. Reports the median step time with a copy of the logits as the floor, a
 beyond the inputs (CPU: resident memory sampled during one step; CUDA: max_memory_allocated).
 Targets: CPU >= 3x eager, >= 2x torch.compile, peak extra <= 1x the logits (~0 with inplace_backward);
 H200 >= 85 % of copy bandwidth (read logits + write grad), >= 1.25x Liger.
+Few classes (CPU, fp32, issue 21): N=2^20 C=2 >= 3x eager, N=2^20 C=10 >= 4x, N=2^17 C=100 >= 4x, and
+N=512 C=256000 not slower than before; small batches (256x10, 64x2) no slower than eager, timed as a
+training loop calls them (many steps per sample).
+--busy N (CPU): the few-class and small-batch cases again with N busy processes running, on torch's
+thread count and on one thread.
 """
 import functools
 
@@ -14,7 +19,7 @@ import torch.nn.functional as F
 
 import common
 import rarekit
-from common import cpu_peak_extra_bytes, median_seconds, parse_args, report
+from common import cpu_peak_extra_bytes, median_seconds, median_seconds_interleaved, parse_args, report, under_load
 
 
 def contenders(device: torch.device) -> dict:
@@ -115,7 +120,59 @@ def main() -> None:
                 peaks[name] = (torch.cuda.max_memory_allocated() - base) / logits_bytes
             case["peak_extra_memory_x_logits"] = peaks
         cases.append(case)
+    if device.type == "cpu":
+        cases += few_class_cases(args)
     report("cross_entropy", device, cases, args.out)
+
+
+FEW_CLASS_SHAPES = [(2**20, 2), (2**20, 10), (2**17, 100), (512, 256000)]
+SMALL_BATCHES = [(256, 10), (64, 2)]
+
+
+def repeated(fn, times: int):
+    """fn run `times` times: one timed sample of a step too short to time alone."""
+    def run():
+        for _ in range(times):
+            fn()
+    return run
+
+
+def few_class_cases(args) -> list[dict]:
+    """fp32 weighted forward+backward, rarekit and torch eager interleaved (round-robin), with the copy
+    of the logits as the floor; small batches as per-step times of 200 steps in a row."""
+    device = torch.device("cpu")
+    found = contenders(device)
+    peers_of = {"rarekit": found["rarekit"], "torch eager": found["torch eager"]}
+    cases = []
+    shapes = [(rows // 16, classes) for rows, classes in FEW_CLASS_SHAPES] if args.quick else FEW_CLASS_SHAPES
+    loaded = {}
+    for rows, classes in shapes + SMALL_BATCHES:
+        small = (rows, classes) in SMALL_BATCHES
+        pristine, target, weight = make_inputs(rows, classes, torch.float32, device)
+        buffer = torch.empty(1).requires_grad_().expand_as(pristine).contiguous()
+        steps = 200 if small else 1
+        peers = {name: repeated(functools.partial(step, fn, buffer, pristine, target, weight), steps)
+                 for name, fn in peers_of.items()}
+        if not small:
+            peers["copy_ of the logits (floor)"] = functools.partial(copy_floor, buffer, pristine)
+        times = {name: seconds / steps for name, seconds in
+                 median_seconds_interleaved(peers, device, args.repeat).items()}
+        case = {"case": f"float32 {rows}x{classes} weighted CE forward+backward" + (" (per step)" if small else ""),
+                "median_ms": {name: seconds * 1e3 for name, seconds in times.items()},
+                "ratios": {"speed-up vs torch eager": times["torch eager"] / times["rarekit"]}}
+        if not small:
+            case["ratios"]["rarekit / copy floor"] = times["rarekit"] / times["copy_ of the logits (floor)"]
+        cases.append(case)
+        if args.busy and (small or classes <= 100):
+            loaded[(rows, classes, steps)] = peers
+    if args.busy:
+        for (rows, classes, steps), peers in loaded.items():
+            peers = {name: peer for name, peer in peers.items() if "floor" not in name}
+            times = under_load(peers, device, args.repeat, args.busy)
+            cases.append({"case": f"float32 {rows}x{classes} weighted CE forward+backward, {args.busy} busy "
+                                  "processes" + (" (per step)" if steps > 1 else ""),
+                          "median_ms": {name: seconds / steps * 1e3 for name, seconds in times.items()}})
+    return cases
 
 
 if __name__ == "__main__":

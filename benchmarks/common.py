@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -23,6 +25,9 @@ def parse_args(description: str) -> argparse.Namespace:
                         help="folder for the JSON results (default: benchmarks/out)")
     parser.add_argument("--repeat", type=int, default=7, help="timed runs per case (median reported)")
     parser.add_argument("--quick", action="store_true", help="smaller inputs, short warm-up (a smoke test)")
+    parser.add_argument("--busy", type=int, default=0, metavar="N",
+                        help="also time the small cases with N busy processes running (more runnable threads "
+                             "than cores, as with busy data-loader workers)")
     args = parser.parse_args()
     global QUICK
     QUICK = args.quick
@@ -68,6 +73,47 @@ def seconds_interleaved(fns: dict, device: torch.device, repeat: int, warmup: in
             fn()
             sync(device)
             times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _spin(stop) -> None:
+    while not stop.is_set():
+        sum(range(10000))
+
+
+@contextlib.contextmanager
+def busy_processes(count: int):
+    """``count`` processes that keep a core busy each until the block ends."""
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    workers = [context.Process(target=_spin, args=(stop,), daemon=True) for _ in range(count)]
+    for worker in workers:
+        worker.start()
+    time.sleep(0.5)  # the spawned interpreters start
+    try:
+        yield
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(timeout=10)
+            if worker.is_alive():
+                worker.kill()
+
+
+def under_load(peers: dict, device: torch.device, repeat: int, busy: int) -> dict:
+    """Median times of each peer on torch's default thread count and on one thread, with ``busy``
+    busy processes running; the thread count is restored after."""
+    threads = torch.get_num_threads()
+    times = {}
+    with busy_processes(busy):
+        try:
+            for count in dict.fromkeys((threads, 1)):
+                torch.set_num_threads(count)
+                measured = median_seconds_interleaved(peers, device, repeat)
+                times.update({f"{name}, {count} thread{'s' if count > 1 else ''}": seconds
+                              for name, seconds in measured.items()})
+        finally:
+            torch.set_num_threads(threads)
     return times
 
 

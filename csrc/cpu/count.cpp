@@ -3,6 +3,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "rarekit/count_math.h"
@@ -50,26 +51,35 @@ constexpr int64_t kMergeEvery = int64_t{1} << 30;
 // Ids per task of parallel_tasks.
 constexpr int64_t kIdsPerTask = int64_t{1} << 20;
 
-// Returns the number of out-of-range ids.
+// Returns the number of out-of-range ids. No torch op runs in parallel here (their OpenMP regions wait
+// for every thread, see rarekit/cpu_parallel.h): each worker zeroes its private histogram at its first
+// task, and only the histograms of workers that ran are merged.
 int64_t histogram_into(const at::Tensor& flat, int64_t num_bins, std::optional<int64_t> ignore_index,
-                       at::Tensor& counts) {
+                       int64_t* counts) {
   const HistogramFn histogram = count_kernels().histogram[id_type(flat.scalar_type(), "rarekit.count: ids")];
   const int64_t n = flat.numel();
-  const int64_t threads = histogram_threads(n, num_bins);
+  const int64_t threads = std::min(histogram_threads(n, num_bins), (n + kIdsPerTask - 1) / kIdsPerTask);
   const auto* base = static_cast<const char*>(flat.const_data_ptr());
   const int64_t item = flat.element_size();
-  at::Tensor hist = at::zeros({threads, num_bins}, flat.options().dtype(at::kInt));
-  int32_t* hist_data = hist.mutable_data_ptr<int32_t>();
+  const auto hist = std::make_unique_for_overwrite<int32_t[]>(threads * num_bins);
+  std::vector<char> used(threads, 0);
   std::vector<int64_t> out_of_range(threads, 0);
+  std::fill(counts, counts + num_bins, 0);
   for (int64_t start = 0; start < n; start += kMergeEvery) {
     const int64_t len = std::min(kMergeEvery, n - start);
+    std::fill(used.begin(), used.end(), 0);
     parallel_tasks((len + kIdsPerTask - 1) / kIdsPerTask, threads, [&](int64_t task, int64_t worker) {
+      int32_t* own = hist.get() + worker * num_bins;
+      if (!used[worker]) std::fill(own, own + num_bins, 0), used[worker] = 1;
       const int64_t lo = start + task * kIdsPerTask, hi = std::min(start + len, lo + kIdsPerTask);
       out_of_range[worker] += histogram(base + lo * item, hi - lo, num_bins, ignore_index.has_value(),
-                                        ignore_index.value_or(0), hist_data + worker * num_bins);
+                                        ignore_index.value_or(0), own);
     });
-    counts.add_(hist.sum(0, /*keepdim=*/false, at::kLong));
-    if (start + len < n) hist.zero_();
+    for (int64_t worker = 0; worker < threads; ++worker) {
+      if (!used[worker]) continue;
+      const int32_t* own = hist.get() + worker * num_bins;
+      for (int64_t bin = 0; bin < num_bins; ++bin) counts[bin] += own[bin];
+    }
   }
   int64_t total = 0;
   for (int64_t value : out_of_range) total += value;
@@ -81,16 +91,19 @@ int64_t histogram_into(const at::Tensor& flat, int64_t num_bins, std::optional<i
 template <typename Id, typename Weight>
 int64_t weighted_sums(const Id* ids, const Weight* weights, int64_t n, int64_t num_bins,
                       std::optional<int64_t> ignore_index, double* sums) {
-  const int64_t grain = std::max<int64_t>(1, (num_bins + at::get_num_threads() - 1) / at::get_num_threads());
+  // every task reads all the ids: worth it only where the ids are many
+  const int64_t tasks = n * static_cast<int64_t>(sizeof(Id) + sizeof(Weight)) < kParallelMinBytes
+                            ? 1 : std::min<int64_t>(available_threads(), num_bins);
   int64_t out_of_range = 0;
-  at::parallel_for(0, num_bins, grain, [&](int64_t lo, int64_t hi) {
+  parallel_tasks(tasks, tasks, [&](int64_t task, int64_t) {
+    const int64_t lo = num_bins * task / tasks, hi = num_bins * (task + 1) / tasks;
     int64_t dropped = 0;
     for (int64_t i = 0; i < n; ++i) {
       const int64_t bin = bin_of(ids[i], num_bins, ignore_index.has_value(), ignore_index.value_or(0));
       if (bin >= lo && bin < hi) sums[bin] += static_cast<double>(weights[i]);
       dropped += bin == kOutOfRangeId;
     }
-    if (lo == 0) out_of_range = dropped;
+    if (task == 0) out_of_range = dropped;
   });
   return out_of_range;
 }
@@ -106,8 +119,8 @@ at::Tensor count_cpu(const at::Tensor& ids, int64_t num_bins, std::optional<int6
     result = at::zeros({0}, ids.options().dtype(weights ? result_dtype(*weights) : at::kLong));
     out_of_range = ignore_index ? flat.ne(*ignore_index).sum().item<int64_t>() : flat.numel();
   } else if (!weights) {
-    result = at::zeros({num_bins}, ids.options().dtype(at::kLong));
-    if (flat.numel() > 0) out_of_range = histogram_into(flat, num_bins, ignore_index, result);
+    result = at::empty({num_bins}, ids.options().dtype(at::kLong));
+    out_of_range = histogram_into(flat, num_bins, ignore_index, result.mutable_data_ptr<int64_t>());
   } else {
     const at::Tensor flat_weights = weights->contiguous().view(-1);
     at::Tensor sums = at::zeros({num_bins}, ids.options().dtype(at::kDouble));

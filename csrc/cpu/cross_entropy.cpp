@@ -2,7 +2,6 @@
 // csrc/cpu/isa/cross_entropy_kernels.cpp (vectorized, per ISA); float64 logits take the scalar
 // double kernels below, for gradcheck-grade accuracy rather than speed. Both call the same
 // per-row helper, cross_entropy_row (csrc/include/rarekit/cross_entropy_math.h).
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -12,6 +11,7 @@
 #include <tuple>
 
 #include "rarekit/cpu_kernels.h"
+#include "rarekit/cpu_parallel.h"
 #include "rarekit/cross_entropy_op.h"
 #include "rarekit/torch_utils.h"
 
@@ -29,16 +29,35 @@ FloatType float_type(at::ScalarType type) {
 // rows per task: at least ~64K logits, so small inputs do not pay for threads
 int64_t row_grain(int64_t classes) { return std::max<int64_t>(1, 65536 / std::max<int64_t>(classes, 1)); }
 
+int64_t row_bytes(const at::Tensor& logits) { return logits.size(1) * logits.element_size(); }
+
 template <typename Acc>
 CrossEntropyArgsT<Acc> make_args(const CrossEntropyInputs& inputs) {
   CrossEntropyArgsT<Acc> args{};
   args.config = inputs.config;
-  if (inputs.weight_total.defined()) args.config.weight_total = inputs.weight_total.item<double>();
+  if (inputs.weight.defined()) {  // Σ w in double, on the host: no torch op for a small batch to pay for
+    const Acc* weight = inputs.weight.const_data_ptr<Acc>();
+    double total = 0.0;
+    for (int64_t k = 0; k < inputs.config.num_classes; ++k) total += static_cast<double>(weight[k]);
+    args.config.weight_total = total;
+  }
   args.logits = inputs.logits.const_data_ptr();
   args.target = inputs.target.const_data_ptr<int64_t>();
   args.weight = inputs.weight.defined() ? inputs.weight.const_data_ptr<Acc>() : nullptr;
   args.adjust = inputs.adjust.defined() ? inputs.adjust.const_data_ptr<Acc>() : nullptr;
   return args;
+}
+
+// Raises IndexError naming the first target outside [0, classes) that is not ignore_index. A scan
+// of the targets first, so a batch with none such pays for no torch op.
+void check_targets_cpu(const CrossEntropyInputs& inputs) {
+  const CrossEntropyConfig& config = inputs.config;
+  const int64_t* target = inputs.target.const_data_ptr<int64_t>();
+  for (int64_t i = 0, rows = inputs.target.numel(); i < rows; ++i) {
+    if (target[i] != config.ignore_index && (target[i] < 0 || target[i] >= config.num_classes)) {
+      check_targets(inputs.target, config.num_classes, config.ignore_index);
+    }
+  }
 }
 
 // ---- float64: one scalar pass for the max, one for Σ exp and the smoothing sum, one for the gradient.
@@ -121,6 +140,8 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const CrossEntropyInputs& inputs,
   const auto options = inputs.logits.options().dtype(accumulator_type(inputs.logits));
   at::Tensor losses = at::empty({rows}, options);
   at::Tensor row_terms = at::empty({rows, kRowTermCount}, options);
+  advise_huge_pages(losses);  // fresh outputs: 4 and 16 bytes per row, as much as the logits for few classes
+  advise_huge_pages(row_terms);
   CrossEntropyArgsT<Acc> args = make_args<Acc>(inputs);
   args.losses = losses.mutable_data_ptr<Acc>();
   args.row_terms = row_terms.mutable_data_ptr<Acc>();
@@ -129,7 +150,7 @@ std::tuple<at::Tensor, at::Tensor> run_forward(const CrossEntropyInputs& inputs,
     args.grad_scale = scale.const_data_ptr<Acc>();
   }
   std::atomic<int64_t> first_bad_row{rows};
-  at::parallel_for(0, rows, row_grain(inputs.config.num_classes), [&](int64_t begin, int64_t end) {
+  parallel_range(0, rows, row_grain(inputs.config.num_classes), row_bytes(inputs.logits), [&](int64_t begin, int64_t end) {
     const int64_t bad = kernel(args, begin, end);
     if (bad >= 0) {
       int64_t seen = first_bad_row.load();
@@ -167,7 +188,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_forward_inplace_cpu(
                                                           label_smoothing, target_weighted, focal_gamma, z_loss);
   TORCH_CHECK_VALUE(logits.is_contiguous(), "rarekit.cross_entropy: inplace_backward needs contiguous logits");
   const at::Tensor scale = row_vector(grad_scale, "grad_scale", {1}, logits);
-  check_targets(inputs.target, inputs.config.num_classes, ignore_index);  // before the logits are overwritten
+  check_targets_cpu(inputs);  // before the logits are overwritten
   return forward(inputs, logits, scale);
 }
 
@@ -181,7 +202,7 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_losses, const at::T
   const int64_t rows = inputs.logits.size(0);
   const at::Tensor upstream = row_vector(grad_losses, "grad_losses", {rows}, logits);
   const at::Tensor terms = row_vector(row_terms, "row_terms", {rows, kRowTermCount}, logits, true);
-  check_targets(inputs.target, inputs.config.num_classes, ignore_index);  // O(rows), as the forward
+  check_targets_cpu(inputs);  // O(rows), as the forward
   at::Tensor grad = at::empty_like(inputs.logits);
   advise_huge_pages(grad);
   const auto run = [&](auto zero, auto kernel) {
@@ -190,8 +211,8 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_losses, const at::T
     args.row_terms = const_cast<Acc*>(terms.const_data_ptr<Acc>());
     args.grad = grad.mutable_data_ptr();
     args.grad_losses = upstream.const_data_ptr<Acc>();
-    at::parallel_for(0, rows, row_grain(inputs.config.num_classes),
-                     [&](int64_t begin, int64_t end) { kernel(args, begin, end); });
+    parallel_range(0, rows, row_grain(inputs.config.num_classes), row_bytes(inputs.logits),
+                   [&](int64_t begin, int64_t end) { kernel(args, begin, end); });
   };
   if (inputs.logits.scalar_type() == at::kDouble) {
     run(0.0, backward_rows_double);

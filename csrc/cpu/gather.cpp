@@ -6,7 +6,6 @@
 // Output rows are split over the threads in contiguous ranges; each gather index is checked against
 // the number of source rows before its row is read.
 #include <ATen/MemoryOverlap.h>
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -15,6 +14,7 @@
 #include <limits>
 
 #include "rarekit/gather_math.h"
+#include "rarekit/cpu_parallel.h"
 #include "rarekit/gather_op.h"
 #include "rarekit/sampling_math.h"
 #include "rarekit/torch_utils.h"
@@ -137,7 +137,7 @@ int64_t gather_all(const void* source, int64_t rows, int64_t row_bytes, const in
                    void* out) {
   std::atomic<int64_t> first_bad{std::numeric_limits<int64_t>::max()};
   const int64_t grain = std::max<int64_t>(1, kGatherGrainBytes / std::max<int64_t>(row_bytes, 1));
-  at::parallel_for(0, total, grain, [&](int64_t first, int64_t last) {
+  parallel_range(0, total, grain, row_bytes, [&](int64_t first, int64_t last) {
     const int64_t stop = gather_range<kBytes>(static_cast<const char*>(source), rows, row_bytes, indices, first, last,
                                               static_cast<char*>(out));
     for (int64_t seen = first_bad.load(); stop < last && stop < seen;) {
@@ -180,7 +180,7 @@ void repeat_all(const char* source, int64_t row_bytes, const std::vector<int64_t
   const int64_t total = count == 0 ? 0 : ends.back();
   const int64_t grain = std::max<int64_t>(1, kGatherGrainBytes / std::max<int64_t>(row_bytes, 1));
   const auto size = static_cast<size_t>(kBytes > 0 ? kBytes : row_bytes);
-  at::parallel_for(0, total, grain, [&](int64_t first, int64_t last) {
+  parallel_range(0, total, grain, row_bytes, [&](int64_t first, int64_t last) {
     for (int64_t b = bucket_of(ends.data(), count, first), j = first; j < last; ++b) {
       const char* row = source + b * size;
       for (const int64_t end = std::min(last, ends[b]); j < end; ++j) std::memcpy(out + j * size, row, size);
@@ -248,7 +248,8 @@ int64_t segment_all(const at::Tensor& values, int64_t row_bytes, const at::Tenso
   std::atomic<int64_t> first_bad{std::numeric_limits<int64_t>::max()};
   const auto* from = static_cast<const char*>(values.const_data_ptr());
   auto* to = static_cast<char*>(out.mutable_data_ptr());
-  at::parallel_for(0, starts.numel(), kSegmentGrain, [&](int64_t first, int64_t last) {
+  // bytes per segment: about two rows each, as a sparse matrix's CSR rows
+  parallel_range(0, starts.numel(), kSegmentGrain, 2 * row_bytes, [&](int64_t first, int64_t last) {
     const int64_t stop = segment_range<kBytes>(from, values.size(0), row_bytes, starts.const_data_ptr<int64_t>(),
                                                out_offsets.const_data_ptr<int64_t>(), out.size(0), first, last, to);
     for (int64_t seen = first_bad.load(); stop < last && stop < seen;) {

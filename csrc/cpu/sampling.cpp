@@ -6,7 +6,6 @@
 //    without, bucket b keeps its draw_counts[b] positions of smallest (random_key(order[p]), p), in that
 //    order, or all of them in bucket order when it is drawn in full (rarekit/sampling_math.h).
 // The results depend on the seed only, not on the thread count. Indexing is 64-bit.
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -17,6 +16,7 @@
 #include "rarekit/count_math.h"
 #include "rarekit/cpu_kernels.h"
 #include "rarekit/cpu_histogram.h"
+#include "rarekit/cpu_parallel.h"
 #include "rarekit/sampling_math.h"
 #include "rarekit/sampling_op.h"
 #include "rarekit/torch_utils.h"
@@ -98,11 +98,9 @@ std::tuple<at::Tensor, at::Tensor> class_buckets_cpu(const at::Tensor& codes, in
   // pass 1: per-chunk counts; codes outside [0, num_classes) go to a last, spare bucket
   std::vector<int32_t> counts(chunks * num_classes, 0);
   std::vector<int64_t> spare(chunks, 0);
-  at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
-    for (int64_t chunk = first; chunk < last; ++chunk) {
-      const int64_t lo = chunk_start(chunk), hi = chunk_start(chunk + 1);
-      spare[chunk] = histogram(base + lo * item, hi - lo, num_classes, false, 0, counts.data() + chunk * num_classes);
-    }
+  parallel_tasks(chunks, chunks, [&](int64_t chunk, int64_t) {
+    const int64_t lo = chunk_start(chunk), hi = chunk_start(chunk + 1);
+    spare[chunk] = histogram(base + lo * item, hi - lo, num_classes, false, 0, counts.data() + chunk * num_classes);
   });
 
   // exclusive prefix sum over (bucket, chunk): bucket b of chunk c writes from cursors[c][b] on
@@ -125,13 +123,11 @@ std::tuple<at::Tensor, at::Tensor> class_buckets_cpu(const at::Tensor& codes, in
   int64_t* order_data = order.mutable_data_ptr<int64_t>();
   RAREKIT_DISPATCH_ID_TYPES(flat.scalar_type(), "rarekit_class_buckets", [&] {
     const scalar_t* code = flat.const_data_ptr<scalar_t>();
-    at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
-      for (int64_t chunk = first; chunk < last; ++chunk) {
-        int64_t* cursor = cursors.data() + chunk * width;
-        for (int64_t i = chunk_start(chunk), end = chunk_start(chunk + 1); i < end; ++i) {
-          const int64_t bucket = bin_of(code[i], num_classes, false, 0);
-          order_data[cursor[bucket >= 0 ? bucket : num_classes]++] = i;
-        }
+    parallel_tasks(chunks, chunks, [&](int64_t chunk, int64_t) {
+      int64_t* cursor = cursors.data() + chunk * width;
+      for (int64_t i = chunk_start(chunk), end = chunk_start(chunk + 1); i < end; ++i) {
+        const int64_t bucket = bin_of(code[i], num_classes, false, 0);
+        order_data[cursor[bucket >= 0 ? bucket : num_classes]++] = i;
       }
     });
   });
@@ -142,7 +138,7 @@ void draw_with_replacement(const int64_t* order, const int64_t* offsets, const s
                            uint64_t base, int64_t total, int64_t* out) {
   const auto buckets = static_cast<int64_t>(ends.size());
   const DrawRunFn draw_run = sampling_kernels().draw_run;
-  at::parallel_for(0, total, kDrawGrain, [&](int64_t lo, int64_t hi) {
+  parallel_range(0, total, kDrawGrain, sizeof(int64_t), [&](int64_t lo, int64_t hi) {
     for (int64_t b = bucket_of(ends.data(), buckets, lo), j = lo; j < hi; ++b) {
       const int64_t end = std::min(hi, ends[b]);
       if (end > j) draw_run(order + offsets[b], offsets[b + 1] - offsets[b], base, j, end, out);
@@ -153,7 +149,9 @@ void draw_with_replacement(const int64_t* order, const int64_t* offsets, const s
 
 void draw_without_replacement(const int64_t* order, const int64_t* offsets, const int64_t* draw_counts,
                               const std::vector<int64_t>& ends, uint64_t base, int64_t* out) {
-  at::parallel_for(0, static_cast<int64_t>(ends.size()), 1, [&](int64_t first, int64_t last) {
+  const auto buckets = static_cast<int64_t>(ends.size());
+  const int64_t bytes_per_bucket = buckets == 0 ? 0 : sizeof(int64_t) * (offsets[buckets] / buckets + 1);
+  parallel_range(0, buckets, 1, bytes_per_bucket, [&](int64_t first, int64_t last) {
     std::vector<std::pair<int64_t, int64_t>> keyed;  // (key, position in the bucket)
     for (int64_t b = first; b < last; ++b) {
       const int64_t* bucket = order + offsets[b];

@@ -1,4 +1,5 @@
-// CUDA operators of the cross-entropy family. One block per row: 16-byte vector loads, an online
+// CUDA operators of the cross-entropy family. Few classes (C <= 64): a group of threads per row,
+// several rows per warp (below). Otherwise one block per row: 16-byte vector loads, an online
 // softmax per thread merged across the block, fp32 accumulation, 64-bit offsets. The per-row loss
 // and gradient coefficients come from cross_entropy_row (csrc/include/rarekit/cross_entropy_math.h),
 // the same helper the CPU kernels call. No host synchronization unless check=true finds a problem;
@@ -190,6 +191,119 @@ __global__ void backward_kernel(const Acc* grad_losses, const T* logits, const i
                  per_class_smoothing(config) ? weight : nullptr, classes, out);
 }
 
+// ---- Few classes (C <= kFewClasses): a group of `group` threads of one warp per row (a power of two,
+// about C/2 threads, so a warp covers several rows), the row's max and sums reduced by shuffles
+// within the group; no shared memory, no block barrier. Every thread of a warp runs the same path
+// (rows past the end and ignored rows included), so the shuffles and __syncwarp see the whole warp.
+constexpr int64_t kFewClasses = 64;
+constexpr int kFewThreads = 256;
+
+int few_class_group(int64_t classes) {
+  int group = 1;
+  while (group < 32 && 2 * group < classes) group *= 2;
+  return group;
+}
+
+template <typename Acc>
+__device__ __forceinline__ Acc group_max(Acc value, int group) {
+  for (int offset = group / 2; offset > 0; offset /= 2) value = fmax(value, __shfl_xor_sync(0xffffffffu, value, offset, group));
+  return value;
+}
+
+template <typename Acc>
+__device__ __forceinline__ Acc group_sum(Acc value, int group) {
+  for (int offset = group / 2; offset > 0; offset /= 2) value += __shfl_xor_sync(0xffffffffu, value, offset, group);
+  return value;
+}
+
+// This thread's classes of a row's gradient: scale (coef_p p_k - coef_v v'_k - [k = target] coef_y), or 0
+// where the row has no valid target.
+template <typename T, typename Acc>
+__device__ __forceinline__ void few_class_gradient(const T* row, int64_t target, bool valid,
+                                                   const CrossEntropyRowTerms<Acc>& terms, Acc scale, const Acc* adjust,
+                                                   const Acc* smooth_weight, int64_t classes, int lane, int group, T* out) {
+  const Acc coef_p = terms.coef_p * scale, coef_v = terms.coef_v * scale, coef_y = terms.coef_y * scale;
+  for (int64_t k = lane; k < classes; k += group) {
+    Acc grad = Acc(0);
+    if (valid) {
+      grad = coef_p * device_exp(adjusted(static_cast<Acc>(row[k]), adjust, k) - terms.max_logit) -
+             coef_v * (smooth_weight ? smooth_weight[k] : Acc(1));
+      if (k == target) grad -= coef_y;
+    }
+    out[k] = static_cast<T>(grad);
+  }
+}
+
+template <typename T, typename Acc = acc_t<T>>
+__global__ __launch_bounds__(kFewThreads) void few_class_forward_kernel(
+    const T* logits, const int64_t* targets, const Acc* weight, const Acc* adjust, const Acc* weight_total,
+    CrossEntropyConfig config, int64_t rows, int group, Acc* losses, Acc* row_terms, T* grad, const Acc* grad_scale,
+    long long* first_bad_row) {
+  const int64_t row_index = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / group;
+  const int lane = threadIdx.x % group;
+  const int64_t classes = config.num_classes;
+  const bool active = row_index < rows;
+  const int64_t target = active ? targets[row_index] : config.ignore_index;
+  const bool ignored = target == config.ignore_index, valid = active && !ignored && target >= 0 && target < classes;
+  const T* row = logits + (active ? row_index : 0) * classes;
+  if (config.has_weight) config.weight_total = *weight_total;
+  const Acc* smooth_weight = per_class_smoothing(config) ? weight : nullptr;
+  Acc max = -INFINITY;
+  for (int64_t k = lane; valid && k < classes; k += group) max = fmax(max, adjusted(static_cast<Acc>(row[k]), adjust, k));
+  max = group_max(max, group);  // NaN ignored here; it poisons the sum below, as in torch
+  const Acc shift = isfinite(max) ? max : Acc(0);
+  const Acc offset = max == -INFINITY ? Acc(0) : max;
+  Acc sum = 0, smooth_sum = 0;
+  for (int64_t k = lane; valid && k < classes; k += group) {
+    const Acc z = adjusted(static_cast<Acc>(row[k]), adjust, k);
+    sum += device_exp(z - offset);
+    if (config.label_smoothing > 0.0) smooth_sum += (smooth_weight ? smooth_weight[k] : Acc(1)) * (z - shift);
+  }
+  sum = group_sum(sum, group);
+  smooth_sum = group_sum(smooth_sum, group);
+  CrossEntropyRowTerms<Acc> terms{Acc(0), Acc(0), Acc(0), Acc(0)};
+  Acc loss = ignored ? Acc(0) : Acc(NAN);  // NaN keeps a bad target from passing silently
+  if (valid) {
+    // sum >= 1 when the max is finite; log1p keeps full precision (fast-math turns logf into __logf)
+    loss = cross_entropy_row<Acc>(config, offset, log1p(sum - Acc(1)),
+                                  adjusted(static_cast<Acc>(row[target]), adjust, target), smooth_sum, shift,
+                                  weight ? weight[target] : Acc(1), &terms);
+  }
+  if (active && lane == 0) {
+    losses[row_index] = loss;
+    Acc* saved = row_terms + row_index * kRowTermCount;
+    saved[0] = terms.max_logit, saved[1] = terms.coef_p, saved[2] = terms.coef_y, saved[3] = terms.coef_v;
+    if (!ignored && !valid) atomicMin(first_bad_row, static_cast<long long>(row_index));
+  }
+  if (grad != nullptr) {
+    __syncwarp();  // every read of the row is done before it is overwritten
+    if (active) {
+      few_class_gradient(row, target, valid, terms, *grad_scale, adjust, smooth_weight, classes, lane, group,
+                         grad + row_index * classes);
+    }
+  }
+}
+
+template <typename T, typename Acc = acc_t<T>>
+__global__ __launch_bounds__(kFewThreads) void few_class_backward_kernel(
+    const Acc* grad_losses, const T* logits, const int64_t* targets, const Acc* weight, const Acc* adjust,
+    const Acc* row_terms, CrossEntropyConfig config, int64_t rows, int group, T* grad) {
+  const int64_t row_index = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / group;
+  if (row_index >= rows) return;  // no shuffles below
+  const int64_t classes = config.num_classes, target = targets[row_index];
+  const bool valid = target != config.ignore_index && target >= 0 && target < classes;
+  const Acc* saved = row_terms + row_index * kRowTermCount;
+  const CrossEntropyRowTerms<Acc> terms{saved[0], saved[1], saved[2], saved[3]};
+  few_class_gradient(logits + row_index * classes, target, valid, terms, grad_losses[row_index], adjust,
+                     per_class_smoothing(config) ? weight : nullptr, classes, static_cast<int>(threadIdx.x) % group,
+                     group, grad + row_index * classes);
+}
+
+// Blocks of kFewThreads threads that give every row its group.
+unsigned int few_class_blocks(int64_t rows, int group) {
+  return static_cast<unsigned int>((rows * group + kFewThreads - 1) / kFewThreads);
+}
+
 template <typename Acc>
 const Acc* optional_data(const at::Tensor& tensor) {
   return tensor.defined() ? tensor.const_data_ptr<Acc>() : nullptr;
@@ -207,6 +321,19 @@ std::tuple<at::Tensor, at::Tensor> forward(const CrossEntropyInputs& inputs, con
   if (rows > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, inputs.logits.scalar_type(), "rarekit_ce_forward", [&] {
       using Acc = acc_t<scalar_t>;
+      const int64_t classes = inputs.config.num_classes;
+      if (classes <= kFewClasses) {
+        const int group = few_class_group(classes);
+        few_class_forward_kernel<scalar_t><<<few_class_blocks(rows, group), kFewThreads, 0,
+                                             at::cuda::getCurrentCUDAStream()>>>(
+            inputs.logits.const_data_ptr<scalar_t>(), inputs.target.const_data_ptr<int64_t>(),
+            optional_data<Acc>(inputs.weight), optional_data<Acc>(inputs.adjust),
+            optional_data<Acc>(inputs.weight_total), inputs.config, rows, group, losses.mutable_data_ptr<Acc>(),
+            row_terms.mutable_data_ptr<Acc>(), grad.defined() ? grad.mutable_data_ptr<scalar_t>() : nullptr,
+            optional_data<Acc>(grad_scale), reinterpret_cast<long long*>(first_bad_row.mutable_data_ptr<int64_t>()));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        return;
+      }
       forward_kernel<scalar_t><<<rows, threads_for(inputs.config.num_classes), 0, at::cuda::getCurrentCUDAStream()>>>(
           inputs.logits.const_data_ptr<scalar_t>(), inputs.target.const_data_ptr<int64_t>(),
           optional_data<Acc>(inputs.weight), optional_data<Acc>(inputs.adjust),
@@ -260,6 +387,18 @@ at::Tensor cross_entropy_backward_cuda(const at::Tensor& grad_losses, const at::
   if (rows > 0) {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, inputs.logits.scalar_type(), "rarekit_ce_backward", [&] {
       using Acc = acc_t<scalar_t>;
+      const int64_t classes = inputs.config.num_classes;
+      if (classes <= kFewClasses) {
+        const int group = few_class_group(classes);
+        few_class_backward_kernel<scalar_t><<<few_class_blocks(rows, group), kFewThreads, 0,
+                                              at::cuda::getCurrentCUDAStream()>>>(
+            upstream.const_data_ptr<Acc>(), inputs.logits.const_data_ptr<scalar_t>(),
+            inputs.target.const_data_ptr<int64_t>(), optional_data<Acc>(inputs.weight),
+            optional_data<Acc>(inputs.adjust), terms.const_data_ptr<Acc>(), inputs.config, rows, group,
+            grad.mutable_data_ptr<scalar_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        return;
+      }
       backward_kernel<scalar_t><<<rows, threads_for(inputs.config.num_classes), 0, at::cuda::getCurrentCUDAStream()>>>(
           upstream.const_data_ptr<Acc>(), inputs.logits.const_data_ptr<scalar_t>(),
           inputs.target.const_data_ptr<int64_t>(), optional_data<Acc>(inputs.weight),

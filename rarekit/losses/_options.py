@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from rarekit import ops
 from rarekit.counting import checked_ignore_index
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -49,9 +50,13 @@ def mean_divisor(target: torch.Tensor, weight: torch.Tensor | None, classes: int
                  dtype: torch.dtype) -> torch.Tensor:
     """Σ w_y over the targets other than ``ignore_index`` (their count without weights), torch's
     divisor of ``reduction="mean"``; stays on the device."""
-    valid = target != ignore_index
     if weight is None:
-        return valid.sum().to(dtype)
+        return (target != ignore_index).sum().to(dtype)
+    if target.numel() > classes:  # Σ_c w_c n_c from one counting pass over the targets (out-of-range
+        # ones are left out: they raise in the loss, or make it NaN with check=False)
+        counts = ops.count(target.reshape(-1), classes, ignore_index, None, False)
+        return (counts.double() @ weight.double()).to(dtype)
+    valid = target != ignore_index
     return (weight.to(dtype)[torch.where(valid, target, 0).long().clamp(0, classes - 1)] * valid).sum()
 
 

@@ -37,7 +37,8 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
                   ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
                   smoothing_mode: str = "pytorch", focal_gamma: float = 0.0,
                   logit_adjustment: torch.Tensor | None = None, z_loss: float = 0.0,
-                  inplace_backward: bool = False, check: bool = True) -> torch.Tensor:
+                  sample_weight: torch.Tensor | None = None, inplace_backward: bool = False,
+                  check: bool = True) -> torch.Tensor:
     """Fused weighted cross-entropy with ``torch.nn.functional.cross_entropy`` semantics.
 
     For each non-ignored row with logits z (plus ``logit_adjustment`` a: z' = z + a), target y,
@@ -51,6 +52,9 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
       the whole smoothed row loss is scaled by its target's weight.
     * ``focal_gamma`` γ: focal loss (Lin et al. 2017); ``logit_adjustment``: e.g. τ log π (Menon et
       al. 2021); ``z_loss`` ζ: PaLM's z-loss (Chowdhery et al. 2022), scaled by w_y like the row.
+    * ``sample_weight`` s (the target's shape, >= 0): each row's loss is multiplied by its s_i (per-sample
+      or per-token weights); the ``"mean"`` divisor stays torch's Σ w_y, so s is a per-row rescaling, as
+      ``weight`` is in torch's BCE. Costs one multiply per row, no pass over the logits.
     * ``reduction="mean"`` divides by Σ w_y over the non-ignored targets, exactly as torch (NaN when
       every target is ignored); ``"sum"`` adds the rows; ``"none"`` returns them (0 where ignored).
 
@@ -74,6 +78,9 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
     refuse_differentiable_weight(weight)
     if inplace_backward:
         _check_inplace_allowed(logits)
+    if sample_weight is not None and (target.is_floating_point() or inplace_backward):
+        raise ValueError("sample_weight needs class-index targets and inplace_backward=False (the inplace "
+                         "kernel writes the gradient with one scale for every row)")
     if target.is_floating_point():
         if ignore_index >= 0:  # as torch, which reserves negative values for "no ignore_index"
             raise ValueError(f"ignore_index={ignore_index} is not supported with probability (floating-point) "
@@ -107,10 +114,30 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
             loss = loss + nan_if_zero(divisor)
         return (loss.reshape(none_shape) if reduction == "none" else loss).to(logits.dtype)
     losses = ops.cross_entropy_rows(rows_logits, rows_target, weight, logit_adjustment, *config, check)
+    if sample_weight is not None:
+        losses = losses * _row_weights(sample_weight, none_shape, logits.device, losses.dtype)
     if reduction == "none":
         return losses.reshape(none_shape).to(logits.dtype)
     total = losses.sum()
     return (total if reduction == "sum" else total / divisor + nan_if_zero(divisor)).to(logits.dtype)
+
+
+def _row_weights(sample_weight, shape: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``sample_weight`` checked (floating point, of the target's shape, on the device, >= 0) and flattened
+    to one value per row in ``dtype``."""
+    if not isinstance(sample_weight, torch.Tensor) or not sample_weight.is_floating_point():
+        raise TypeError(f"sample_weight must be a floating-point tensor of the target's shape {shape}, got "
+                        f"{sample_weight.dtype if isinstance(sample_weight, torch.Tensor) else type(sample_weight).__name__}")
+    if tuple(sample_weight.shape) != shape:
+        raise ValueError(f"sample_weight must have the target's shape {shape} (one weight per row), got "
+                         f"{tuple(sample_weight.shape)}")
+    if sample_weight.device != device:
+        raise ValueError(f"sample_weight is on {sample_weight.device} but the inputs are on {device}")
+    if not torch.compiler.is_compiling():
+        bad = ~((sample_weight >= 0) & (sample_weight < math.inf))  # NaN is bad too
+        if bool(bad.any()):
+            raise ValueError(f"sample_weight must be finite and >= 0, found {sample_weight[bad].flatten()[0].item()}")
+    return sample_weight.reshape(-1).to(dtype)
 
 
 def _check_inplace_allowed(logits: torch.Tensor) -> None:

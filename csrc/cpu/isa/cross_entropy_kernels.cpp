@@ -115,9 +115,177 @@ void zero_row(T* out, int64_t classes) {
   for (int64_t k = 0; k < classes; ++k) store(out + k, 0.0f);
 }
 
+// ---- Few classes (C <= kFewClasses): 16 rows at a time, one per vector lane. A block of rows is
+// transposed into lanes[k] (class k of the 16 rows), so the max, the sum of exponentials and the
+// whole per-row math of cross_entropy_row run once per 16 rows instead of once per row, and the
+// targets, their weights and the saved row terms are gathered once per block.
+// Measured fwd+bwd on one thread (fp32, weighted), this kernel against the row-at-a-time one: C = 2:
+// 13 ms vs 61 ms (2^20 rows); C = 10: 41 vs 148 ms (2^20); C = 32: 25 vs 31 ms (2^18); C = 64: 24 vs
+// 23 ms and C = 100: 37 vs 33 ms (2^17), where the transposition costs more than the per-row math.
+constexpr int64_t kFewClasses = 32;
+constexpr int kLanes = kFloats16;
+
+// cross_entropy_row's operations on 16 rows at once.
+struct LaneMath {
+  using Scalar = float;
+  static Floats16 splat(double value) { return broadcast16(static_cast<float>(value)); }
+  static Floats16 select(Ints16 mask, Floats16 if_true, Floats16 if_false) { return mask ? if_true : if_false; }
+  static Floats16 exp(Floats16 x) { return exp16(x); }
+  static Floats16 expm1(Floats16 x) { return expm1_16(x); }
+  static Floats16 pow(Floats16 x, Floats16 y) { return exp16(y * log16(x)); }  // x in [0, 1] here
+};
+
+// The rows [first, first + count) of a block, count <= 16: their adjusted logits by class, their
+// targets (-1 where ignored or out of range) and which lanes hold a row with an in-range target.
+template <int kClasses, typename T>
+struct RowBlock {
+  static constexpr int64_t kMaxClasses = kClasses > 0 ? kClasses : kFewClasses;
+  Floats16 lanes[kMaxClasses];
+  Ints16 target;
+  Ints16 valid;
+  int64_t classes;
+  int count;
+
+  RowBlock(const CrossEntropyArgs& args, int64_t first, int rows) : classes(kClasses > 0 ? kClasses : args.config.num_classes), count(rows) {
+    const T* logits = static_cast<const T*>(args.logits) + first * classes;
+    if (count < kLanes) {
+      for (int64_t k = 0; k < classes; ++k) lanes[k] = Floats16{};
+    }
+    for (int r = 0; r < count; ++r) {
+      for (int64_t k = 0; k < classes; ++k) lanes[k][r] = to_float(logits[r * classes + k]);
+    }
+    if (args.adjust) {
+      for (int64_t k = 0; k < classes; ++k) lanes[k] += args.adjust[k];
+    }
+    target = Ints16{} - 1;
+    valid = Ints16{};
+    for (int r = 0; r < count; ++r) {
+      const int64_t y = args.target[first + r];
+      if (y >= 0 && y < classes && y != args.config.ignore_index) target[r] = static_cast<int32_t>(y), valid[r] = -1;
+    }
+  }
+
+  // z'_y (0 in lanes without a valid target) and w_y (1 without weights)
+  Floats16 target_logit() const {
+    Floats16 out{};
+    for (int r = 0; r < count; ++r) out[r] = target[r] >= 0 ? lanes[target[r]][r] : 0.0f;
+    return out;
+  }
+  Floats16 target_weight(const float* weight) const {
+    Floats16 out = broadcast16(1.0f);
+    if (weight) {
+      for (int r = 0; r < count; ++r) out[r] = target[r] >= 0 ? weight[target[r]] : 1.0f;
+    }
+    return out;
+  }
+
+  // out row r, class k = scale_r (coef_p p_k - coef_v v'_k - [k = y_r] coef_y), 0 in lanes without a
+  // valid target; the same operations, in the same order, as row_gradient.
+  void write_gradient(const CrossEntropyRowTerms<Floats16>& terms, Floats16 scale, const float* smooth_weight,
+                      T* out) const {
+    const Floats16 coef_p = terms.coef_p * scale, coef_v = terms.coef_v * scale, coef_y = terms.coef_y * scale;
+    Floats16 grad[kMaxClasses];
+    for (int64_t k = 0; k < classes; ++k) {
+      const Floats16 smooth = smooth_weight ? coef_v * smooth_weight[k] : coef_v;
+      Floats16 g = coef_p * exp16(lanes[k] - terms.max_logit) - smooth;
+      g = target == static_cast<int32_t>(k) ? g - coef_y : g;
+      grad[k] = valid ? g : Floats16{};
+    }
+    for (int r = 0; r < count; ++r) {
+      for (int64_t k = 0; k < classes; ++k) store(out + r * classes + k, grad[k][r]);
+    }
+  }
+};
+
+template <int kClasses, typename T>
+int64_t few_class_forward(const CrossEntropyArgs& args, int64_t begin, int64_t end) {
+  const CrossEntropyConfig& config = args.config;
+  const float* smooth_weight = per_class_smoothing(config) ? args.weight : nullptr;
+  const bool smoothing = config.label_smoothing > 0.0;
+  int64_t first_bad_row = -1;
+  for (int64_t first = begin; first < end; first += kLanes) {
+    const int count = static_cast<int>(end - first < kLanes ? end - first : kLanes);
+    const RowBlock<kClasses, T> block(args, first, count);
+    const int64_t classes = block.classes;
+    Floats16 max = broadcast16(kNegInf);
+    for (int64_t k = 0; k < classes; ++k) max = block.lanes[k] > max ? block.lanes[k] : max;  // NaN ignored
+    const Floats16 shift = max - max == 0.0f ? max : Floats16{};  // the max where finite, else 0
+    const Floats16 offset = max == kNegInf ? Floats16{} : max;
+    Floats16 sum_exp{}, smooth_sum{};
+    for (int64_t k = 0; k < classes; ++k) sum_exp += exp16(block.lanes[k] - offset);
+    if (smoothing) {
+      for (int64_t k = 0; k < classes; ++k) {
+        smooth_sum += smooth_weight ? smooth_weight[k] * (block.lanes[k] - shift) : block.lanes[k] - shift;
+      }
+    }
+    CrossEntropyRowTerms<Floats16> terms;
+    const Floats16 loss = cross_entropy_row<Floats16, LaneMath>(config, offset, log16(sum_exp), block.target_logit(),
+                                                               smooth_sum, shift, block.target_weight(args.weight), &terms);
+    terms.max_logit = block.valid ? terms.max_logit : Floats16{};
+    terms.coef_p = block.valid ? terms.coef_p : Floats16{};
+    terms.coef_y = block.valid ? terms.coef_y : Floats16{};
+    terms.coef_v = block.valid ? terms.coef_v : Floats16{};
+    for (int r = 0; r < count; ++r) {
+      const int64_t i = first + r, y = args.target[i];
+      float row_loss = block.valid[r] ? loss[r] : 0.0f;
+      if (!block.valid[r] && y != config.ignore_index) {  // reported by the caller; NaN keeps it from passing
+        row_loss = std::numeric_limits<float>::quiet_NaN();
+        if (first_bad_row < 0) first_bad_row = i;
+      }
+      args.losses[i] = row_loss;
+      float* saved = args.row_terms + i * kRowTermCount;
+      saved[0] = terms.max_logit[r], saved[1] = terms.coef_p[r], saved[2] = terms.coef_y[r], saved[3] = terms.coef_v[r];
+    }
+    if (args.grad != nullptr) {  // inplace_backward: the gradient overwrites the logits rows
+      block.write_gradient(terms, broadcast16(args.grad_scale[0]), smooth_weight,
+                           static_cast<T*>(args.grad) + first * classes);
+    }
+  }
+  return first_bad_row;
+}
+
+template <int kClasses, typename T>
+void few_class_backward(const CrossEntropyArgs& args, int64_t begin, int64_t end) {
+  const float* smooth_weight = per_class_smoothing(args.config) ? args.weight : nullptr;
+  for (int64_t first = begin; first < end; first += kLanes) {
+    const int count = static_cast<int>(end - first < kLanes ? end - first : kLanes);
+    const RowBlock<kClasses, T> block(args, first, count);
+    CrossEntropyRowTerms<Floats16> terms{Floats16{}, Floats16{}, Floats16{}, Floats16{}};
+    Floats16 scale{};
+    for (int r = 0; r < count; ++r) {
+      const float* saved = args.row_terms + (first + r) * kRowTermCount;
+      terms.max_logit[r] = saved[0], terms.coef_p[r] = saved[1], terms.coef_y[r] = saved[2], terms.coef_v[r] = saved[3];
+      scale[r] = args.grad_losses[first + r];
+    }
+    block.write_gradient(terms, scale, smooth_weight, static_cast<T*>(args.grad) + first * block.classes);
+  }
+}
+
+// The few-class kernels with the class count as a constant where it is small enough to unroll.
+template <typename T>
+int64_t few_class_forward_any(const CrossEntropyArgs& args, int64_t begin, int64_t end) {
+  switch (args.config.num_classes) {
+    case 2: return few_class_forward<2, T>(args, begin, end);
+    case 3: return few_class_forward<3, T>(args, begin, end);
+    case 4: return few_class_forward<4, T>(args, begin, end);
+    default: return few_class_forward<0, T>(args, begin, end);
+  }
+}
+
+template <typename T>
+void few_class_backward_any(const CrossEntropyArgs& args, int64_t begin, int64_t end) {
+  switch (args.config.num_classes) {
+    case 2: return few_class_backward<2, T>(args, begin, end);
+    case 3: return few_class_backward<3, T>(args, begin, end);
+    case 4: return few_class_backward<4, T>(args, begin, end);
+    default: return few_class_backward<0, T>(args, begin, end);
+  }
+}
+
 template <typename T>
 int64_t forward_rows(const CrossEntropyArgs& args, int64_t begin, int64_t end) {
   const CrossEntropyConfig& config = args.config;
+  if (config.num_classes <= kFewClasses) return few_class_forward_any<T>(args, begin, end);
   const T* logits = static_cast<const T*>(args.logits);
   int64_t first_bad_row = -1;
   for (int64_t i = begin; i < end; ++i) {
@@ -151,6 +319,7 @@ int64_t forward_rows(const CrossEntropyArgs& args, int64_t begin, int64_t end) {
 template <typename T>
 void backward_rows(const CrossEntropyArgs& args, int64_t begin, int64_t end) {
   const CrossEntropyConfig& config = args.config;
+  if (config.num_classes <= kFewClasses) return few_class_backward_any<T>(args, begin, end);
   const T* logits = static_cast<const T*>(args.logits);
   for (int64_t i = begin; i < end; ++i) {
     T* out = static_cast<T*>(args.grad) + i * config.num_classes;

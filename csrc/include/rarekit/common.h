@@ -7,6 +7,8 @@
 // time (an AVX-512 copy must not serve the baseline path).
 #if defined(__CUDACC__)
 #define RAREKIT_HOST_DEVICE __host__ __device__ __forceinline__
+#define RAREKIT_HOST_DEVICE_MEMBER __host__ __device__ __forceinline__
 #else
 #define RAREKIT_HOST_DEVICE static inline
+#define RAREKIT_HOST_DEVICE_MEMBER inline
 #endif

@@ -45,18 +45,23 @@ static inline float horizontal_sum(Floats16 vector) {
 // exp(x) within ~2 ulp for finite x; exp(NaN) = NaN, exp(-inf) = 0, saturates at exp(88).
 // Cody-Waite reduction x = n ln2 + r, then the Cephes expf polynomial on |r| <= ln2/2.
 // One template for a float and for Floats16, so the scalar tails compute exactly what the vectors do.
+// exp(r) = 1 + r + P(r) r² on |r| <= ln2/2 (Cephes expf)
 template <typename V>
-static inline V exp_reduced(V x, V* n) {
-  const V clamped = x < -87.5f ? -87.5f + V{} : (x > 88.0f ? 88.0f + V{} : x);  // NaN passes through
-  *n = (clamped * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln2)
-  const V r = (clamped - *n * 0.693359375f) - *n * -2.12194440e-4f;
+static inline V exp_polynomial(V r) {
   V p = 1.9875691500e-4f + V{};
   p = p * r + 1.3981999507e-3f;
   p = p * r + 8.3334519073e-3f;
   p = p * r + 4.1665795894e-2f;
   p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  return p * r * r + r + 1.0f;
+  return p * r + 5.0000001201e-1f;
+}
+
+template <typename V>
+static inline V exp_reduced(V x, V* n) {
+  const V clamped = x < -87.5f ? -87.5f + V{} : (x > 88.0f ? 88.0f + V{} : x);  // NaN passes through
+  *n = (clamped * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x / ln2)
+  const V r = (clamped - *n * 0.693359375f) - *n * -2.12194440e-4f;
+  return exp_polynomial(r) * r * r + r + 1.0f;
 }
 
 static inline Floats16 exp16(Floats16 x) {
@@ -73,6 +78,45 @@ static inline float exp_scalar(float x) {
   const float p = exp_reduced(x, &n);
   const float scale = bits_to_float(static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23);
   return x < -87.5f ? 0.0f : p * scale;
+}
+
+// expm1(x) with exp16's error: r + P(r) r² without the 1 where |x| <= ln2/2 (where exp(x) - 1 would
+// cancel), exp(x) - 1 elsewhere.
+static inline Floats16 expm1_16(Floats16 x) {
+  const Floats16 near_zero = x * exp_polynomial(x) * x + x;
+  return x > -0.34657359f && x < 0.34657359f ? near_zero : exp16(x) - 1.0f;
+}
+
+// log(x) within ~2 ulp (Cephes logf): x = m 2^e with m in [√½, √2), a polynomial in m - 1.
+// log(0) = -inf, log(x < 0) = NaN, log(inf) = inf, NaN stays; subnormals are scaled by 2^23 first.
+static inline Floats16 log16(Floats16 x) {
+  const Ints16 tiny = x < 1.17549435e-38f;
+  const Floats16 scaled = tiny ? x * 8388608.0f : x;
+  Ints16 bits;
+  std::memcpy(&bits, &scaled, sizeof(bits));
+  Ints16 exponent = ((bits >> 23) & 0xff) - 126 - (tiny & 23);
+  const Ints16 mantissa_bits = (bits & 0x007fffff) | 0x3f000000;  // m in [0.5, 1)
+  Floats16 m;
+  std::memcpy(&m, &mantissa_bits, sizeof(m));
+  const Ints16 small = m < 0.707106781186547524f;
+  exponent += small;  // small is -1 where true
+  m = small ? m + m - 1.0f : m - 1.0f;
+  const Floats16 e = __builtin_convertvector(exponent, Floats16);
+  const Floats16 z = m * m;
+  Floats16 y = 7.0376836292e-2f + Floats16{};
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z + e * -2.12194440e-4f - 0.5f * z;
+  Floats16 result = (m + y) + e * 0.693359375f;
+  result = x == 0.0f ? broadcast16(-__builtin_inff()) : result;
+  result = x < 0.0f ? broadcast16(__builtin_nanf("")) : result;
+  return x == __builtin_inff() ? x : (x != x ? x : result);
 }
 
 static inline float to_float(float value) { return value; }

@@ -65,6 +65,18 @@ struct CrossEntropyRowTerms {
 };
 constexpr int kRowTermCount = 4;
 
+// The operations cross_entropy_row needs, for one row at a time (Acc = float or double). The CPU
+// few-class kernels pass a policy of the same shape that works on 16 rows at once (one per lane).
+template <typename Acc>
+struct ScalarRowMath {
+  using Scalar = Acc;
+  RAREKIT_HOST_DEVICE_MEMBER static Acc splat(double value) { return static_cast<Acc>(value); }
+  RAREKIT_HOST_DEVICE_MEMBER static Acc select(bool mask, Acc if_true, Acc if_false) { return mask ? if_true : if_false; }
+  RAREKIT_HOST_DEVICE_MEMBER static Acc exp(Acc x) { return exp_of(x); }
+  RAREKIT_HOST_DEVICE_MEMBER static Acc expm1(Acc x) { return expm1_of(x); }
+  RAREKIT_HOST_DEVICE_MEMBER static Acc pow(Acc x, Acc y) { return pow_of(x, y); }
+};
+
 // The loss of one non-ignored row and its gradient coefficients, from the row's max logit m (0 when
 // every logit is -inf) and log_sum = log Σ_k exp(z'_k - m), so lse = m + log_sum;
 // target_logit = z'_y, smooth_sum_shifted = Σ_k v'_k (z'_k - shift), w_y = the target's weight.
@@ -72,35 +84,39 @@ constexpr int kRowTermCount = 4;
 // lse - z'_y and Σ v'_k (lse - z'_k) accurate for large logits (±1e4), as torch's log_softmax is.
 // A target on a -inf logit (a masked vocabulary) gives an inf loss and, as in torch, the finite
 // gradient of the softmax: B g enters the coefficients only where the focal slope g is not 0.
-template <typename Acc>
+template <typename Acc, typename Math = ScalarRowMath<Acc>>
 RAREKIT_HOST_DEVICE Acc cross_entropy_row(const CrossEntropyConfig& config, Acc max_logit, Acc log_sum,
                                           Acc target_logit, Acc smooth_sum_shifted, Acc shift, Acc w_y,
                                           CrossEntropyRowTerms<Acc>* terms) {
-  const Acc eps = static_cast<Acc>(config.label_smoothing);
-  const Acc eps_per_class = eps / static_cast<Acc>(config.num_classes);
-  const Acc u = (Acc(1) - eps) * w_y;
-  const Acc smooth_scale = config.target_weighted ? w_y : Acc(1);
-  const Acc v_total = per_class_smoothing(config) ? static_cast<Acc>(config.weight_total)
-                                                   : smooth_scale * static_cast<Acc>(config.num_classes);
+  using Scalar = typename Math::Scalar;
+  const Acc zero = Math::splat(0.0), one = Math::splat(1.0);
+  const Acc eps = Math::splat(config.label_smoothing);
+  const Acc eps_per_class = eps / Math::splat(static_cast<double>(config.num_classes));
+  const Acc u = (one - eps) * w_y;
+  const Acc smooth_scale = config.target_weighted ? w_y : one;
+  const Acc v_total = per_class_smoothing(config) ? Math::splat(config.weight_total)
+                                                   : smooth_scale * Math::splat(static_cast<double>(config.num_classes));
   const Acc lse = max_logit + log_sum;
   // Σ_k v_k (lse - z'_k) = V (lse - shift) - s Σ_k v'_k (z'_k - shift)
   const Acc smooth = v_total * ((max_logit - shift) + log_sum) - smooth_scale * smooth_sum_shifted;
   const Acc log_p_target = (target_logit - max_logit) - log_sum;
-  const Acc base = (eps > Acc(0) ? u * -log_p_target + eps_per_class * smooth : u * -log_p_target);
-  Acc focal = 1, focal_slope = 0;
+  const Acc base = (static_cast<Scalar>(config.label_smoothing) > Scalar(0) ? u * -log_p_target + eps_per_class * smooth
+                                                                            : u * -log_p_target);
+  Acc focal = one, focal_slope = zero;
   if (config.focal_gamma != 0.0) {
-    const Acc gamma = static_cast<Acc>(config.focal_gamma);
+    const Acc gamma = Math::splat(config.focal_gamma);
     // log p_y <= 0; an approximate log can overshoot, and pow of a negative base is NaN (NaN stays)
-    const Acc log_p = log_p_target > Acc(0) ? Acc(0) : log_p_target;
-    const Acc p_target = exp_of(log_p);
-    const Acc one_minus_p = -expm1_of(log_p);
-    focal = pow_of(one_minus_p, gamma);
-    focal_slope = one_minus_p > Acc(0) ? gamma * pow_of(one_minus_p, gamma - Acc(1)) * p_target : Acc(0);
+    const Acc log_p = Math::select(log_p_target > zero, zero, log_p_target);
+    const Acc p_target = Math::exp(log_p);
+    const Acc one_minus_p = -Math::expm1(log_p);
+    focal = Math::pow(one_minus_p, gamma);
+    focal_slope = Math::select(one_minus_p > zero, gamma * Math::pow(one_minus_p, gamma - one) * p_target, zero);
   }
-  const Acc base_slope = focal_slope != Acc(0) ? base * focal_slope : Acc(0);
-  const Acc z_term = static_cast<Acc>(config.z_loss) * w_y;
+  const Acc base_slope = Math::select(focal_slope != zero, base * focal_slope, zero);
+  const Acc z_term = Math::splat(config.z_loss) * w_y;
   terms->max_logit = max_logit;
-  terms->coef_p = (focal * (u + eps_per_class * v_total) + base_slope + Acc(2) * z_term * lse) * exp_of(-log_sum);
+  terms->coef_p = (focal * (u + eps_per_class * v_total) + base_slope + Math::splat(2.0) * z_term * lse) *
+                  Math::exp(-log_sum);
   terms->coef_y = focal * u + base_slope;
   terms->coef_v = focal * eps_per_class * smooth_scale;
   return focal * base + z_term * lse * lse;

@@ -14,7 +14,7 @@ struct CrossEntropyInputs {
   at::Tensor target;        // (rows,) int64
   at::Tensor weight;        // (classes,) in the accumulator dtype, or undefined
   at::Tensor adjust;        // (classes,) in the accumulator dtype, or undefined
-  at::Tensor weight_total;  // () Σ w in the accumulator dtype, computed on the device, or undefined
+  at::Tensor weight_total;  // () Σ w in the accumulator dtype, computed on the device (CUDA only), or undefined
   CrossEntropyConfig config;
 };
 
@@ -100,7 +100,8 @@ inline CrossEntropyInputs prepare_cross_entropy(const at::Tensor& logits, const 
   config.has_weight = inputs.weight.defined();
   config.target_weighted = target_weighted;
   config.weight_total = static_cast<double>(config.num_classes);
-  if (config.has_weight) inputs.weight_total = inputs.weight.sum();  // read by the kernels, no sync
+  // read by the CUDA kernels, no sync (the CPU operators add the weights on the host)
+  if (config.has_weight && !logits.is_cpu()) inputs.weight_total = inputs.weight.sum();
   return inputs;
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from rarekit.distributed._shards import PREFIX
+from rarekit.distributed._statistics import LossOptions, local_target_of, smoothing_vector
 from rarekit.losses._options import mean_divisor, nan_if_zero, refuse_differentiable_weight
 
 
@@ -46,6 +47,13 @@ def class_slice(vector: torch.Tensor | None, start: int, size: int) -> torch.Ten
     if vector.numel() < start + size:
         return vector.new_zeros(size)
     return vector[start:start + size]
+
+
+def shard_view(target: torch.Tensor, weight, adjustment, start: int, size: int, options: LossOptions):
+    """This shard's view of the replicated inputs: (local targets, see ``local_target_of``; its slice of
+    the logit adjustment; v' over its classes, see ``smoothing_vector``)."""
+    return (local_target_of(target, start, size, options.ignore_index), class_slice(adjustment, start, size),
+            smoothing_vector(class_slice(weight, start, size), options))
 
 
 def reduce_losses(losses: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, classes: int,

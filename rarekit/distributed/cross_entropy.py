@@ -10,11 +10,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from rarekit.distributed._common import check_replicated, class_slice, reduce_losses, refuse_forward_ad
+from rarekit.distributed._common import check_replicated, reduce_losses, refuse_forward_ad, shard_view
 from rarekit.distributed._shards import (DTYPES, Exchange, dtensor_shard, is_dtensor, local_header, options_code,
                                          replicated_local, resolve_group, vocab_start_error)
 from rarekit.distributed._statistics import (LossOptions, combine_statistics, local_gradient, local_statistics,
-                                             local_target_of, row_chunks, smoothing_vector)
+                                             row_chunks)
 from rarekit.losses._options import check_loss_options
 from rarekit.losses.cross_entropy import cross_entropy
 from rarekit.ops.cross_entropy import _once_differentiable, accumulator_dtype
@@ -46,9 +46,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
     def forward(logits, target, weight, adjustment, exchange, options):
         accumulate = accumulator_dtype(logits)
         rows, start, size = logits.shape[0], exchange.start, exchange.size
-        local_target = local_target_of(target, start, size, options.ignore_index)
-        local_adjustment = class_slice(adjustment, start, size)
-        smoothing = smoothing_vector(class_slice(weight, start, size), options)
+        local_target, local_adjustment, smoothing = shard_view(target, weight, adjustment, start, size, options)
         statistics = logits.new_empty((options.statistics, rows), dtype=accumulate)
         for chunk in row_chunks(rows, size):
             statistics[:, chunk] = local_statistics(_adjusted(logits[chunk], local_adjustment, accumulate),
@@ -70,9 +68,8 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
             return None, None, None, None, None, None
         logits, target, weight, adjustment, row_terms = ctx.saved_tensors
         options = ctx.options
-        local_target = local_target_of(target, ctx.start, ctx.size, options.ignore_index)
-        local_adjustment = class_slice(adjustment, ctx.start, ctx.size)
-        smoothing = smoothing_vector(class_slice(weight, ctx.start, ctx.size), options)
+        local_target, local_adjustment, smoothing = shard_view(target, weight, adjustment, ctx.start, ctx.size,
+                                                               options)
         with torch.no_grad():  # also under create_graph=True: the result is made once-differentiable below
             grad = local_gradient(logits, local_target, smoothing, row_terms, grad_losses, options, local_adjustment)
         return _once_differentiable(grad, logits, grad_losses), None, None, None, None, None

@@ -15,11 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from rarekit import _backend
-from rarekit.distributed._common import check_replicated, class_slice, reduce_losses, refuse_forward_ad
+from rarekit.distributed._common import check_replicated, reduce_losses, refuse_forward_ad, shard_view
 from rarekit.distributed._shards import (DTYPES, Exchange, dtensor_shard, is_dtensor, local_header, options_code,
                                          replicated_local, resolve_group, vocab_start_error)
-from rarekit.distributed._statistics import (LossOptions, combine_statistics, local_gradient, local_statistics,
-                                             local_target_of, smoothing_vector)
+from rarekit.distributed._statistics import LossOptions, combine_statistics, local_gradient, local_statistics
 from rarekit.losses.linear import _check_options, chunk_rows, linear_cross_entropy
 from rarekit.ops.cross_entropy import _once_differentiable, accumulator_dtype
 
@@ -74,9 +73,7 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
     def forward(hidden, classifier, bias, target, weight, adjustment, exchange, options, softcap, chunk):
         accumulate = accumulator_dtype(hidden)
         rows, start, size = hidden.shape[0], exchange.start, exchange.size
-        local_target = local_target_of(target, start, size, options.ignore_index)
-        local_adjustment = class_slice(adjustment, start, size)
-        smoothing = smoothing_vector(class_slice(weight, start, size), options)
+        local_target, local_adjustment, smoothing = shard_view(target, weight, adjustment, start, size, options)
         statistics = hidden.new_empty((options.statistics, rows), dtype=accumulate)
         buffers = _ChunkBuffers(chunk, rows, size, accumulate, hidden.device)
         for begin in range(0, rows, chunk):
@@ -102,9 +99,8 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
         hidden, classifier, bias, target, weight, adjustment, row_terms = ctx.saved_tensors
         wants_hidden, wants_classifier, wants_bias = ctx.needs_input_grad[:3]
         options, accumulate = ctx.options, row_terms.dtype
-        local_target = local_target_of(target, ctx.start, ctx.size, options.ignore_index)
-        local_adjustment = class_slice(adjustment, ctx.start, ctx.size)
-        smoothing = smoothing_vector(class_slice(weight, ctx.start, ctx.size), options)
+        local_target, local_adjustment, smoothing = shard_view(target, weight, adjustment, ctx.start, ctx.size,
+                                                               options)
         with torch.no_grad():  # also under create_graph=True: the results are made once-differentiable below
             grad_hidden, grad_classifier, grad_bias = (
                 torch.zeros(shape, dtype=accumulate, device=hidden.device) if wanted else None

@@ -349,7 +349,7 @@ def check_linear_bad_inputs(rank: int, sizes: list[int]) -> None:
     out_of_range = target.clone()
     out_of_range[1, 2] = -3
     cases = [
-        (IndexError, rf"target\[6\] = -3 is out of range",
+        (IndexError, r"target\[6\] = -3 is out of range",
          lambda: vocab_parallel_linear_cross_entropy(hidden, local, out_of_range, weight)),
         (ValueError, rf"weight must have shape \({classes},\)",
          lambda: vocab_parallel_linear_cross_entropy(hidden, local, target, weight[:-1], vocab_start=start)),

@@ -54,6 +54,8 @@ build/.extra-%-$(STAMP_ID): $(STAMP)
 
 test: $(call extra_stamp,test)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+	@echo "==> mypy: the type check of rarekit ([tool.mypy] in pyproject.toml)"
+	$(PY) -m mypy
 
 demo: $(call extra_stamp,demo)
 	@echo "==> rarekit demo: counts a sample text, then trains 6 methods on digits-LT and chatterbot topics"

@@ -407,7 +407,7 @@ def process_running(pid: int) -> bool:
 def count_files(paths: list[Path], file_format: str, vocab_size: int | None,
                 dtype: str) -> tuple[torch.Tensor, int, list[str] | None]:
     """The int64 counts over all ``paths``, the number of ids read, and the words of txt files in id order."""
-    vocab = {} if file_format == "txt" else None
+    vocab: dict[str, int] | None = {} if file_format == "txt" else None
     sizes = [os.path.getsize(path) for path in paths]
     counts = torch.zeros(vocab_size or 0, dtype=torch.int64)
     ids_read = 0

@@ -6,6 +6,7 @@ import numbers
 import os
 import threading
 from collections.abc import Iterable, Mapping
+from typing import overload
 
 import numpy as np
 import torch
@@ -100,6 +101,10 @@ def count(ids, num_bins: int | None = None, *, ignore_index: int | None = -100,
     return ops.count(ids, int(num_bins), ignore_index, weights, check)
 
 
+@overload
+def max_id(ids: torch.Tensor, ignore_index: int | None = None, default: int = -1) -> int: ...
+@overload
+def max_id(ids: torch.Tensor, ignore_index: int | None = None, *, default: None) -> int | None: ...
 def max_id(ids: torch.Tensor, ignore_index: int | None = None, default: int | None = -1) -> int | None:
     """The largest id other than ``ignore_index`` (``default`` when there is none); reads back to the host."""
     if ids.numel() == 0:
@@ -323,7 +328,7 @@ class TokenCounter:
         """``{"num_bins", "ignore_index", "counts"}``; ``counts`` is a copy."""
         return {"num_bins": self.num_bins, "ignore_index": self.ignore_index, "counts": self.counts}
 
-    def load_state_dict(self, state_dict: dict) -> TokenCounter:
+    def load_state_dict(self, state_dict: Mapping) -> TokenCounter:
         """Replaces the counts with a copy of ``state_dict["counts"]`` (same ``num_bins`` and ``ignore_index``)."""
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")

@@ -32,6 +32,8 @@ def sigmoid_loss_elements(input: torch.Tensor, target: torch.Tensor, weight: tor
         log_r = torch.log((q + clip).clamp(max=1))
     else:
         p_m, log_r = p, log_q
+    a_pos: torch.Tensor | float
+    a_neg: torch.Tensor | float
     if alpha is None:
         a_pos = a_neg = 1.0
     else:

@@ -49,4 +49,5 @@ def test_make_demo_installs_the_demo_extra_and_not_the_test_extra():
 def test_make_test_installs_the_test_extra():
     commands = make_commands("test")
     assert '"rarekit[test]"' in commands and "-m pytest" in commands and "[demo]" not in commands
+    assert "-m mypy" in commands  # the type check runs with the tests
 

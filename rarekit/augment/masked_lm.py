@@ -116,11 +116,11 @@ class MaskedLM:
 
     def _max_tokens(self) -> int:
         """Tokens per text the model takes, special tokens included."""
-        limits = [getattr(self.tokenizer, "model_max_length", None)]
+        candidates = [getattr(self.tokenizer, "model_max_length", None)]
         positions = getattr(self.model.config, "max_position_embeddings", None)
         if positions:
-            limits.append(positions - 2)  # roberta's positions start after padding_idx + 1
-        limits = [int(limit) for limit in limits if limit and limit < 1e6]
+            candidates.append(positions - 2)  # roberta's positions start after padding_idx + 1
+        limits = [int(limit) for limit in candidates if limit and limit < 1e6]
         return min(limits) if limits else DEFAULT_MAX_TOKENS
 
     def _whole_words(self) -> list[str | None]:

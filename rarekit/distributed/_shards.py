@@ -175,7 +175,7 @@ class Exchange:
         self.group, self.rank, self.world, self.header = group, rank, world, header
         self.target, self.ignore_index = target, ignore_index
         self.sizes_exchanged = vocab_start is None
-        self.shards = None
+        self.shards: Shards  # every rank's: after the size exchange, or set by gather() with vocab_start
         if self.sizes_exchanged:
             self.shards = self._checked(all_gather_rows(header, group, world).tolist())
             self.start, self.size, self.local_error = self.shards.start, self.shards.size, False
@@ -205,9 +205,9 @@ class Exchange:
             if code:
                 error, message = LOCAL_ERRORS[code]
                 detail = column["detail"][rank]
-                detail = "another value" if detail == UNSHOWN else detail
+                shown = "another value" if detail == UNSHOWN else detail
                 raise error(f"{PREFIX} rank {rank} of the group: "
-                            + message.format(detail=detail, rows=column["rows"][rank]))
+                            + message.format(detail=shown, rows=column["rows"][rank]))
         if len(set(column["rows"])) > 1:
             raise ValueError(f"{PREFIX} the ranks disagree on the number of rows N (per group rank: "
                              f"{column['rows']}): target and the rows of logits or hidden must be the same on every "

@@ -138,7 +138,8 @@ def combine_statistics(gathered: torch.Tensor, target: torch.Tensor, weight: tor
             shard_totals = torch.tensor(sizes, dtype=accumulate, device=target.device)
         spread = (gathered[:, 3] + shard_totals[:, None] * ((top - shift) + (log_sum - log_s))).sum(0)
         base = base + (eps / classes) * (smooth_scale * spread)
-    focal, base_slope = 1.0, 0.0
+    focal: torch.Tensor | float = 1.0
+    base_slope: torch.Tensor | float = 0.0
     if options.focal_gamma != 0:
         gamma = options.focal_gamma
         log_p = log_p_target.clamp(max=0)  # an approximate log can overshoot 0 (NaN stays NaN)

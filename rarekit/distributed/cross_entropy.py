@@ -113,7 +113,7 @@ def vocab_parallel_cross_entropy(logits: torch.Tensor, target: torch.Tensor, wei
         logits, group, vocab_start = dtensor_shard(logits, 1, "logits")
     target, weight, logit_adjustment = (replicated_local(value, name) for value, name in (
         (target, "target"), (weight, "weight"), (logit_adjustment, "logit_adjustment")))
-    keywords = dict(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+    keywords: dict = dict(ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
                     smoothing_mode=smoothing_mode, focal_gamma=focal_gamma, logit_adjustment=logit_adjustment,
                     z_loss=z_loss)
     resolved = resolve_group(group)
@@ -142,6 +142,9 @@ def vocab_parallel_cross_entropy(logits: torch.Tensor, target: torch.Tensor, wei
 class VocabParallelCrossEntropyLoss(nn.Module):
     """Module form of :func:`vocab_parallel_cross_entropy`: ``weight`` and ``logit_adjustment`` are
     buffers (full-vocabulary, replicated); ``forward(logits, target)``."""
+
+    weight: torch.Tensor | None  # buffers
+    logit_adjustment: torch.Tensor | None
 
     def __init__(self, weight: torch.Tensor | None = None, *, group=None, vocab_start: int | None = None,
                  ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,

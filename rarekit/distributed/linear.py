@@ -19,7 +19,7 @@ from rarekit.distributed._common import check_replicated, reduce_losses, refuse_
 from rarekit.distributed._shards import (DTYPES, Exchange, dtensor_shard, is_dtensor, local_header, options_code,
                                          replicated_local, resolve_group, vocab_start_error)
 from rarekit.distributed._statistics import LossOptions, combine_statistics, local_gradient, local_statistics
-from rarekit.losses.linear import _check_options, chunk_rows, linear_cross_entropy
+from rarekit.losses.linear import _autocast_as_linear, _check_options, chunk_rows, linear_cross_entropy
 from rarekit.ops.cross_entropy import _once_differentiable, accumulator_dtype
 
 
@@ -161,9 +161,8 @@ def vocab_parallel_linear_cross_entropy(hidden: torch.Tensor, classifier: torch.
     number of chunks. Matmuls run in the input dtype, the loss in float32 (float64 for float64).
     """
     if isinstance(hidden, torch.Tensor) and torch.is_autocast_enabled(hidden.device.type):
-        device_type, dtype = hidden.device.type, torch.get_autocast_dtype(hidden.device.type)
-        hidden, classifier, bias = (tensor.to(dtype) if isinstance(tensor, torch.Tensor) and tensor.is_floating_point()
-                                    else tensor for tensor in (hidden, classifier, bias))
+        device_type = hidden.device.type
+        hidden, classifier, bias = (_autocast_as_linear(tensor, device_type) for tensor in (hidden, classifier, bias))
         with torch.autocast(device_type, enabled=False):  # the op's own matmuls keep their dtypes
             return vocab_parallel_linear_cross_entropy(
                 hidden, classifier, target, weight, group=group, vocab_start=vocab_start, bias=bias,
@@ -184,7 +183,7 @@ def vocab_parallel_linear_cross_entropy(hidden: torch.Tensor, classifier: torch.
                 raise ValueError("rarekit.distributed: bias must be sharded as the classifier (same mesh dimension)")
     hidden, target, weight, logit_adjustment = (replicated_local(value, name) for value, name in (
         (hidden, "hidden"), (target, "target"), (weight, "weight"), (logit_adjustment, "logit_adjustment")))
-    keywords = dict(bias=bias, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+    keywords: dict = dict(bias=bias, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
                     smoothing_mode=smoothing_mode, focal_gamma=focal_gamma, logit_adjustment=logit_adjustment,
                     z_loss=z_loss, softcap=softcap, chunk_size=chunk_size)
     resolved = resolve_group(group)
@@ -222,6 +221,9 @@ def vocab_parallel_linear_cross_entropy(hidden: torch.Tensor, classifier: torch.
 class VocabParallelLinearCrossEntropyLoss(nn.Module):
     """Module form of :func:`vocab_parallel_linear_cross_entropy`: ``weight`` and ``logit_adjustment`` are
     buffers (full-vocabulary, replicated); ``forward(hidden, classifier, target, bias=None)``."""
+
+    weight: torch.Tensor | None  # buffers
+    logit_adjustment: torch.Tensor | None
 
     def __init__(self, weight: torch.Tensor | None = None, *, group=None, vocab_start: int | None = None,
                  ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,

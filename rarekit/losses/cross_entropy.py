@@ -110,7 +110,7 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
             1, dtype=ops.accumulator_dtype(logits))
         loss = ops.cross_entropy_inplace(rows_logits, rows_target, weight, logit_adjustment, scale, reduction,
                                          config, check)
-        if reduction == "mean":
+        if divisor is not None:  # reduction="mean"
             loss = loss + nan_if_zero(divisor)
         return (loss.reshape(none_shape) if reduction == "none" else loss).to(logits.dtype)
     losses = ops.cross_entropy_rows(rows_logits, rows_target, weight, logit_adjustment, *config, check)
@@ -119,7 +119,7 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
     if reduction == "none":
         return losses.reshape(none_shape).to(logits.dtype)
     total = losses.sum()
-    return (total if reduction == "sum" else total / divisor + nan_if_zero(divisor)).to(logits.dtype)
+    return (total if divisor is None else total / divisor + nan_if_zero(divisor)).to(logits.dtype)
 
 
 def _row_weights(sample_weight, shape: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -180,6 +180,8 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
     """Drop-in for ``torch.nn.CrossEntropyLoss`` (same keywords, ``weight`` buffer, state_dict) on
     the fused kernels; ``**extras`` are :func:`cross_entropy`'s keywords (``focal_gamma``,
     ``smoothing_mode``, ``z_loss``, ``inplace_backward``, ``check``, ...)."""
+
+    logit_adjustment: torch.Tensor | None  # a buffer
 
     def __init__(self, weight: torch.Tensor | None = None, size_average=None, ignore_index: int = -100,
                  reduce=None, reduction: str = "mean", label_smoothing: float = 0.0, **extras):

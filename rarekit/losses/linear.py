@@ -149,7 +149,7 @@ def linear_cross_entropy(hidden: torch.Tensor, classifier: torch.Tensor, target:
                                              None, *options[:-1], [False] * 4, options[-1])[0]
         if reduction == "none":
             return losses.reshape(target.shape).to(hidden.dtype)
-        loss = losses.sum() if reduction == "sum" else losses.sum() / divisor + nan_if_zero(divisor)
+        loss = losses.sum() if divisor is None else losses.sum() / divisor + nan_if_zero(divisor)
         return loss.to(hidden.dtype)
     if reduction == "none":
         losses = fused_linear_cross_entropy(rows_hidden, classifier, bias, logit_adjustment, rows_target, weight,
@@ -166,6 +166,9 @@ def linear_cross_entropy(hidden: torch.Tensor, classifier: torch.Tensor, target:
 class LinearCrossEntropyLoss(nn.Module):
     """Module form of :func:`linear_cross_entropy`: ``weight`` (and ``logit_adjustment``) are
     buffers; ``forward(hidden, classifier, target, bias=None)``."""
+
+    weight: torch.Tensor | None  # buffers
+    logit_adjustment: torch.Tensor | None
 
     def __init__(self, weight: torch.Tensor | None = None, *, ignore_index: int = -100, reduction: str = "mean",
                  label_smoothing: float = 0.0, smoothing_mode: str = "pytorch", focal_gamma: float = 0.0,

@@ -55,10 +55,10 @@ def _once_differentiable(gradient: torch.Tensor, *sources) -> torch.Tensor:
     """``gradient``, made to raise if differentiated again (create_graph=True, the torch.func transforms)."""
     if not torch.is_grad_enabled():
         return gradient  # the usual backward (create_graph=False)
-    sources = [source for source in sources if isinstance(source, torch.Tensor) and source.requires_grad]
-    if not sources:
-        sources = [gradient.detach().requires_grad_()]
-    return _NoSecondDerivative.apply(gradient.detach(), *sources)
+    differentiable = [source for source in sources if isinstance(source, torch.Tensor) and source.requires_grad]
+    if not differentiable:
+        differentiable = [gradient.detach().requires_grad_()]
+    return _NoSecondDerivative.apply(gradient.detach(), *differentiable)
 
 
 def _adjustment_gradient(gradient: torch.Tensor, needed: bool, *sources) -> torch.Tensor | None:

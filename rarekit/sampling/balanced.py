@@ -7,7 +7,8 @@ import torch
 from rarekit._memory import available_memory
 from rarekit.counting import INT64_MAX, as_counts, is_integer
 from rarekit.reference import as_int64
-from rarekit.sampling.indices import INDEX_BYTES, UNCHECKED_BYTES, bucket_labels, check_resample_size, resample
+from rarekit.sampling.indices import (INDEX_BYTES, UNCHECKED_BYTES, LabelBuckets, bucket_labels, check_resample_size,
+                                     resample)
 from rarekit.sampling.strategy import resolve_sampling_strategy, strategy_input
 
 
@@ -50,6 +51,9 @@ class BalancedSampler(torch.utils.data.Sampler[int]):
     the epoch. An explicit :meth:`set_epoch` pins the epoch in one process too. Labels and weights are
     kept on the CPU.
     """
+
+    buckets: LabelBuckets | None  # the labels', or None with weights
+    weights: torch.Tensor | None
 
     def __init__(self, labels=None, *, weights=None, sampling_strategy="auto", num_samples: int | str | None = None,
                  replacement: bool = True, seed: int = 0, num_replicas: int | None = None, rank: int | None = None,
@@ -136,11 +140,13 @@ class BalancedSampler(torch.utils.data.Sampler[int]):
     def epoch_indices(self) -> torch.Tensor:
         """The whole stream of the current epoch (``num_samples`` indices), before sharding."""
         if self.weights is not None:
-            return self._weighted_draws(torch.Generator().manual_seed(self._seed()))
+            return self._weighted_draws(self.weights, torch.Generator().manual_seed(self._seed()))
+        buckets = self.buckets
+        assert buckets is not None  # the constructor sets either weights or the labels' buckets
         whole_rounds, rest = divmod(self.num_samples, self.resample_size) if self.resample_size else (0, 0)
         rounds = [torch.zeros(0, dtype=torch.int64)]
         for round_index in range(whole_rounds + (rest > 0)):
-            indices = resample(self.buckets, self.targets, self.kind, self.replacement, self._seed(round_index))
+            indices = resample(buckets, self.targets, self.kind, self.replacement, self._seed(round_index))
             generator = torch.Generator().manual_seed(self._seed(round_index, 1))
             if self.shuffle:  # the head of a shuffled resample is a uniform random subset of it
                 indices = indices[torch.randperm(indices.numel(), generator=generator)]
@@ -149,13 +155,13 @@ class BalancedSampler(torch.utils.data.Sampler[int]):
             rounds.append(indices)
         return torch.cat(rounds)[:self.num_samples]
 
-    def _weighted_draws(self, generator: torch.Generator) -> torch.Tensor:
+    def _weighted_draws(self, weights: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.replacement:
             uniforms = torch.rand(self.num_samples, generator=generator, dtype=torch.float64) * self.cumulative[-1]
             draws = torch.searchsorted(self.cumulative, uniforms, right=True).clamp_(max=self.last_positive)
         else:
-            exponentials = torch.empty_like(self.weights).exponential_(generator=generator)
-            draws = torch.topk(exponentials / self.weights, self.num_samples, largest=False).indices
+            exponentials = torch.empty_like(weights).exponential_(generator=generator)
+            draws = torch.topk(exponentials / weights, self.num_samples, largest=False).indices
         return draws if self.shuffle else draws.sort().values
 
     def __iter__(self):

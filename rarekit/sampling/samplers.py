@@ -290,6 +290,8 @@ class _IndexSampler:
     """``fit`` and ``fit_resample`` of both samplers, in imbalanced-learn's steps."""
 
     _kind: str  # "over" or "under"
+    random_state: object  # imbalanced-learn's parameters, set by the estimator's constructor
+    sampling_strategy: object
 
     def fit(self, X, y, **params):
         """Checks ``X`` and ``y`` and sets ``sampling_strategy_``; returns ``self``."""
@@ -330,6 +332,7 @@ class _IndexSampler:
 
     def _prepare(self, X, y) -> Prepared:
         """imbalanced-learn's input checks and ``sampling_strategy_``."""
+        labels: torch.Tensor | np.ndarray
         if isinstance(y, torch.Tensor):
             labels, one_hot = y, False
         else:

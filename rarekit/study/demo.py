@@ -180,15 +180,17 @@ def train(method: Method, x, y: np.ndarray, classes: int, settings: Settings,
     counter = rarekit.TokenCounter(classes, device=device)
     counter.update(torch.as_tensor(y[rank::world], device=device))  # each rank counts its shard
     counts = counter.all_reduce().counts.cpu()
-    model = make_model(x, classes, settings.seed, device)
+    model: nn.Module = make_model(x, classes, settings.seed, device)
     loss_fn = method.make_loss(counts).to(device)
     if world > 1:
         model = nn.parallel.DistributedDataParallel(model)
     optimizer = make_optimizer(model, device)
+    sampler: torch.utils.data.Sampler
     if method.balanced_sampling:
         sampler = rarekit.BalancedSampler(torch.as_tensor(y), seed=settings.seed, num_replicas=world, rank=rank)
     else:
-        sampler = torch.utils.data.DistributedSampler(range(len(y)), num_replicas=world, rank=rank, seed=settings.seed)
+        sampler = torch.utils.data.DistributedSampler(torch.utils.data.TensorDataset(torch.as_tensor(y)),
+                                                      num_replicas=world, rank=rank, seed=settings.seed)
     # each rank takes batch_size / world rows a step: the global batch and the step count are the
     # single-process run's (a balanced sampler or augmented data makes longer epochs, not more steps)
     batches = torch.utils.data.BatchSampler(sampler, max(1, batch_size // world), drop_last=False)

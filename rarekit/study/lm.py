@@ -153,8 +153,7 @@ def train_lm(method: LMMethod, corpus: Corpus, *, epochs: int, seed: int, batch_
 
 def frequency_buckets(counts: torch.Tensor) -> tuple[np.ndarray, list[str]]:
     """Each id's bucket of training count: [1, 4), [4, 16), [16, 64), ... (powers of 4), and their labels."""
-    counts = counts.numpy()
-    bucket = np.floor(np.log(np.maximum(counts, 1)) / np.log(4)).astype(int)
+    bucket = np.floor(np.log(np.maximum(counts.numpy(), 1)) / np.log(4)).astype(int)
     labels = [f"{4 ** b}-{4 ** (b + 1) - 1}" for b in range(bucket.max() + 1)]
     return bucket, labels
 
@@ -226,7 +225,11 @@ def peak_cpu_memory(step) -> int:
     finally:
         with _stderr_to_devnull():
             profiler.stop()
-    events = sorted((event.start_ns(), event.nbytes()) for event in profiler.profiler.kineto_results.events()
+    session = profiler.profiler
+    if session is None or session.kineto_results is None:
+        raise RuntimeError("torch's profiler recorded no events")
+    recorded: list = session.kineto_results.events()  # torch's stubs lack _KinetoEvent.nbytes
+    events = sorted((event.start_ns(), event.nbytes()) for event in recorded
                     if event.name() == "[memory]" and event.device_type() == torch.autograd.DeviceType.CPU)
     return max(itertools.accumulate((nbytes for _, nbytes in events), initial=0))
 
@@ -282,7 +285,8 @@ def _run_lm_study(epochs, seed, progress, batch_rows, window, max_steps, memory_
                                   max_steps=max_steps, progress=progress)
         results[method.name] = {**evaluate_lm(model, corpus), "train_seconds": seconds}
     study_shape = (batch_rows * window, len(corpus.vocab), model.head.in_features)
-    memory = [loss_step_memory(*shape, seed=seed) for shape in (study_shape, *memory_shapes)]
+    memory = [loss_step_memory(tokens, vocab, hidden, seed=seed)
+              for tokens, vocab, hidden in (study_shape, *memory_shapes)]
     counts = corpus.counts
     return {
         "corpus": {"name": "chatterbot-corpus (English dialogues)", "train_tokens": corpus.train.numel(),

@@ -203,7 +203,7 @@ def write_report(studies: list, speed: dict, out: Path, machine: dict, settings)
              f"method on {machine['train_threads']} thread(s): a guide to the cost, not a benchmark.", "",
              "Macro-F1 and balanced accuracy average over the classes that have test samples (scikit-learn's "
              "`labels=` set to them); a class without test samples reads \"" + NO_TEST + "\" and is left out.", ""]
-    payload = {"studies": [], "kernel_speed": speed, "backend": rarekit.backend_info(), "machine": machine}
+    payload: dict = {"studies": [], "kernel_speed": speed, "backend": rarekit.backend_info(), "machine": machine}
     written = {"report.md", "results.json"}
     for study in studies:
         info = describe(study.split)

@@ -1,10 +1,10 @@
 """The documentation: help(rarekit) opens with an overview of the whole API, and the API reference site
 (mkdocs.yml, built strict by `make docs` in CI) documents modules that exist and flags a broken cross-reference."""
 import importlib
+import importlib.util
 import logging
 import pydoc
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,14 @@ import rarekit
 
 ROOT = Path(__file__).resolve().parent.parent
 DIRECTIVE = re.compile(r"^::: (\S+)\n(?:    options:\n      members: (\[[^\]]*\]|false))?", re.M)
+
+
+def docs_module(name: str):
+    """A Python file of docs/ (the site's build extensions), imported under its own name."""
+    spec = importlib.util.spec_from_file_location(f"rarekit_docs_{name}", ROOT / "docs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def help_text() -> list[str]:
@@ -50,7 +58,7 @@ def test_the_reference_documents_every_public_name_and_only_names_that_exist():
         assert all(hasattr(module, name) for name in listed), (module_name, listed)
         names |= set(listed)
     public = set(rarekit.__all__)
-    for package in ("rarekit.losses", "rarekit.sampling", "rarekit.augment"):
+    for package in ("rarekit.losses", "rarekit.sampling", "rarekit.augment", "rarekit.distributed"):
         public |= set(importlib.import_module(package).__all__)
     assert public <= names, public - names
 
@@ -61,13 +69,16 @@ def test_a_role_naming_nothing_is_a_warning_and_a_known_one_a_link(tmp_path, cap
     package.mkdir()
     (package / "__init__.py").write_text('"""See :func:`count` and :func:`~rarekit.nothing_here`."""\n'
                                          'def count():\n    """Counts."""\n')
-    sys.path.insert(0, str(ROOT / "docs"))
-    try:
-        from griffe_sphinx_roles import SphinxRoles
-    finally:
-        sys.path.remove(str(ROOT / "docs"))
+    SphinxRoles = docs_module("griffe_sphinx_roles").SphinxRoles
     with caplog.at_level(logging.WARNING):
         module = griffe.load(package, extensions=griffe.load_extensions(SphinxRoles))
     assert '<autoref identifier="rarekit.count" optional><code>count</code></autoref>' in module.docstring.value
     assert "`nothing_here`" in module.docstring.value
     assert ":func:`rarekit.nothing_here`" in caplog.text and "names nothing in rarekit" in caplog.text
+
+
+def test_a_readme_link_to_a_file_the_site_renders_points_to_its_page():
+    hooks = docs_module("hooks")
+    markdown = "see [the figures](../benchmarks/RESULTS.md#augment-on-cpu) and [setup.py](../setup.py)"
+    assert hooks.on_page_markdown(markdown) == ("see [the figures](benchmarks.md#augment-on-cpu) and "
+                                                "[setup.py](../setup.py)")

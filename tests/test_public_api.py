@@ -16,7 +16,7 @@ DOCUMENTED_MODULES = ["rarekit.losses", "rarekit.losses.cross_entropy", "rarekit
                       "rarekit.counting", "rarekit.weights", "rarekit.plots", "rarekit.ops", "rarekit.reference", "rarekit.reference_sigmoid",
                       "rarekit.cli", "rarekit.integrations.transformers", "rarekit.study", "rarekit.study.demo",
                       "rarekit.study.lm", "rarekit.study.report", "rarekit.study.text", "rarekit.study.datasets",
-                      "rarekit.study.plots"]
+                      "rarekit.study.plots", "rarekit.distributed", "rarekit.losses.sigmoid"]
 HEAVY = ("matplotlib", "pandas", "sklearn", "imblearn", "transformers", "nlpaug", "scipy")
 
 
@@ -58,3 +58,15 @@ def test_library_never_imports_the_study():
                  if "study" not in path.relative_to(root).parts and path.name != "cli.py"
                  and study_import.search(path.read_text())]
     assert offenders == [], f"library modules that import the study: {offenders}"
+
+
+def test_readme_layout_names_every_module():
+    """The README's Layout table names every Python file of the package (by file name, in its folder's row)."""
+    import pathlib
+
+    root = pathlib.Path(rarekit.__file__).parent
+    readme = (root.parent / "README.md").read_text(encoding="utf-8")
+    layout = readme[readme.index("## Layout"):readme.index("## Tests, CI")]
+    missing = [str(path.relative_to(root)) for path in root.rglob("*.py")
+               if path.name != "__init__.py" and f"`{path.name}`" not in layout and f"`rarekit/{path.name}`" not in layout]
+    assert missing == [], f"modules missing from the README's Layout section: {missing}"

@@ -24,7 +24,7 @@ constexpr int kWarp = 32;
 // args.grad_scale, times grad_scale[0] (read on the device) when given. block_sums, when given, gets
 // each block's loss sum.
 template <typename T, typename Acc>
-__global__ void __launch_bounds__(kThreads) sigmoid_loss_kernel(const SigmoidArgsT<Acc> args, const Acc* grad_scale,
+__global__ __launch_bounds__(kThreads) void sigmoid_loss_kernel(const SigmoidArgsT<Acc> args, const Acc* grad_scale,
                                                                 double* block_sums) {
   const SigmoidPointers<T> data = typed_pointers<T>(args);
   const bool grads = data.grad_input != nullptr || data.grad_target != nullptr;

@@ -2,7 +2,6 @@
 // sigmoid_element (rarekit/sigmoid_math.h) with a vector exp and log, one pass over input and target
 // that writes the losses and/or the gradients it is given pointers for.
 #include <cstring>
-#include <limits>
 
 #include "rarekit/cpu_vector_math.h"
 #include "rarekit/sigmoid_kernels.h"
@@ -10,42 +9,7 @@
 namespace rarekit::cpu {
 namespace {
 
-// log(x) of 16 floats: Cephes logf (x = m 2^e with m in [√½, √2), a degree-9 polynomial in m - 1),
-// within ~1 ulp; subnormals are scaled by 2^23 first. log(0) = -inf, log(inf) = inf, log(x < 0) = NaN,
-// NaN passes through.
-static inline Floats16 log16(Floats16 x) {
-  const Floats16 zero{};
-  const Ints16 tiny = x < 1.17549435e-38f;
-  const Floats16 scaled = tiny ? x * 8388608.0f : x;
-  Ints16 bits;
-  std::memcpy(&bits, &scaled, sizeof(bits));
-  Floats16 exponent = __builtin_convertvector(((bits >> 23) & 0xff) - 126, Floats16);
-  exponent = tiny ? exponent - 23.0f : exponent;
-  const Ints16 mantissa_bits = (bits & 0x007fffff) | 0x3f000000;  // m in [0.5, 1)
-  Floats16 m;
-  std::memcpy(&m, &mantissa_bits, sizeof(m));
-  const Ints16 low = m < 0.707106781186547524f;
-  exponent = low ? exponent - 1.0f : exponent;
-  m = low ? m + m - 1.0f : m - 1.0f;
-  const Floats16 z = m * m;
-  Floats16 poly = 7.0376836292e-2f + zero;
-  poly = poly * m - 1.1514610310e-1f;
-  poly = poly * m + 1.1676998740e-1f;
-  poly = poly * m - 1.2420140846e-1f;
-  poly = poly * m + 1.4249322787e-1f;
-  poly = poly * m - 1.6668057665e-1f;
-  poly = poly * m + 2.0000714765e-1f;
-  poly = poly * m - 2.4999993993e-1f;
-  poly = poly * m + 3.3333331174e-1f;
-  const Floats16 tail = poly * m * z + exponent * -2.12194440e-4f - 0.5f * z;
-  Floats16 result = (m + tail) + exponent * 0.693359375f;
-  const Floats16 inf = zero + std::numeric_limits<float>::infinity();
-  result = x == zero ? -inf : result;
-  result = x < zero ? zero + std::numeric_limits<float>::quiet_NaN() : result;
-  result = x == inf ? inf : result;
-  return x != x ? x : result;
-}
-
+// log16 and exp16: the shared vector math of cpu_vector_math.h.
 struct VectorMath {
   static Floats16 exp(Floats16 x) { return exp16(x); }
   static Floats16 log(Floats16 x) { return log16(x); }

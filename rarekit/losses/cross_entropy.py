@@ -141,11 +141,15 @@ def _row_weights(sample_weight, shape: tuple, device: torch.device, dtype: torch
 
 
 def _check_inplace_allowed(logits: torch.Tensor) -> None:
-    """inplace_backward overwrites the logits: refused where torch refuses an in-place op, and under
-    torch.compile (the overwrite is a side effect the compiled graph cannot carry)."""
+    """inplace_backward overwrites the logits: refused where torch refuses an in-place op, under
+    torch.compile (the overwrite is a side effect the compiled graph cannot carry) and under torch.func
+    transforms (wrapped logits have no buffer of their own)."""
     if torch.compiler.is_compiling():
         raise ValueError("inplace_backward=True is not supported under torch.compile; the compiled "
                          "cross-entropy already avoids the second (N, C) buffer where it can")
+    if torch._C._functorch.is_functorch_wrapped_tensor(logits):
+        raise ValueError("inplace_backward=True is not supported under torch.func transforms (grad, vmap, jvp, "
+                         "...): their logits are wrappers without a buffer to overwrite; pass inplace_backward=False")
     if logits.requires_grad and torch.is_grad_enabled():
         if logits.is_leaf:
             raise RuntimeError("inplace_backward=True: a leaf Variable that requires grad is being used in an "

@@ -248,3 +248,21 @@ def test_func_second_derivatives_raise(gen):
                 transform(loss_fn)(argument)
     with pytest.raises(RuntimeError, match="linear_cross_entropy does not support forward-mode AD"):
         torch.func.jvp(losses["linear_cross_entropy"][0], (hidden,), (torch.ones_like(hidden),))
+
+
+@pytest.mark.parametrize("transform", ["grad", "vmap", "jvp"])
+def test_inplace_backward_under_torch_func_is_a_clear_error(transform):
+    """Wrapped logits have no buffer to overwrite: a ValueError naming inplace_backward, not torch's
+    "Cannot access data pointer of Tensor that doesn't have storage"."""
+    logits = torch.randn(4, 5, dtype=torch.float64)
+    target = torch.randint(0, 5, (4,))
+
+    def loss(z):
+        return rarekit.cross_entropy(z * 1.0, target, inplace_backward=True)
+
+    calls = {"grad": lambda: torch.func.grad(loss)(logits),
+             "vmap": lambda: torch.func.vmap(lambda row: rarekit.cross_entropy(row[None] * 1.0, target[:1],
+                                                                           inplace_backward=True))(logits),
+             "jvp": lambda: torch.func.jvp(loss, (logits,), (torch.ones_like(logits),))}
+    with pytest.raises(ValueError, match="inplace_backward=True is not supported under torch.func"):
+        calls[transform]()

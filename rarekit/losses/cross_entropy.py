@@ -250,3 +250,58 @@ class ClassBalancedLoss(CrossEntropyLoss):
         weight = class_weights(torch.as_tensor(class_counts), "effective_number", beta=beta).float()
         super().__init__(weight, focal_gamma=gamma if loss == "focal" else 0.0, **kwargs)
         self.beta, self.loss = beta, loss
+
+
+class LDAMLoss(CrossEntropyLoss):
+    """LDAM loss (Cao et al. 2019, "Learning Imbalanced Datasets with Label-Distribution-Aware Margin
+    Loss"): cross-entropy after the target logit gives up a margin that grows as its class gets rarer::
+
+        ℓ = w_y · (log Σ_k exp s·z'_k − s·z'_y),   z'_k = z_k − [k = y] · m_y,   m = ldam_margins(class_counts, max_margin)
+
+    computed as ``cross_entropy(s · z, y, w, target_margin=s · m)`` on the fused kernel, as Cao et al.'s
+    reference code scales the margin-adjusted logits by s. The other keywords (``reduction``,
+    ``ignore_index``, ``label_smoothing``, ``focal_gamma``, ``logit_adjustment``, ...) are
+    :class:`CrossEntropyLoss`'s and act on the scaled logits.
+
+    ``scale`` s defaults to 1, for the plain linear heads most models have: their logits are not
+    bounded, so the margins are in logit units already, and multiplying unbounded logits by 30 would
+    sharpen the softmax and scale the gradients thirtyfold. Cao et al. use s = 30 because their LDAM
+    head is normalized (cosine logits in [-1, 1]); pass ``scale=30`` with such a head.
+
+    Deferred re-weighting (DRW, Cao et al.: class-balanced weights, effective number with β = 0.9999,
+    from epoch 160 of 200): replace the ``weight`` buffer when the time comes, e.g.
+    ``loss.weight = rarekit.class_weights(class_counts, "effective_number", beta=0.9999).to(device)``.
+    The ``margins`` buffer holds m; ``state_dict`` holds ``weight`` once set, and loading one restores
+    the phase it was saved in (with or without the weights).
+    """
+
+    margins: torch.Tensor  # a buffer
+
+    def __init__(self, class_counts, max_margin: float = 0.5, scale: float = 1.0,
+                 weight: torch.Tensor | None = None, **kwargs):
+        from rarekit.weights import ldam_margins
+
+        if "target_margin" in kwargs:
+            raise TypeError("LDAMLoss takes its target_margin from class_counts and max_margin; pass "
+                            "target_margin to CrossEntropyLoss instead")
+        if not is_real_number(scale) or not 0 < scale < math.inf:
+            raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+        super().__init__(weight, **kwargs)
+        self.register_buffer("margins", ldam_margins(class_counts, max_margin))
+        self.max_margin, self.scale = max_margin, scale
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.scale != 1:
+            input, margins = input * self.scale, self.margins * self.scale
+        else:
+            margins = self.margins
+        return cross_entropy(input, target, self.weight, ignore_index=self.ignore_index, reduction=self.reduction,
+                             label_smoothing=self.label_smoothing, logit_adjustment=self.logit_adjustment,
+                             target_margin=margins, **self.extras)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """A checkpoint saved after the DRW switch carries ``weight``, one saved before it does not: the
+        module takes the checkpoint's phase either way."""
+        saved = state_dict.get(prefix + "weight")
+        self.weight = None if saved is None else torch.empty_like(saved, device=self.margins.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

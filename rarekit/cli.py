@@ -91,7 +91,7 @@ def add_demo_command(commands) -> None:
     command = commands.add_parser(
         "demo", help="an end-to-end imbalance study on real data (offline), with a report",
         description="Count the words of the corpus shipped with rarekit, then train the same small model with "
-                    "plain CE, weighted CE, a balanced sampler, logit adjustment, focal loss and (text) "
+                    "plain CE, weighted CE, a balanced sampler, logit adjustment, focal loss, LDAM-DRW and (text) "
                     "augment_minority on digits-LT and chatterbot-corpus topics, or on --data; write report.md, "
                     "results.json and plots into --out.")
     command.add_argument("--out", type=Path, default=Path("rarekit-demo"), metavar="DIR",

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import rarekit
+from rarekit import _backend
 
 needs_target_margin = pytest.mark.skipif(
     "target_margin" not in inspect.signature(rarekit.cross_entropy).parameters,
@@ -118,6 +119,24 @@ def test_a_resumed_module_gives_the_saved_loss(gen):
     resumed = rarekit.LDAMLoss(torch.ones(7), scale=5.0)
     resumed.load_state_dict(module.state_dict())
     assert torch.equal(resumed(logits, target), module(logits, target))
+
+
+@needs_target_margin
+@pytest.mark.skipif(_backend._C is None, reason="compiled extension not built")
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_ldam_loss_compiles_fullgraph_before_and_after_the_drw_switch(gen, dynamic):
+    torch._dynamo.reset()
+    counts = long_tail(gen, 5)
+    logits = torch.randn(6, 5, generator=gen, requires_grad=True)
+    target = torch.tensor([0, 1, 2, 3, 4, -100])
+    module = rarekit.LDAMLoss(counts, scale=10.0)
+    compiled = torch.compile(module, fullgraph=True, dynamic=dynamic)
+    for _ in ("LDAM", "LDAM-DRW"):
+        loss = compiled(logits, target)
+        torch.testing.assert_close(loss, module(logits, target))
+        torch.testing.assert_close(torch.autograd.grad(loss, logits)[0],
+                                   torch.autograd.grad(module(logits, target), logits)[0])
+        module.weight = rarekit.class_weights(counts, "effective_number", beta=0.9999)
 
 
 def test_margins_buffer_is_ldam_margins_and_follows_the_module(gen):

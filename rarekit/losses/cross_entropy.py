@@ -256,7 +256,8 @@ class LDAMLoss(CrossEntropyLoss):
     """LDAM loss (Cao et al. 2019, "Learning Imbalanced Datasets with Label-Distribution-Aware Margin
     Loss"): cross-entropy after the target logit gives up a margin that grows as its class gets rarer::
 
-        ℓ = w_y · (log Σ_k exp s·z'_k − s·z'_y),   z'_k = z_k − [k = y] · m_y,   m = ldam_margins(class_counts, max_margin)
+        ℓ = w_y · (log Σ_k exp s·z'_k − s·z'_y),   z'_k = z_k − [k = y] · m_y,
+        m = ldam_margins(class_counts, max_margin)
 
     computed as ``cross_entropy(s · z, y, w, target_margin=s · m)`` on the fused kernel, as Cao et al.'s
     reference code scales the margin-adjusted logits by s. The other keywords (``reduction``,

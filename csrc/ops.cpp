@@ -31,7 +31,8 @@ TORCH_LIBRARY(rarekit, m) {
   m.def(
       "linear_cross_entropy_forward(Tensor hidden, Tensor classifier, Tensor? bias, Tensor target, Tensor? weight, "
       "Tensor? logit_adjustment, Tensor? target_margin, Tensor? grad_scale, int ignore_index, float label_smoothing, "
-      "bool target_weighted, float focal_gamma, float z_loss, float? softcap, int chunk_rows, bool[4] grad_mask, bool check) -> "
+      "bool target_weighted, float focal_gamma, float z_loss, float? softcap, int chunk_rows, bool[4] grad_mask, "
+      "bool check) -> "
       "(Tensor losses, Tensor grad_hidden, Tensor grad_classifier, Tensor grad_bias, Tensor grad_logit_adjustment)");
   // Sigmoid family (csrc/include/rarekit/sigmoid_math.h): binary cross-entropy with logits, focal and
   // asymmetric terms, elementwise over an input of any shape. weight, pos_weight and alpha_tensor broadcast to

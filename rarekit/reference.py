@@ -37,7 +37,8 @@ def cross_entropy_rows(logits: torch.Tensor, target: torch.Tensor, weight: torch
     """Per-row loss of the cross-entropy family for (rows, C) logits, in float32 (float64 for float64
     logits); 0 on ignored rows.
 
-    With z' = z + a, less the target margin on the target (z'_y = z_y + a_y - m_y: LDAM, Cao et al. 2019), lse = log Σ_k exp z'_k and p = softmax(z')::
+    With z' = z + a, less the target margin on the target (z'_y = z_y + a_y - m_y: LDAM, Cao et al. 2019),
+    lse = log Σ_k exp z'_k and p = softmax(z')::
 
         B    = (1-ε) w_y (lse - z'_y) + (ε/C) Σ_k v_k (lse - z'_k)
                v_k = w_k (torch's label smoothing) or w_y (``target_weighted``)

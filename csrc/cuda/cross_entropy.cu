@@ -250,8 +250,8 @@ __device__ __forceinline__ void few_class_gradient(const T* row, int64_t target,
 template <typename T, typename Acc = acc_t<T>>
 __global__ __launch_bounds__(kFewThreads) void few_class_forward_kernel(
     const T* logits, const int64_t* targets, const Acc* weight, const Acc* adjust, const Acc* margin,
-    const Acc* weight_total, CrossEntropyConfig config, int64_t rows, int group, Acc* losses, Acc* row_terms, T* grad, const Acc* grad_scale,
-    long long* first_bad_row) {
+    const Acc* weight_total, CrossEntropyConfig config, int64_t rows, int group, Acc* losses, Acc* row_terms, T* grad,
+    const Acc* grad_scale, long long* first_bad_row) {
   const int64_t row_index = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / group;
   const int lane = threadIdx.x % group;
   const int64_t classes = config.num_classes;
@@ -311,8 +311,8 @@ __global__ __launch_bounds__(kFewThreads) void few_class_backward_kernel(
   const Acc* saved = row_terms + row_index * kRowTermCount;
   const CrossEntropyRowTerms<Acc> terms{saved[0], saved[1], saved[2], saved[3]};
   few_class_gradient(logits + row_index * classes, target, valid, terms, grad_losses[row_index], adjust,
-                     margin && valid ? margin[target] : Acc(0), per_class_smoothing(config) ? weight : nullptr, classes, static_cast<int>(threadIdx.x) % group,
-                     group, grad + row_index * classes);
+                     margin && valid ? margin[target] : Acc(0), per_class_smoothing(config) ? weight : nullptr,
+                     classes, static_cast<int>(threadIdx.x) % group, group, grad + row_index * classes);
 }
 
 // Blocks of kFewThreads threads that give every row its group.

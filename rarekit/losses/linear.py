@@ -108,18 +108,19 @@ def linear_cross_entropy(hidden: torch.Tensor, classifier: torch.Tensor, target:
     ``hidden`` is (..., D), ``classifier`` (V, D) as ``nn.Linear.weight``, ``target`` (...), the
     class vectors ``weight`` / ``logit_adjustment`` / ``target_margin`` (V,) and ``sample_weight`` (the
     target's shape: per-row multipliers, the "mean" divisor stays Σ w_y); the other keywords are
-    :func:`rarekit.cross_entropy`'s, with the same semantics. ``softcap = s`` caps the logits to ``s · tanh(z / s)`` (Gemma 2)
-    before the loss. Only ``chunk_size`` rows of logits exist at a time (default: as many as fit
-    256 MiB; one more such buffer with ``softcap`` during training); the forward also computes the
-    gradients of ``hidden``, ``classifier``, ``bias`` and ``logit_adjustment`` (Liger Kernel's
-    strategy), so the first backward of a reduced loss only scales them, and ``reduction="none"``
-    recomputes the chunks in the backward. Matmuls run in the input dtype, the loss in float32
-    (float64 for float64), and the classifier's gradient accumulates in float32. A ``weight`` that
-    requires grad raises (as torch's ``nll_loss``); the result is differentiable once, in reverse mode
-    (``torch.func.grad``, ``vjp``, ``jacrev`` and ``vmap`` work; forward mode and second derivatives raise).
-    ``check=False`` skips the target range check (one host sync on CUDA). Under ``torch.autocast``,
-    ``hidden``, ``classifier`` and ``bias`` are cast to the autocast dtype first, as ``F.linear``
-    casts them: float64 tensors are kept.
+    :func:`rarekit.cross_entropy`'s, with the same semantics. ``softcap = s`` caps the logits to
+    ``s · tanh(z / s)`` (Gemma 2) before the loss. Only ``chunk_size`` rows of logits exist at a time
+    (default: as many as fit 256 MiB; one more such buffer with ``softcap`` during training); the
+    forward also computes the gradients of ``hidden``, ``classifier``, ``bias`` and ``logit_adjustment``
+    (Liger Kernel's strategy; with ``sample_weight`` as the per-row scale of the kernel's gradient), so
+    the first backward of a reduced loss only scales them, and ``reduction="none"`` (or a
+    ``sample_weight`` that requires grad) recomputes the chunks in the backward. Matmuls run in the
+    input dtype, the loss in float32 (float64 for float64), and the classifier's gradient accumulates in
+    float32. A ``weight`` or ``target_margin`` that requires grad raises (as torch's ``nll_loss``); the
+    result is differentiable once, in reverse mode (``torch.func.grad``, ``vjp``, ``jacrev`` and ``vmap``
+    work; forward mode and second derivatives raise). ``check=False`` skips the target range check (one
+    host sync on CUDA). Under ``torch.autocast``, ``hidden``, ``classifier`` and ``bias`` are cast to the
+    autocast dtype first, as ``F.linear`` casts them: float64 tensors are kept.
     """
     if isinstance(hidden, torch.Tensor) and torch.is_autocast_enabled(hidden.device.type):
         device_type = hidden.device.type

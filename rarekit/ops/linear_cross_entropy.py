@@ -109,7 +109,8 @@ FORWARD_AD_UNSUPPORTED = ("rarekit.linear_cross_entropy does not support forward
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     """forward(hidden, classifier, bias, logit_adjustment, target, weight, target_margin, grad_scale, options,
     grad_mask) returns the per-row losses (``grad_scale`` None: ``reduction="none"``), or ``Σ_i c_i losses_i``
-    (``grad_scale`` c: (1,), or (rows,) with per-row weights) followed by the gradients of the inputs that ``grad_mask`` names (not differentiable).
+    (``grad_scale`` c: (1,), or (rows,) with per-row weights) followed by the gradients of the inputs that
+    ``grad_mask`` names (not differentiable).
 
     The gradients computed by the forward are handed to autograd by the first backward, scaled in
     place and without a copy, and dropped: a later backward through a retained graph recomputes them,
@@ -131,7 +132,8 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        hidden, classifier, bias, logit_adjustment, target, weight, target_margin, grad_scale, options, grad_mask = inputs
+        (hidden, classifier, bias, logit_adjustment, target, weight, target_margin, grad_scale, options,
+         grad_mask) = inputs
         ctx.options, ctx.grad_mask, ctx.reduced = options, grad_mask, grad_scale is not None
         ctx.save_for_backward(hidden, classifier, bias, logit_adjustment, target, weight, target_margin, grad_scale)
         ctx.grads = None

@@ -227,6 +227,28 @@ def test_target_margin_matches_the_fp64_formula(device, gen, options, classes, i
         torch.testing.assert_close(x.grad.double().cpu(), x_ref.grad, rtol=2e-5, atol=2e-6)
 
 
+@pytest.mark.skipif(_backend._C is None, reason="compiled extension not built")
+@pytest.mark.parametrize("inplace", [False, True])
+def test_reference_backend_takes_target_margin(gen, inplace):
+    """The pure-PyTorch path (no extension, or RAREKIT_FORCE_REFERENCE=1) gives the kernels' values and
+    gradients with a margin, inplace_backward's reference path included."""
+    logits, target, weight, margin, adjustment = margin_case(gen, "cpu", 30, 7, adjusted=True)
+    results = []
+    for backend in ("native", "reference"):
+        rarekit.set_backend(backend)
+        try:
+            x = logits.clone().requires_grad_()
+            loss = rarekit.cross_entropy(x * 1.0 if inplace else x, target, weight, logit_adjustment=adjustment,
+                                         target_margin=margin, label_smoothing=0.1, focal_gamma=1.0,
+                                         inplace_backward=inplace)
+            loss.backward()
+        finally:
+            rarekit.set_backend("native")
+        results.append((loss, x.grad))
+    torch.testing.assert_close(results[1][0], results[0][0])
+    torch.testing.assert_close(results[1][1], results[0][1])
+
+
 @pytest.mark.parametrize("classes", [2, 10, 32, 1000])
 def test_margin_on_a_dominating_target_is_exact(device, gen, classes):
     """z_y = 50, the other logits 0: the target's term is summed as z'_y itself (fp32). m_y = 0.5 keeps the
@@ -349,7 +371,8 @@ def test_module_takes_target_margin_as_a_buffer(gen):
     (torch.ones(3, dtype=torch.int64), TypeError, "target_margin must be a floating-point"),
     (torch.ones(4), ValueError, r"target_margin must have shape \(3,\)"),
     (torch.ones(1, 3), ValueError, r"target_margin must have shape \(3,\)"),
-    (torch.tensor([0.5, float("nan"), 0.5]), ValueError, r"target_margin must be finite, found target_margin\[1\] = nan"),
+    (torch.tensor([0.5, float("nan"), 0.5]), ValueError,
+     r"target_margin must be finite, found target_margin\[1\] = nan"),
     (torch.tensor([0.5, 0.5, float("-inf")]), ValueError, r"target_margin\[2\] = -inf"),
     ("0.5", TypeError, "target_margin must be a floating-point tensor"),
 ])

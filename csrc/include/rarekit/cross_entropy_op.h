@@ -105,6 +105,19 @@ inline CrossEntropyInputs prepare_cross_entropy(const at::Tensor& logits, const 
   return inputs;
 }
 
+// cross_entropy_reduced's reduction codes (as sigmoid_loss_forward's).
+constexpr int64_t kReduceMean = 1, kReduceSum = 2;
+
+// cross_entropy_reduced's reduction and sample_weight checked: (rows,) floating point on the logits' device,
+// returned in the accumulator dtype (undefined without).
+inline at::Tensor reduced_sample_weight(const std::optional<at::Tensor>& sample_weight, int64_t reduction,
+                                        const at::Tensor& logits) {
+  TORCH_CHECK_VALUE(reduction == kReduceMean || reduction == kReduceSum,
+                    "rarekit.cross_entropy: reduction must be 1 (mean) or 2 (sum) for cross_entropy_reduced, got ",
+                    reduction);
+  return sample_weight ? row_vector(*sample_weight, "sample_weight", {logits.size(0)}, logits) : at::Tensor();
+}
+
 // Raises IndexError naming the first target outside [0, classes) that is not ignore_index.
 // One host synchronization on CUDA.
 inline void check_targets(const at::Tensor& target, int64_t classes, int64_t ignore_index) {

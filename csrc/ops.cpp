@@ -3,6 +3,7 @@
 #include <torch/extension.h>
 
 #include "rarekit/cpu_kernels.h"
+#include "rarekit/cross_entropy_op.h"
 #include "rarekit/torch_utils.h"
 
 TORCH_LIBRARY(rarekit, m) {
@@ -126,6 +127,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
              "the CPU kernel ISA in use");
   module.def("supported_cpu_isas", &supported_cpu_isas, "the CPU kernel ISAs this CPU can run");
   module.def("set_cpu_isa", &set_cpu_isa, "use the CPU kernels compiled for this ISA");
+  module.def("cross_entropy_reduced_cpu", &rarekit::cpu::cross_entropy_reduced_cpu,
+             "rarekit::cross_entropy_reduced's CPU kernel, called without the dispatcher (plain CPU tensors only)");
   module.def("advise_huge_pages", &rarekit::advise_huge_pages,
              "back a fresh, untouched CPU tensor with transparent huge pages (contents unchanged)");
 }

@@ -354,6 +354,8 @@ std::tuple<at::Tensor, at::Tensor> run_reduced(const CrossEntropyInputs& inputs,
   return {at::scalar_tensor(loss, inputs.logits.options()), grad};
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor> cross_entropy_reduced_cpu(
     const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
     const std::optional<at::Tensor>& logit_adjustment, const std::optional<at::Tensor>& sample_weight,
@@ -368,8 +370,6 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_reduced_cpu(
   return run_reduced<float>(inputs, sample, reduction == kReduceMean, compute_grad,
                             cross_entropy_kernels().forward[float_type(logits.scalar_type())]);
 }
-
-}  // namespace
 
 TORCH_LIBRARY_IMPL(rarekit, CPU, m) {
   m.impl("cross_entropy_forward", &cross_entropy_forward_cpu);

@@ -10,6 +10,7 @@ import math
 
 import torch
 from torch import nn
+from torch.autograd import forward_ad
 
 from rarekit import _backend, ops
 from rarekit.counting import as_counts, is_real_number
@@ -132,14 +133,18 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
 # fwd+bwd) it is faster than the per-row-terms backward at C = 2 ... 100 and for small batches. Larger
 # vocabularies keep that backward: the gradient buffer is then not held from the forward to the backward.
 _ONE_PASS_MAX_CLASSES = 1024
+_ONE_PASS_DTYPES = (torch.float32, torch.float64)
 
 
 def _reduced_in_one_pass(rows_logits: torch.Tensor, sample_weight) -> bool:
-    """Whether a "mean"/"sum" loss takes ``rarekit::cross_entropy_reduced``: compiled kernels, no functorch
-    transform (they keep the per-row op, whose jvp and vmap rules they need), few classes, and no
-    ``sample_weight`` that requires grad (the per-row path differentiates it)."""
-    return (rows_logits.shape[1] <= _ONE_PASS_MAX_CLASSES and _backend.native(rows_logits.device)
-            and (torch.compiler.is_compiling() or not torch._C._are_functorch_transforms_active())
+    """Whether a "mean"/"sum" loss takes ``rarekit::cross_entropy_reduced``: compiled kernels, float32 or float64
+    logits (a bf16/fp16 gradient times a grad_output other than 1 would be rounded twice), few classes, no
+    functorch transform and no forward-mode AD level (they keep the per-row op, whose jvp and vmap rules they
+    need), and no ``sample_weight`` that requires grad (the per-row path differentiates it)."""
+    return (rows_logits.shape[1] <= _ONE_PASS_MAX_CLASSES and rows_logits.dtype in _ONE_PASS_DTYPES
+            and _backend.native(rows_logits.device)
+            and (torch.compiler.is_compiling() or (not torch._C._are_functorch_transforms_active()
+                                                   and forward_ad._current_level < 0))
             and not (isinstance(sample_weight, torch.Tensor) and sample_weight.requires_grad))
 
 

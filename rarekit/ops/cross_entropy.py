@@ -128,6 +128,21 @@ if _backend._C is not None:
                                     setup_context=_reduced_setup_context)
 
 
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)  # no __torch_dispatch__ of their own
+
+
+def _reduced_below_autograd(logits, target, weight, logit_adjustment, sample_weight, config, reduction: int,
+                            compute_grad: bool, check: bool):
+    """``rarekit::cross_entropy_reduced`` without its autograd: on plain CPU tensors with no dispatch mode
+    active, the CPU kernel itself (the boxed dispatch of a Python op call costs more than a 64 x 2 forward)."""
+    if logits.is_cpu and type(logits) in _PLAIN_TENSORS and not torch._C._len_torch_dispatch_stack():
+        return _backend._C.cross_entropy_reduced_cpu(logits, target, weight, logit_adjustment, sample_weight,
+                                                     *config, reduction, compute_grad, check)
+    with torch._C._AutoDispatchBelowAutograd():
+        return torch.ops.rarekit.cross_entropy_reduced(logits, target, weight, logit_adjustment, sample_weight,
+                                                       *config, reduction, compute_grad, check)
+
+
 class _ReducedCrossEntropy(torch.autograd.Function):
     """The eager entry to ``rarekit::cross_entropy_reduced`` (no functorch transform active): the forward
     writes the gradient of the reduced loss into a fresh buffer, and the backward hands that buffer to
@@ -137,9 +152,8 @@ class _ReducedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, target, weight, logit_adjustment, sample_weight, reduction, config, check):
-        with torch._C._AutoDispatchBelowAutograd():  # this Function is the autograd node
-            loss, gradient = torch.ops.rarekit.cross_entropy_reduced(
-                logits, target, weight, logit_adjustment, sample_weight, *config, reduction, True, check)
+        loss, gradient = _reduced_below_autograd(logits, target, weight, logit_adjustment, sample_weight, config,
+                                                 reduction, True, check)
         ctx.save_for_backward(logits, target, weight, logit_adjustment, sample_weight)
         ctx.gradient, ctx.reduction, ctx.config, ctx.check = gradient, reduction, config, check
         return loss
@@ -148,11 +162,7 @@ class _ReducedCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         gradient, ctx.gradient = ctx.gradient, None  # handed out once: autograd may keep it as .grad
         if gradient is None:
-            logits, target, weight, logit_adjustment, sample_weight = ctx.saved_tensors
-            with torch.no_grad():
-                _, gradient = torch.ops.rarekit.cross_entropy_reduced(
-                    logits, target, weight, logit_adjustment, sample_weight, *ctx.config, ctx.reduction, True,
-                    ctx.check)
+            _, gradient = _reduced_below_autograd(*ctx.saved_tensors, ctx.config, ctx.reduction, True, ctx.check)
         if grad_loss.device.type != "cpu" or grad_loss.item() != 1.0:
             gradient.mul_(grad_loss.detach())
         sources = ()
@@ -175,8 +185,8 @@ def cross_entropy_reduced(logits, target, weight, logit_adjustment, sample_weigh
     if needs_grad:
         return _ReducedCrossEntropy.apply(logits, target, weight, logit_adjustment, sample_weight, code, config,
                                           check)
-    return torch.ops.rarekit.cross_entropy_reduced(logits, target, weight, logit_adjustment, sample_weight, *config,
-                                                   code, False, check)[0]
+    return _reduced_below_autograd(logits, target, weight, logit_adjustment, sample_weight, config, code, False,
+                                   check)[0]
 
 
 class _CrossEntropyRows(torch.autograd.Function):

@@ -160,16 +160,19 @@ class _ReducedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
-        gradient, ctx.gradient = ctx.gradient, None  # handed out once: autograd may keep it as .grad
+        gradient = ctx.gradient
         if gradient is None:
             _, gradient = _reduced_below_autograd(*ctx.saved_tensors, ctx.config, ctx.reduction, True, ctx.check)
-        if grad_loss.device.type != "cpu" or grad_loss.item() != 1.0:
+        else:
+            ctx.gradient = None  # handed out once: autograd may keep the buffer as .grad
+        if not grad_loss.is_cpu or grad_loss.item() != 1.0:
             gradient.mul_(grad_loss.detach())
-        sources = ()
+        needs = ctx.needs_input_grad
         if torch.is_grad_enabled():  # create_graph=True: the gradient raises if differentiated again
             sources = (ctx.saved_tensors[0], ctx.saved_tensors[3], grad_loss)
-        return (_once_differentiable(gradient, *sources) if ctx.needs_input_grad[0] else None, None, None,
-                _adjustment_gradient(gradient, ctx.needs_input_grad[3], *sources), None, None, None, None)
+            return (_once_differentiable(gradient, *sources) if needs[0] else None, None, None,
+                    _adjustment_gradient(gradient, needs[3], *sources), None, None, None, None)
+        return gradient if needs[0] else None, None, None, gradient.sum(0) if needs[3] else None, None, None, None, None
 
 
 def cross_entropy_reduced(logits, target, weight, logit_adjustment, sample_weight, reduction: str, config: tuple,

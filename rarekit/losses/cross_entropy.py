@@ -65,6 +65,9 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
     logits during the forward (no second (N, C) buffer); autograd raises if anything else saved the
     logits. Targets outside [0, C) other than ``ignore_index`` raise ``IndexError``; on CUDA that
     check synchronizes once, and ``check=False`` skips it (such rows then give NaN).
+
+    A ``"mean"`` or ``"sum"`` loss of float32/float64 logits with up to 1024 classes is computed in one pass
+    that also writes its gradient (``rarekit::cross_entropy_reduced``), which the backward hands to autograd.
     """
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
         raise TypeError(f"logits must be a floating-point tensor, got "

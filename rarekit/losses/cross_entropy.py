@@ -20,6 +20,8 @@ from rarekit.losses._options import (check_loss_options, class_vector, mean_divi
 def _rows_view(logits: torch.Tensor, target: torch.Tensor):
     """(rows, C) logits and (rows,) targets for (C,), (N, C) or (N, C, d1, ...) inputs; the shape of
     a ``reduction="none"`` result."""
+    if logits.dim() == 2 and target.dim() == 1 and target.shape[0] == logits.shape[0]:  # the common case, first
+        return logits, target, (logits.shape[0],)
     if logits.dim() == 1:
         if target.dim() != 0:
             raise ValueError(f"target must be a scalar class index for unbatched (C,) logits, got shape {tuple(target.shape)}")
@@ -145,7 +147,8 @@ def _reduced_in_one_pass(rows_logits: torch.Tensor, sample_weight) -> bool:
     functorch transform and no forward-mode AD level (they keep the per-row op, whose jvp and vmap rules they
     need), and no ``sample_weight`` that requires grad (the per-row path differentiates it)."""
     return (rows_logits.shape[1] <= _ONE_PASS_MAX_CLASSES and rows_logits.dtype in _ONE_PASS_DTYPES
-            and _backend.native(rows_logits.device)
+            and (rows_logits.is_cpu or _backend.native(rows_logits.device)) and _backend._C is not None
+            and not _backend._force_reference
             and (torch.compiler.is_compiling() or (not torch._C._are_functorch_transforms_active()
                                                    and forward_ad._current_level < 0))
             and not (isinstance(sample_weight, torch.Tensor) and sample_weight.requires_grad))

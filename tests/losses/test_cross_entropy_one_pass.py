@@ -109,7 +109,8 @@ def test_matches_torch_cross_entropy(gen, shape, reduction):
         loss.backward()
         expected.backward()
         torch.testing.assert_close(loss, expected, rtol=2e-5, atol=1e-6)
-        torch.testing.assert_close(ours.grad, theirs.grad, rtol=2e-5, atol=1e-7)
+        # atol relative to the largest entry: p_k - 1 for p_k near 1 carries float32 rounding of that size
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=2e-5, atol=2e-6 * float(theirs.grad.abs().max()))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])

@@ -292,11 +292,10 @@ def reduced_op_args(gen, device, classes, weighted, adjusted, sampled, smoothing
 def test_opcheck(device, gen, classes, config):
     logits, *rest = reduced_op_args(gen, device, classes, *config)
     op = torch.ops.rarekit.cross_entropy_reduced.default
-    for reduction in (1, 2):
-        torch.library.opcheck(op, (logits.clone().requires_grad_(), *rest, reduction, True, True))
-        torch.library.opcheck(op, (logits.t().contiguous().t().clone().requires_grad_(), *rest, reduction, True,
-                                   True))
-        torch.library.opcheck(op, (logits.clone(), *rest, reduction, False, True))
+    mean, total = 1, 2
+    torch.library.opcheck(op, (logits.clone().requires_grad_(), *rest, mean, True, True))
+    torch.library.opcheck(op, (logits.t().contiguous().t().clone().requires_grad_(), *rest, total, True, True))
+    torch.library.opcheck(op, (logits.clone(), *rest, mean, False, True))
 
 
 @pytest.mark.parametrize("dynamic", [False, True])

@@ -3,6 +3,7 @@
 #include <torch/extension.h>
 
 #include "rarekit/cpu_kernels.h"
+#include "rarekit/cross_entropy_op.h"
 #include "rarekit/torch_utils.h"
 
 TORCH_LIBRARY(rarekit, m) {
@@ -20,6 +21,14 @@ TORCH_LIBRARY(rarekit, m) {
       "cross_entropy_forward_inplace(Tensor(a!) logits, Tensor target, Tensor? weight, Tensor? logit_adjustment, "
       "Tensor? target_margin, Tensor grad_scale, int ignore_index, float label_smoothing, bool target_weighted, "
       "float focal_gamma, float z_loss, bool check) -> (Tensor losses, Tensor row_terms)");
+  // The reduced loss (reduction: 1 mean, 2 sum) of the same rows, each row's loss times its sample_weight
+  // ((rows,), or none), in the logits dtype; "mean" divides by Σ w_y over the non-ignored rows (NaN when it is
+  // 0), as torch. With compute_grad, also d(loss)/d(logits) (contiguous, the logits dtype), written in the same
+  // pass as the loss (an empty tensor otherwise): the backward is grad_output times it.
+  m.def(
+      "cross_entropy_reduced(Tensor logits, Tensor target, Tensor? weight, Tensor? logit_adjustment, "
+      "Tensor? target_margin, Tensor? sample_weight, int ignore_index, float label_smoothing, bool target_weighted, float focal_gamma, "
+      "float z_loss, int reduction, bool compute_grad, bool check) -> (Tensor loss, Tensor grad_logits)");
   m.def(
       "cross_entropy_backward(Tensor grad_losses, Tensor logits, Tensor target, Tensor? weight, "
       "Tensor? logit_adjustment, Tensor? target_margin, Tensor row_terms, int ignore_index, float label_smoothing, "
@@ -120,6 +129,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
              "the CPU kernel ISA in use");
   module.def("supported_cpu_isas", &supported_cpu_isas, "the CPU kernel ISAs this CPU can run");
   module.def("set_cpu_isa", &set_cpu_isa, "use the CPU kernels compiled for this ISA");
+  module.def("cross_entropy_reduced_cpu", &rarekit::cpu::cross_entropy_reduced_cpu,
+             "rarekit::cross_entropy_reduced's CPU kernel, called without the dispatcher (plain CPU tensors only)");
   module.def("advise_huge_pages", &rarekit::advise_huge_pages,
              "back a fresh, untouched CPU tensor with transparent huge pages (contents unchanged)");
 }

@@ -9,6 +9,8 @@
 #include <cmath>
 #include <limits>
 #include <tuple>
+#include <type_traits>
+#include <vector>
 
 #include "rarekit/cpu_kernels.h"
 #include "rarekit/cpu_parallel.h"
@@ -236,12 +238,159 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_losses, const at::T
   return grad;
 }
 
+// ---- cross_entropy_reduced: the reduced loss, and its gradient written in the same pass as the loss.
+// The rows go in blocks of whole 16-row vectors (the few-class kernels) of about 64K logits (long rows
+// still spread over threads); each block's per-row losses and row terms stay in an L1-sized buffer on the
+// stack and are added up at once, so the only (rows, classes) traffic is one read of the logits and one
+// write of the gradient. The block grid does not depend on the thread count and the blocks' partial sums
+// are added in block order: the same loss on any number of threads.
+constexpr int64_t kReducedBlockRows = 1024;
+
+int64_t reduced_block_rows(int64_t classes) {
+  return std::clamp<int64_t>(65536 / std::max<int64_t>(classes, 1) / 16 * 16, 1, kReducedBlockRows);
+}
+
+// Σ_r values[r] (times sample_weight[r] when given) in double, in eight independent chains.
+template <typename Acc>
+double block_total(const Acc* values, const Acc* sample_weight, int64_t count) {
+  double chains[8] = {};
+  int64_t r = 0;
+  for (; r + 8 <= count; r += 8) {
+    for (int j = 0; j < 8; ++j) {
+      chains[j] += static_cast<double>(values[r + j]) * (sample_weight ? static_cast<double>(sample_weight[r + j]) : 1.0);
+    }
+  }
+  for (; r < count; ++r) chains[0] += static_cast<double>(values[r]) * (sample_weight ? static_cast<double>(sample_weight[r]) : 1.0);
+  return ((chains[0] + chains[1]) + (chains[2] + chains[3])) + ((chains[4] + chains[5]) + (chains[6] + chains[7]));
+}
+
+// Gradient rows times their sample weights (rows of `classes` values of type T).
+template <typename T, typename Acc>
+void scale_gradient_rows(void* grad, const Acc* sample_weight, int64_t rows, int64_t classes) {
+  T* out = static_cast<T*>(grad);
+  for (int64_t r = 0; r < rows; ++r) {
+    const Acc scale = sample_weight[r];
+    for (int64_t k = 0; k < classes; ++k) out[r * classes + k] = static_cast<T>(static_cast<Acc>(out[r * classes + k]) * scale);
+  }
+}
+
+template <typename Acc>
+using ScaleRowsFn = void (*)(void*, const Acc*, int64_t, int64_t);
+
+template <typename Acc>
+ScaleRowsFn<Acc> scale_rows_for(at::ScalarType type) {
+  if constexpr (std::is_same_v<Acc, double>) {
+    return scale_gradient_rows<double, double>;
+  } else {
+    switch (type) {
+      case at::kBFloat16: return scale_gradient_rows<at::BFloat16, float>;
+      case at::kHalf: return scale_gradient_rows<at::Half, float>;
+      default: return scale_gradient_rows<float, float>;
+    }
+  }
+}
+
+// torch's "mean" divisor: Σ w_y (the count without weights) over the rows whose target is not
+// ignore_index, in double. Raises IndexError naming the first target out of [0, classes).
+template <typename Acc>
+double target_weight_total(const CrossEntropyInputs& inputs, int64_t block_rows) {
+  const CrossEntropyConfig& config = inputs.config;
+  const int64_t rows = inputs.target.numel(), blocks = (rows + block_rows - 1) / block_rows;
+  const int64_t* target = inputs.target.const_data_ptr<int64_t>();
+  const Acc* weight = inputs.weight.defined() ? inputs.weight.const_data_ptr<Acc>() : nullptr;
+  std::vector<double> partial(blocks);
+  std::atomic<bool> out_of_range{false};
+  parallel_range(0, blocks, 1, block_rows * static_cast<int64_t>(sizeof(int64_t)), [&](int64_t lo, int64_t hi) {
+    bool bad = false;
+    for (int64_t b = lo; b < hi; ++b) {
+      double total = 0.0;
+      for (int64_t i = b * block_rows, end = std::min(rows, i + block_rows); i < end; ++i) {
+        const int64_t y = target[i];
+        if (y == config.ignore_index) continue;
+        if (y < 0 || y >= config.num_classes) {
+          bad = true;
+          continue;
+        }
+        total += weight ? static_cast<double>(weight[y]) : 1.0;
+      }
+      partial[b] = total;
+    }
+    if (bad) out_of_range.store(true);
+  });
+  if (out_of_range.load()) check_targets(inputs.target, config.num_classes, config.ignore_index);
+  double total = 0.0;
+  for (const double part : partial) total += part;
+  return total;
+}
+
+template <typename Acc, typename Kernel>
+std::tuple<at::Tensor, at::Tensor> run_reduced(const CrossEntropyInputs& inputs, const at::Tensor& sample, bool mean,
+                                               bool compute_grad, Kernel kernel) {
+  const int64_t rows = inputs.logits.size(0), classes = inputs.config.num_classes;
+  const int64_t block_rows = reduced_block_rows(classes), blocks = (rows + block_rows - 1) / block_rows;
+  const int64_t bytes = row_bytes(inputs.logits);
+  const double divisor = mean ? target_weight_total<Acc>(inputs, block_rows) : 1.0;
+  const Acc scale = static_cast<Acc>(1.0 / divisor);  // inf when Σ w_y = 0: NaN gradients, as autograd gives
+  at::Tensor grad = compute_grad ? at::empty_like(inputs.logits) : at::empty({0}, inputs.logits.options());
+  if (compute_grad) advise_huge_pages(grad);
+  CrossEntropyArgsT<Acc> args = make_args<Acc>(inputs);
+  args.grad_scale = &scale;
+  char* grad_rows = compute_grad ? static_cast<char*>(grad.mutable_data_ptr()) : nullptr;
+  const Acc* sample_weight = sample.defined() ? sample.const_data_ptr<Acc>() : nullptr;
+  const ScaleRowsFn<Acc> scale_rows = scale_rows_for<Acc>(inputs.logits.scalar_type());
+  std::vector<double> partial(blocks);
+  std::atomic<int64_t> first_bad_row{rows};
+  parallel_range(0, blocks, 1, block_rows * bytes, [&](int64_t lo, int64_t hi) {
+    Acc losses[kReducedBlockRows];
+    Acc row_terms[kReducedBlockRows * kRowTermCount];
+    for (int64_t b = lo; b < hi; ++b) {
+      const int64_t first = b * block_rows, count = std::min(block_rows, rows - first);
+      CrossEntropyArgsT<Acc> block = args;
+      block.logits = static_cast<const char*>(args.logits) + first * bytes;
+      block.target = args.target + first;
+      block.losses = losses, block.row_terms = row_terms;
+      block.grad = grad_rows ? grad_rows + first * bytes : nullptr;
+      const int64_t bad = kernel(block, 0, count);
+      if (bad >= 0) {
+        int64_t seen = first_bad_row.load();
+        while (first + bad < seen && !first_bad_row.compare_exchange_weak(seen, first + bad)) {
+        }
+      }
+      const Acc* block_sample = sample_weight ? sample_weight + first : nullptr;
+      partial[b] = block_total(losses, block_sample, count);
+      if (block_sample && block.grad) scale_rows(block.grad, block_sample, count, classes);
+    }
+  });
+  if (first_bad_row.load() < rows) check_targets(inputs.target, classes, inputs.config.ignore_index);
+  double total = 0.0;
+  for (const double part : partial) total += part;
+  const double loss = !mean ? total : divisor == 0.0 ? std::numeric_limits<double>::quiet_NaN() : total / divisor;
+  return {at::scalar_tensor(loss, inputs.logits.options()), grad};
+}
+
 }  // namespace
+
+std::tuple<at::Tensor, at::Tensor> cross_entropy_reduced_cpu(
+    const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& logit_adjustment, const std::optional<at::Tensor>& target_margin,
+    const std::optional<at::Tensor>& sample_weight,
+    int64_t ignore_index, double label_smoothing, bool target_weighted, double focal_gamma, double z_loss,
+    int64_t reduction, bool compute_grad, bool /*check: always on CPU*/) {
+  const CrossEntropyInputs inputs = prepare_cross_entropy(logits, target, weight, logit_adjustment, target_margin, ignore_index,
+                                                          label_smoothing, target_weighted, focal_gamma, z_loss);
+  const at::Tensor sample = reduced_sample_weight(sample_weight, reduction, logits);
+  if (logits.scalar_type() == at::kDouble) {
+    return run_reduced<double>(inputs, sample, reduction == kReduceMean, compute_grad, forward_rows_double);
+  }
+  return run_reduced<float>(inputs, sample, reduction == kReduceMean, compute_grad,
+                            cross_entropy_kernels().forward[float_type(logits.scalar_type())]);
+}
 
 TORCH_LIBRARY_IMPL(rarekit, CPU, m) {
   m.impl("cross_entropy_forward", &cross_entropy_forward_cpu);
   m.impl("cross_entropy_forward_inplace", &cross_entropy_forward_inplace_cpu);
   m.impl("cross_entropy_backward", &cross_entropy_backward_cpu);
+  m.impl("cross_entropy_reduced", &cross_entropy_reduced_cpu);
 }
 
 }  // namespace rarekit::cpu

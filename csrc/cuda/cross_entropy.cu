@@ -432,12 +432,50 @@ at::Tensor cross_entropy_backward_cuda(const at::Tensor& grad_losses, const at::
   return grad;
 }
 
+// The reduced loss and its gradient: torch's "mean" divisor Σ w_y over the non-ignored rows (on the device,
+// no sync), then the forward kernels with the gradient written into a fresh buffer, scaled by 1/Σ w_y.
+std::tuple<at::Tensor, at::Tensor> cross_entropy_reduced_cuda(
+    const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& logit_adjustment, const std::optional<at::Tensor>& target_margin,
+    const std::optional<at::Tensor>& sample_weight,
+    int64_t ignore_index, double label_smoothing, bool target_weighted, double focal_gamma, double z_loss,
+    int64_t reduction, bool compute_grad, bool check) {
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const CrossEntropyInputs inputs = prepare_cross_entropy(logits, target, weight, logit_adjustment, target_margin, ignore_index,
+                                                          label_smoothing, target_weighted, focal_gamma, z_loss);
+  const at::Tensor sample = reduced_sample_weight(sample_weight, reduction, logits);
+  const int64_t classes = inputs.config.num_classes;
+  const auto accumulator = inputs.logits.options().dtype(accumulator_type(inputs.logits));
+  const at::Tensor valid =
+      inputs.target.ne(ignore_index).logical_and_(inputs.target.ge(0)).logical_and_(inputs.target.lt(classes));
+  at::Tensor divisor;
+  if (inputs.weight.defined()) {  // Σ_i w_{y_i} in double, as the CPU operator
+    const at::Tensor gathered = inputs.weight.to(at::kDouble).index_select(0, inputs.target.clamp(0, std::max<int64_t>(classes - 1, 0)));
+    divisor = at::where(valid, gathered, at::zeros({}, gathered.options())).sum();
+  } else {
+    divisor = valid.sum().to(at::kDouble);
+  }
+  const bool mean = reduction == kReduceMean;
+  const at::Tensor scale = (mean ? divisor.reciprocal() : at::ones({}, divisor.options())).to(accumulator.dtype()).reshape({1});
+  at::Tensor grad = compute_grad ? at::empty_like(inputs.logits) : at::empty({0}, inputs.logits.options());
+  auto [losses, row_terms] = forward(inputs, compute_grad ? grad : at::Tensor(), scale, check);
+  if (sample.defined()) {
+    losses = losses * sample;
+    if (compute_grad) grad.mul_(sample.unsqueeze(1));
+  }
+  at::Tensor total = losses.to(at::kDouble).sum();
+  // "mean": Σ / Σ w_y, and NaN when Σ w_y = 0 (torch divides its nll and smoothing sums separately: 0/0)
+  if (mean) total = at::where(divisor.eq(0), at::full({}, std::numeric_limits<double>::quiet_NaN(), divisor.options()), total / divisor);
+  return {total.to(logits.scalar_type()), grad};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(rarekit, CUDA, m) {
   m.impl("cross_entropy_forward", &cross_entropy_forward_cuda);
   m.impl("cross_entropy_forward_inplace", &cross_entropy_forward_inplace_cuda);
   m.impl("cross_entropy_backward", &cross_entropy_backward_cuda);
+  m.impl("cross_entropy_reduced", &cross_entropy_reduced_cuda);
 }
 
 }  // namespace rarekit::cuda

@@ -101,6 +101,99 @@ if _backend._C is not None:
     torch.library.register_autograd("rarekit::cross_entropy_forward", _backward, setup_context=_setup_context)
 
 
+REDUCTION_CODES = {"mean": 1, "sum": 2}  # cross_entropy_reduced's reduction argument
+
+
+if _backend._C is not None:
+    @torch.library.register_fake("rarekit::cross_entropy_reduced")
+    def _reduced_fake(logits, target, weight, logit_adjustment, target_margin, sample_weight, *args):
+        compute_grad = args[-2]
+        gradient = (torch.empty_like(logits, memory_format=torch.contiguous_format) if compute_grad
+                    else logits.new_empty((0,)))
+        return logits.new_empty(()), gradient
+
+    def _reduced_setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0], inputs[3], output[1])
+
+    def _reduced_backward(ctx, grad_loss, _grad_gradient):
+        logits, logit_adjustment, gradient = ctx.saved_tensors
+        if gradient.shape != logits.shape:
+            raise RuntimeError("rarekit::cross_entropy_reduced was called with compute_grad=False: it has no "
+                               "gradient to give; call it with compute_grad=True where the logits require grad")
+        grad = gradient * grad_loss
+        return (_once_differentiable(grad, logits, logit_adjustment, grad_loss), None, None,
+                _adjustment_gradient(grad, ctx.needs_input_grad[3], logits, logit_adjustment, grad_loss),
+                None, None, None, None, None, None, None, None, None, None)
+
+    torch.library.register_autograd("rarekit::cross_entropy_reduced", _reduced_backward,
+                                    setup_context=_reduced_setup_context)
+
+
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)  # no __torch_dispatch__ of their own
+
+
+def _reduced_below_autograd(logits, target, weight, logit_adjustment, target_margin, sample_weight, config,
+                            reduction: int, compute_grad: bool, check: bool):
+    """``rarekit::cross_entropy_reduced`` without its autograd: on plain CPU tensors with no dispatch mode
+    active, the CPU kernel itself (the boxed dispatch of a Python op call costs more than a 64 x 2 forward)."""
+    if logits.is_cpu and type(logits) in _PLAIN_TENSORS and not torch._C._len_torch_dispatch_stack():
+        return _backend._C.cross_entropy_reduced_cpu(logits, target, weight, logit_adjustment, target_margin,
+                                                     sample_weight, *config, reduction, compute_grad, check)
+    with torch._C._AutoDispatchBelowAutograd():
+        return torch.ops.rarekit.cross_entropy_reduced(logits, target, weight, logit_adjustment, target_margin,
+                                                       sample_weight, *config, reduction, compute_grad, check)
+
+
+class _ReducedCrossEntropy(torch.autograd.Function):
+    """The eager entry to ``rarekit::cross_entropy_reduced`` (no functorch transform active): the forward
+    writes the gradient of the reduced loss into a fresh buffer, and the backward hands that buffer to
+    autograd, times ``grad_output`` in place (skipped where it is a CPU 1, as after ``loss.backward()``;
+    on CUDA always multiplied, no host sync). A second backward through a retained graph computes the
+    gradient again. ``forward`` takes ``ctx``, so that ``apply`` binds no default arguments."""
+
+    @staticmethod
+    def forward(ctx, logits, target, weight, logit_adjustment, target_margin, sample_weight, reduction, config, check):
+        loss, gradient = _reduced_below_autograd(logits, target, weight, logit_adjustment, target_margin,
+                                                 sample_weight, config, reduction, True, check)
+        ctx.save_for_backward(logits, target, weight, logit_adjustment, target_margin, sample_weight)
+        ctx.gradient, ctx.reduction, ctx.config, ctx.check = gradient, reduction, config, check
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        gradient = ctx.gradient
+        if gradient is None:
+            _, gradient = _reduced_below_autograd(*ctx.saved_tensors, ctx.config, ctx.reduction, True, ctx.check)
+        else:
+            ctx.gradient = None  # handed out once: autograd may keep the buffer as .grad
+        if not grad_loss.is_cpu or grad_loss.item() != 1.0:
+            gradient.mul_(grad_loss.detach())
+        needs = ctx.needs_input_grad
+        if torch.is_grad_enabled():  # create_graph=True: the gradient raises if differentiated again
+            sources = (ctx.saved_tensors[0], ctx.saved_tensors[3], grad_loss)
+            return (_once_differentiable(gradient, *sources) if needs[0] else None, None, None,
+                    _adjustment_gradient(gradient, needs[3], *sources), None, None, None, None, None)
+        return (gradient if needs[0] else None, None, None, gradient.sum(0) if needs[3] else None,
+                None, None, None, None, None)
+
+
+def cross_entropy_reduced(logits, target, weight, logit_adjustment, target_margin, sample_weight, reduction: str,
+                          config: tuple, check: bool) -> torch.Tensor:
+    """The "mean" or "sum" loss of (rows, C) logits in their dtype, with the gradient written in the same pass
+    as the loss (native kernels only; ``config`` as :func:`cross_entropy_rows`'s five options)."""
+    code = REDUCTION_CODES[reduction]
+    needs_grad = torch.is_grad_enabled() and (logits.requires_grad or (
+        logit_adjustment is not None and logit_adjustment.requires_grad))
+    if torch.compiler.is_compiling():  # the op's registered autograd
+        return torch.ops.rarekit.cross_entropy_reduced(logits, target, weight, logit_adjustment, target_margin,
+                                                       sample_weight, *config, code, needs_grad, check)[0]
+    if needs_grad:
+        return _ReducedCrossEntropy.apply(logits, target, weight, logit_adjustment, target_margin, sample_weight, code,
+                                          config, check)
+    return _reduced_below_autograd(logits, target, weight, logit_adjustment, target_margin, sample_weight, config,
+                                   code, False, check)[0]
+
+
 class _CrossEntropyRows(torch.autograd.Function):
     """The eager entry to ``rarekit::cross_entropy_forward``: the op's own backward, plus forward-mode
     AD and the functorch transforms, which the op's registration cannot carry. (torch.compile calls

@@ -209,6 +209,16 @@ def cross_entropy_backward_cases():
     return valid, cases
 
 
+def cross_entropy_reduced_cases():
+    valid = (*cross_entropy_inputs(), torch.rand(3), -100, 0.1, False, 0.0, 0.0, 1, True, True)
+    cases = cross_entropy_input_cases(valid)
+    cases += argument_variants(valid, 5, "sample_weight", NOT_FLOAT)
+    cases += [("reduction: 0 (none)", replaced(valid, 11, 0)), ("reduction: 3", replaced(valid, 11, 3)),
+              ("target: 5 outside 5 classes, reduction sum",
+               replaced(replaced(valid, 1, torch.tensor([0, 5, 1])), 11, 2))]
+    return valid, cases
+
+
 def sigmoid_operand_cases(valid: tuple, index: int, name: str) -> list:
     """A broadcast operand (weight, pos_weight, alpha_tensor) of the wrong dtype, or of a shape that does
     not broadcast to the (3, 5) input (a 0-dim or (1, 5) one would)."""
@@ -330,6 +340,7 @@ CASES = {
     "cross_entropy_forward": cross_entropy_forward_cases,
     "cross_entropy_forward_inplace": cross_entropy_forward_inplace_cases,
     "cross_entropy_backward": cross_entropy_backward_cases,
+    "cross_entropy_reduced": cross_entropy_reduced_cases,
     "gather_rows": gather_rows_cases,
     "gather_segments_into": gather_segments_into_cases,
     "repeat_rows_into": repeat_rows_into_cases,

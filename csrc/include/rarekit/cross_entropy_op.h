@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <tuple>
 
 #include "rarekit/cross_entropy_math.h"
 
@@ -108,6 +109,19 @@ inline CrossEntropyInputs prepare_cross_entropy(const at::Tensor& logits, const 
   return inputs;
 }
 
+// cross_entropy_reduced's reduction codes (as sigmoid_loss_forward's).
+constexpr int64_t kReduceMean = 1, kReduceSum = 2;
+
+// cross_entropy_reduced's reduction and sample_weight checked: (rows,) floating point on the logits' device,
+// returned in the accumulator dtype (undefined without).
+inline at::Tensor reduced_sample_weight(const std::optional<at::Tensor>& sample_weight, int64_t reduction,
+                                        const at::Tensor& logits) {
+  TORCH_CHECK_VALUE(reduction == kReduceMean || reduction == kReduceSum,
+                    "rarekit.cross_entropy: reduction must be 1 (mean) or 2 (sum) for cross_entropy_reduced, got ",
+                    reduction);
+  return sample_weight ? row_vector(*sample_weight, "sample_weight", {logits.size(0)}, logits) : at::Tensor();
+}
+
 // Raises IndexError naming the first target outside [0, classes) that is not ignore_index.
 // One host synchronization on CUDA.
 inline void check_targets(const at::Tensor& target, int64_t classes, int64_t ignore_index) {
@@ -117,5 +131,17 @@ inline void check_targets(const at::Tensor& target, int64_t classes, int64_t ign
   TORCH_CHECK_INDEX(false, "rarekit.cross_entropy: target[", row, "] = ", target[row].item<int64_t>(),
                     " is out of range for ", classes, " classes (and is not ignore_index=", ignore_index, ")");
 }
+
+namespace cpu {
+// The CPU kernel of rarekit::cross_entropy_reduced (csrc/cpu/cross_entropy.cpp). Also bound as
+// rarekit._C.cross_entropy_reduced_cpu: the eager autograd Function calls it directly on plain CPU tensors,
+// which skips the boxed dispatch of a Python op call (about a fifth of a 64 x 2 forward).
+std::tuple<at::Tensor, at::Tensor> cross_entropy_reduced_cpu(
+    const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    const std::optional<at::Tensor>& logit_adjustment, const std::optional<at::Tensor>& target_margin,
+    const std::optional<at::Tensor>& sample_weight,
+    int64_t ignore_index, double label_smoothing, bool target_weighted, double focal_gamma, double z_loss,
+    int64_t reduction, bool compute_grad, bool check);
+}  // namespace cpu
 
 }  // namespace rarekit

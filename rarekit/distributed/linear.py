@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from rarekit import _backend
-from rarekit.distributed._common import check_replicated, reduce_losses, refuse_forward_ad, shard_view
+from rarekit.distributed._common import check_replicated, class_slice, reduce_losses, refuse_forward_ad, shard_view
 from rarekit.distributed._shards import (DTYPES, Exchange, dtensor_shard, is_dtensor, local_header, options_code,
                                          replicated_local, resolve_group, vocab_start_error)
-from rarekit.distributed._statistics import LossOptions, combine_statistics, local_gradient, local_statistics
+from rarekit.distributed._statistics import LossOptions, combine_statistics, local_gradient, shard_statistics
 from rarekit.losses.linear import _autocast_as_linear, _check_options, chunk_rows, linear_cross_entropy
 from rarekit.ops.cross_entropy import _once_differentiable, accumulator_dtype
 
@@ -36,14 +36,17 @@ def _classifier_error(classifier, bias, hidden: torch.Tensor) -> tuple[int, int]
 
 
 class _ChunkBuffers:
-    """Two (chunk, V_r) buffers in the accumulator dtype, reused by every chunk (a fresh 100 MiB tensor
-    per chunk costs its page faults and zeroing again): ``logits`` and ``scratch``."""
+    """(chunk, V_r) buffers in the accumulator dtype, reused by every chunk (a fresh 100 MiB tensor per
+    chunk costs its page faults and zeroing again): ``logits``, and ``scratch`` with a softcap."""
 
-    def __init__(self, chunk: int, rows: int, classes: int, accumulate: torch.dtype, device: torch.device):
+    def __init__(self, chunk: int, rows: int, classes: int, accumulate: torch.dtype, device: torch.device,
+                 softcap: bool):
         shape = (min(chunk, rows), classes)
-        self.logits, self.scratch = (torch.empty(shape, dtype=accumulate, device=device) for _ in range(2))
+        self.logits = torch.empty(shape, dtype=accumulate, device=device)
+        self.scratch = torch.empty(shape, dtype=accumulate, device=device) if softcap else None
         for buffer in (self.logits, self.scratch):
-            _backend.advise_huge_pages(buffer)
+            if buffer is not None:
+                _backend.advise_huge_pages(buffer)
 
     def chunk_logits(self, hidden, classifier, bias, softcap, adjustment):
         """(z', t) of a chunk: z' = softcap(hidden @ classifierᵀ + bias) + a, and t = tanh(raw / s) with
@@ -73,14 +76,13 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
     def forward(hidden, classifier, bias, target, weight, adjustment, exchange, options, softcap, chunk):
         accumulate = accumulator_dtype(hidden)
         rows, start, size = hidden.shape[0], exchange.start, exchange.size
-        local_target, local_adjustment, smoothing = shard_view(target, weight, adjustment, start, size, options)
+        local_weight, local_adjustment = class_slice(weight, start, size), class_slice(adjustment, start, size)
         statistics = hidden.new_empty((options.statistics, rows), dtype=accumulate)
-        buffers = _ChunkBuffers(chunk, rows, size, accumulate, hidden.device)
+        buffers = _ChunkBuffers(chunk, rows, size, accumulate, hidden.device, softcap is not None)
         for begin in range(0, rows, chunk):
             part = slice(begin, begin + chunk)
-            z, capped = buffers.chunk_logits(hidden[part], classifier, bias, softcap, local_adjustment)
-            scratch = (capped if capped is not None else buffers.scratch)[:z.shape[0]]  # free once z' is made
-            statistics[:, part] = local_statistics(z, local_target[part], smoothing, options, accumulate, scratch)
+            z, _ = buffers.chunk_logits(hidden[part], classifier, bias, softcap, local_adjustment)
+            statistics[:, part] = shard_statistics(z, target[part], local_weight, None, start, options)
         del buffers
         gathered = exchange.gather(statistics, rows, accumulate, options.statistics)
         result = combine_statistics(gathered, target.long(), weight, exchange.shards.sizes, options)
@@ -106,7 +108,8 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
                 torch.zeros(shape, dtype=accumulate, device=hidden.device) if wanted else None
                 for shape, wanted in ((hidden.shape, wants_hidden), (classifier.shape, wants_classifier),
                                       ((ctx.size,), wants_bias)))
-            buffers = _ChunkBuffers(ctx.chunk, hidden.shape[0], ctx.size, accumulate, hidden.device)
+            buffers = _ChunkBuffers(ctx.chunk, hidden.shape[0], ctx.size, accumulate, hidden.device,
+                                    ctx.softcap is not None)
             for begin in range(0, hidden.shape[0], ctx.chunk):
                 part = slice(begin, begin + ctx.chunk)
                 z, capped = buffers.chunk_logits(hidden[part], classifier, bias, ctx.softcap, local_adjustment)

@@ -4,65 +4,12 @@
 #include <limits>
 
 #include "rarekit/cpu_kernels.h"
+#include "rarekit/cpu_row_reductions.h"
 #include "rarekit/cpu_vector_math.h"
 #include "rarekit/cross_entropy_math.h"
 
 namespace rarekit::cpu {
 namespace {
-
-constexpr int64_t kBlock = 2048;  // logits per block: stays in L1/L2 between the block's two passes
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-// logits[k] + adjust[k] for 16 classes (adjust may be null), and the same for one class
-template <typename T>
-Floats16 load_adjusted16(const T* logits, const float* adjust, int64_t k) {
-  return adjust ? load16(logits + k) + load16(adjust + k) : load16(logits + k);
-}
-
-template <typename T>
-float load_adjusted(const T* logits, const float* adjust, int64_t k) {
-  return to_float(logits[k]) + (adjust ? adjust[k] : 0.0f);
-}
-
-// max ignoring NaN (a NaN still poisons the sum of exponentials, as in torch)
-template <typename T>
-float block_max(const T* logits, const float* adjust, int64_t begin, int64_t end) {
-  Floats16 lanes = broadcast16(kNegInf);
-  int64_t k = begin;
-  for (; k + kFloats16 <= end; k += kFloats16) {
-    const Floats16 v = load_adjusted16(logits, adjust, k);
-    lanes = v > lanes ? v : lanes;
-  }
-  float best = kNegInf;
-  for (; k < end; ++k) best = load_adjusted(logits, adjust, k) > best ? load_adjusted(logits, adjust, k) : best;
-  for (int lane = 0; lane < kFloats16; ++lane) best = lanes[lane] > best ? lanes[lane] : best;
-  return best;
-}
-
-template <typename T>
-float block_sum_exp(const T* logits, const float* adjust, int64_t begin, int64_t end, float shift) {
-  Floats16 lanes{};
-  int64_t k = begin;
-  for (; k + kFloats16 <= end; k += kFloats16) lanes += exp16(load_adjusted16(logits, adjust, k) - shift);
-  float total = horizontal_sum(lanes);
-  for (; k < end; ++k) total += exp_scalar(load_adjusted(logits, adjust, k) - shift);
-  return total;
-}
-
-// Σ_k v'_k (z'_k - shift), v' = weight or 1
-template <typename T>
-float block_smooth_sum(const T* logits, const float* adjust, const float* weight, int64_t begin, int64_t end,
-                       float shift) {
-  Floats16 lanes{};
-  int64_t k = begin;
-  for (; k + kFloats16 <= end; k += kFloats16) {
-    const Floats16 centered = load_adjusted16(logits, adjust, k) - shift;
-    lanes += weight ? load16(weight + k) * centered : centered;
-  }
-  float total = horizontal_sum(lanes);
-  for (; k < end; ++k) total += (weight ? weight[k] : 1.0f) * (load_adjusted(logits, adjust, k) - shift);
-  return total;
-}
 
 // Loss and gradient terms of one row whose target is in range: one pass over the row in blocks,
 // each block read twice while it is in cache (online softmax across blocks).
@@ -72,21 +19,10 @@ float row_loss(const T* row, int64_t target, const CrossEntropyArgs& args, Cross
   const int64_t classes = config.num_classes;
   const float* smooth_weight = per_class_smoothing(config) ? args.weight : nullptr;
   const bool smoothing = config.label_smoothing > 0.0f;
-  float max = kNegInf, sum_exp = 0.0f, smooth_sum = 0.0f, shift = 0.0f;
-  for (int64_t start = 0; start < classes; start += kBlock) {
-    const int64_t end = classes - start < kBlock ? classes : start + kBlock;
-    const float block_best = block_max(row, args.adjust, start, end);
-    if (start == 0 && std::isfinite(block_best)) shift = block_best;
-    if (block_best > max) {  // rescale what was summed against the old max
-      if (max != kNegInf) sum_exp *= exp_scalar(max - block_best);
-      max = block_best;
-    }
-    sum_exp += block_sum_exp(row, args.adjust, start, end, max == kNegInf ? 0.0f : max);
-    if (smoothing) smooth_sum += block_smooth_sum(row, args.adjust, smooth_weight, start, end, shift);
-  }
+  const RowSoftmaxSums sums = row_softmax_sums(row, args.adjust, smooth_weight, classes, smoothing);
   const float w_y = args.weight ? args.weight[target] : 1.0f;
-  return cross_entropy_row(config, max == kNegInf ? 0.0f : max, std::log(sum_exp), load_adjusted(row, args.adjust, target),
-                           smooth_sum, shift, w_y, terms);
+  return cross_entropy_row(config, sums.max == kNegInf ? 0.0f : sums.max, std::log(sums.sum_exp),
+                           load_adjusted(row, args.adjust, target), sums.smooth_sum, sums.shift, w_y, terms);
 }
 
 // out_k = scale (coef_p p_k - coef_v v'_k - [k = target] coef_y); out may alias row.

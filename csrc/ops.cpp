@@ -9,19 +9,20 @@ TORCH_LIBRARY(rarekit, m) {
   // Histogram of integer ids over [0, num_bins): int64 counts, or float sums of `weights`.
   m.def("count(Tensor ids, int num_bins, int? ignore_index, Tensor? weights, bool check) -> Tensor");
   // Cross-entropy family (csrc/include/rarekit/cross_entropy_math.h): per-row losses of (rows, classes)
-  // logits and the per-row terms the backward needs (lse and three gradient coefficients).
+  // logits and the per-row terms the backward needs (lse and three gradient coefficients). target_margin m
+  // (LDAM): the target's logit is z_y + a_y - m_y.
   m.def(
       "cross_entropy_forward(Tensor logits, Tensor target, Tensor? weight, Tensor? logit_adjustment, "
-      "int ignore_index, float label_smoothing, bool target_weighted, float focal_gamma, float z_loss, "
-      "bool check) -> (Tensor losses, Tensor row_terms)");
+      "Tensor? target_margin, int ignore_index, float label_smoothing, bool target_weighted, float focal_gamma, "
+      "float z_loss, bool check) -> (Tensor losses, Tensor row_terms)");
   // The same, also overwriting logits with grad_scale * d(losses.sum())/d(logits) (inplace_backward).
   m.def(
       "cross_entropy_forward_inplace(Tensor(a!) logits, Tensor target, Tensor? weight, Tensor? logit_adjustment, "
-      "Tensor grad_scale, int ignore_index, float label_smoothing, bool target_weighted, float focal_gamma, "
-      "float z_loss, bool check) -> (Tensor losses, Tensor row_terms)");
+      "Tensor? target_margin, Tensor grad_scale, int ignore_index, float label_smoothing, bool target_weighted, "
+      "float focal_gamma, float z_loss, bool check) -> (Tensor losses, Tensor row_terms)");
   m.def(
       "cross_entropy_backward(Tensor grad_losses, Tensor logits, Tensor target, Tensor? weight, "
-      "Tensor? logit_adjustment, Tensor row_terms, int ignore_index, float label_smoothing, "
+      "Tensor? logit_adjustment, Tensor? target_margin, Tensor row_terms, int ignore_index, float label_smoothing, "
       "bool target_weighted, float focal_gamma, float z_loss) -> Tensor");
   // Fused linear + cross-entropy (csrc/include/rarekit/linear_cross_entropy_op.h): per-row losses of
   // softcap(hidden @ classifier^T + bias), one chunk of rows of logits at a time; with grad_scale c ((1,) or
@@ -29,8 +30,9 @@ TORCH_LIBRARY(rarekit, m) {
   // where grad_mask asks for it (empty tensors otherwise: a frozen classifier costs no (classes, dim) product).
   m.def(
       "linear_cross_entropy_forward(Tensor hidden, Tensor classifier, Tensor? bias, Tensor target, Tensor? weight, "
-      "Tensor? logit_adjustment, Tensor? grad_scale, int ignore_index, float label_smoothing, bool target_weighted, "
-      "float focal_gamma, float z_loss, float? softcap, int chunk_rows, bool[4] grad_mask, bool check) -> "
+      "Tensor? logit_adjustment, Tensor? target_margin, Tensor? grad_scale, int ignore_index, float label_smoothing, "
+      "bool target_weighted, float focal_gamma, float z_loss, float? softcap, int chunk_rows, bool[4] grad_mask, "
+      "bool check) -> "
       "(Tensor losses, Tensor grad_hidden, Tensor grad_classifier, Tensor grad_bias, Tensor grad_logit_adjustment)");
   // Sigmoid family (csrc/include/rarekit/sigmoid_math.h): binary cross-entropy with logits, focal and
   // asymmetric terms, elementwise over an input of any shape. weight, pos_weight and alpha_tensor broadcast to

@@ -10,12 +10,13 @@ Counting and weights:
     TokenCounter(num_bins)            streaming counts; .all_reduce() sums them over torch.distributed ranks
     rare_ids(counts, max_count=5)     the ids of rare classes
     class_weights(counts, scheme)     inverse, inverse_sqrt, effective_number, median_frequency, log, uniform
+    ldam_margins(class_counts)        LDAM's per-class margins m_c ∝ n_c^(-1/4) (Cao et al. 2019)
     plot_frequencies(counts, path)    a Zipf plot of the counts (needs matplotlib)
 
 Losses (drop-ins for torch's cross-entropy, plus imbalance-aware variants):
 
     cross_entropy, CrossEntropyLoss   class weights, label smoothing, focal term, logit adjustment, z-loss
-    FocalLoss, LogitAdjustedLoss, ClassBalancedLoss
+    FocalLoss, LogitAdjustedLoss, ClassBalancedLoss, LDAMLoss
     linear_cross_entropy, LinearCrossEntropyLoss
                                       LM head + cross-entropy, never holding the (tokens, vocab) logits
     binary_cross_entropy_with_logits, BCEWithLogitsLoss, sigmoid_focal_loss, AsymmetricLoss
@@ -47,17 +48,17 @@ from rarekit._backend import backend_info, set_backend
 from rarekit.augment import RareAugmenter, augment_minority, augment_rare_tokens
 from rarekit.counting import TokenCounter, count, rare_ids
 from rarekit.losses import (AsymmetricLoss, BCEWithLogitsLoss, ClassBalancedLoss, CrossEntropyLoss, FocalLoss,
-                            LinearCrossEntropyLoss, LogitAdjustedLoss, binary_cross_entropy_with_logits, cross_entropy,
-                            linear_cross_entropy, sigmoid_focal_loss)
+                            LDAMLoss, LinearCrossEntropyLoss, LogitAdjustedLoss, binary_cross_entropy_with_logits,
+                            cross_entropy, linear_cross_entropy, sigmoid_focal_loss)
 from rarekit.plots import plot_frequencies
 from rarekit.sampling import (BalancedSampler, oversample_indices, resolve_sampling_strategy, sequence_weights,
                               undersample_indices)
-from rarekit.weights import class_weights
+from rarekit.weights import class_weights, ldam_margins
 
-__all__ = ["ClassBalancedLoss", "CrossEntropyLoss", "FocalLoss", "LogitAdjustedLoss", "cross_entropy",
+__all__ = ["ClassBalancedLoss", "CrossEntropyLoss", "FocalLoss", "LDAMLoss", "LogitAdjustedLoss", "cross_entropy",
            "LinearCrossEntropyLoss", "linear_cross_entropy",
            "AsymmetricLoss", "BCEWithLogitsLoss", "binary_cross_entropy_with_logits", "sigmoid_focal_loss",
-           "TokenCounter", "backend_info", "class_weights", "count", "plot_frequencies", "rare_ids", "set_backend",
+           "TokenCounter", "backend_info", "class_weights", "count", "ldam_margins", "plot_frequencies", "rare_ids", "set_backend",
            "BalancedSampler", "RandomOverSampler", "RandomUnderSampler", "oversample_indices", "resolve_sampling_strategy",
            "sequence_weights", "undersample_indices", "RareAugmenter", "augment_minority", "augment_rare_tokens"]
 __version__ = "0.1.0"

@@ -91,7 +91,7 @@ def add_demo_command(commands) -> None:
     command = commands.add_parser(
         "demo", help="an end-to-end imbalance study on real data (offline), with a report",
         description="Count the words of the corpus shipped with rarekit, then train the same small model with "
-                    "plain CE, weighted CE, a balanced sampler, logit adjustment, focal loss and (text) "
+                    "plain CE, weighted CE, a balanced sampler, logit adjustment, focal loss, LDAM-DRW and (text) "
                     "augment_minority on digits-LT and chatterbot-corpus topics, or on --data; write report.md, "
                     "results.json and plots into --out.")
     command.add_argument("--out", type=Path, default=Path("rarekit-demo"), metavar="DIR",
@@ -449,6 +449,18 @@ def dtype_hint(ids: torch.Tensor, file_format: str, dtype: str) -> str:
             f"{as_uint16:,}: pass --dtype uint16 if the file holds uint16 ids. Else: ")
 
 
+UINT32_SIGN_IDS = 64  # ids read before a uint16 file whose every second value is 0 is called uint32
+
+
+def refuse_uint32_as_uint16(ids: np.ndarray) -> None:
+    """A little-endian uint32 file of ids below 65,536 read as uint16 gives each id followed by a 0, which
+    would count id 0 as half of the file: refused when every second value of the first ids is 0 (a real
+    uint16 token file has no such run)."""
+    if ids.size >= UINT32_SIGN_IDS and not ids[1::2].any() and ids[::2].any():
+        raise ValueError("read as uint16 (the default --dtype), every second value is 0, as in a file of uint32 ids "
+                         "below 65,536: pass --dtype uint32 if the file holds uint32 ids")
+
+
 def id_chunks(path: Path, file_format: str, dtype: str):
     """Yields ``(int64 ids, bytes)``, ``CHUNK_IDS`` ids at a time, from a memory-mapped .npy or raw token file."""
     if file_format == "npy":
@@ -464,6 +476,8 @@ def id_chunks(path: Path, file_format: str, dtype: str):
         if size % itemsize:
             raise ValueError(f"{size} bytes is not a whole number of {dtype} ids; check --dtype")
         ids = np.memmap(path, dtype=dtype, mode="r") if size else np.empty(0, dtype=dtype)
+        if dtype == "uint16":
+            refuse_uint32_as_uint16(ids[:CHUNK_IDS])
     for start in range(0, ids.size, CHUNK_IDS):
         chunk = ids[start:start + CHUNK_IDS]
         if chunk.dtype == np.uint64 and chunk.size and chunk.max() > np.iinfo(np.int64).max:

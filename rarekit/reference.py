@@ -33,11 +33,12 @@ def count(ids: torch.Tensor, num_bins: int, ignore_index: int | None = None,
 def cross_entropy_rows(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
                        logit_adjustment: torch.Tensor | None = None, ignore_index: int = -100,
                        label_smoothing: float = 0.0, target_weighted: bool = False, focal_gamma: float = 0.0,
-                       z_loss: float = 0.0) -> torch.Tensor:
+                       z_loss: float = 0.0, target_margin: torch.Tensor | None = None) -> torch.Tensor:
     """Per-row loss of the cross-entropy family for (rows, C) logits, in float32 (float64 for float64
     logits); 0 on ignored rows.
 
-    With z' = z + a, lse = log Σ_k exp z'_k and p = softmax(z')::
+    With z' = z + a, less the target margin on the target (z'_y = z_y + a_y - m_y: LDAM, Cao et al. 2019),
+    lse = log Σ_k exp z'_k and p = softmax(z')::
 
         B    = (1-ε) w_y (lse - z'_y) + (ε/C) Σ_k v_k (lse - z'_k)
                v_k = w_k (torch's label smoothing) or w_y (``target_weighted``)
@@ -53,6 +54,9 @@ def cross_entropy_rows(logits: torch.Tensor, target: torch.Tensor, weight: torch
     valid = target != ignore_index
     in_range = (target >= 0) & (target < classes)  # other targets give NaN (the callers check them)
     safe_target = torch.where(valid & in_range, target, 0).long()
+    if target_margin is not None:
+        margin = torch.where(valid & in_range, target_margin.to(accumulator)[safe_target], 0.0)
+        z = z.scatter_add(1, safe_target[:, None], -margin[:, None])  # z'_y - m_y, the other logits as they are
     class_weight = weight.to(accumulator) if weight is not None else z.new_ones(classes)
     w_y = class_weight[safe_target]
     lse = torch.logsumexp(z, dim=1)
@@ -240,7 +244,8 @@ def linear_cross_entropy_rows(hidden: torch.Tensor, classifier: torch.Tensor, ta
                               bias: torch.Tensor | None = None, weight: torch.Tensor | None = None,
                               logit_adjustment: torch.Tensor | None = None, ignore_index: int = -100,
                               label_smoothing: float = 0.0, target_weighted: bool = False, focal_gamma: float = 0.0,
-                              z_loss: float = 0.0, softcap: float | None = None) -> torch.Tensor:
+                              z_loss: float = 0.0, softcap: float | None = None,
+                              target_margin: torch.Tensor | None = None) -> torch.Tensor:
     """Per-row loss of the fused linear + cross-entropy for (rows, D) hidden states: the
     :func:`cross_entropy_rows` of ``z = hidden @ classifierᵀ + bias``, soft-capped to ``s · tanh(z / s)``
     when ``softcap = s`` (Gemma 2)."""
@@ -248,4 +253,4 @@ def linear_cross_entropy_rows(hidden: torch.Tensor, classifier: torch.Tensor, ta
     if softcap is not None:
         logits = softcap * torch.tanh(logits / softcap)
     return cross_entropy_rows(logits, target, weight, logit_adjustment, ignore_index, label_smoothing,
-                              target_weighted, focal_gamma, z_loss)
+                              target_weighted, focal_gamma, z_loss, target_margin)

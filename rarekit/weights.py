@@ -1,4 +1,4 @@
-"""Per-class loss weights from class counts: :func:`class_weights`."""
+"""Per-class loss weights and margins from class counts: :func:`class_weights`, :func:`ldam_margins`."""
 from __future__ import annotations
 
 import math
@@ -85,6 +85,37 @@ def class_weights(counts, scheme: str = "inverse", *, beta: float = 0.999, power
         raise ValueError(f"the {scheme!r} weights overflow float32 with power={power}, normalize={normalize!r} "
                          f"and zero_count={zero_count!r}; pass a smaller power or normalize='mean'")
     return weights
+
+
+def ldam_margins(class_counts, max_margin: float = 0.5) -> torch.Tensor:
+    """Per-class LDAM margins ``m`` (float32, (C,), on the device of ``class_counts``) for
+    :class:`rarekit.LDAMLoss` or ``cross_entropy(..., target_margin=m)``.
+
+    ``m_c ∝ n_c^(-1/4)``, scaled so that the largest margin is ``max_margin``:
+    ``m_c = max_margin · (n_min / n_c)^(1/4)`` (Cao et al. 2019, "Learning Imbalanced Datasets with
+    Label-Distribution-Aware Margin Loss", who use ``max_margin = 0.5``). Rare classes get the larger
+    margins.
+
+    A class never seen (``n_c = 0``) gets the largest margin, ``max_margin``, and ``n_min`` is the
+    smallest *seen* count, so the seen classes' margins are those they would have without it. A margin
+    acts only on the rows whose target is its class, so an unseen class's margin leaves the loss on the
+    counted data unchanged; should the class turn up, it is treated as the rarest. Counts may be floats
+    (e.g. weighted counts); all zero, or none at all, raise ``ValueError``.
+    """
+    counts = as_counts(class_counts, "class_counts").double()
+    if counts.numel() == 0:
+        raise ValueError("class_counts must hold one count per class, got an empty sequence")
+    if not bool((counts > 0).any()):
+        raise ValueError(f"class_counts has no seen class (all {counts.numel()} counts are 0)")
+    if not is_real_number(max_margin):
+        raise TypeError(f"max_margin must be a number, got {type(max_margin).__name__}")
+    if not 0 < max_margin < math.inf:
+        raise ValueError(f"max_margin must be a finite number > 0, got {max_margin!r}")
+    seen = counts > 0
+    log_counts = torch.where(seen, counts, 1.0).log()
+    # (n_min / n_c)^(1/4) in logs: exactly 1 for the rarest seen class, no overflow for huge counts
+    ratios = torch.where(seen, torch.exp(0.25 * (log_counts[seen].min() - log_counts)), 1.0)
+    return (max_margin * ratios).float()
 
 
 def _log_raw_weights(effective_counts: torch.Tensor, counts: torch.Tensor, seen: torch.Tensor, scheme: str,

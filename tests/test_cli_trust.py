@@ -95,6 +95,28 @@ def test_a_uint16_file_read_as_uint32_names_the_dtype(tmp_path, capsys):
     np.testing.assert_array_equal(np.load(tmp_path / "out" / "counts.npy"), np.bincount(ids))
 
 
+def test_a_uint32_file_read_as_uint16_is_refused_not_miscounted(tmp_path, capsys):
+    """uint32 ids below 65,536 read as uint16 are each followed by a 0: counted, id 0 would be half the file."""
+    ids = np.random.default_rng(2).integers(1, 50_257, 4000).astype(np.uint32)
+    ids.tofile(tmp_path / "train.bin")
+    assert cli.main(["count", str(tmp_path / "train.bin"), "--out", str(tmp_path / "out")]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"rarekit count: error: {tmp_path / 'train.bin'}: read as uint16 (the default --dtype), "
+                            "every second value is 0, as in a file of uint32 ids below 65,536: pass --dtype uint32")
+    assert not (tmp_path / "out").exists()
+    assert cli.main(["count", str(tmp_path / "train.bin"), "--dtype", "uint32", "--out", str(tmp_path / "out")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "counts.npy"), np.bincount(ids))
+
+
+def test_a_uint16_file_with_many_zero_ids_is_still_counted(tmp_path):
+    """Id 0 being common (padding) is not the uint32 pattern: only every second value being 0 is."""
+    ids = np.random.default_rng(3).integers(0, 50_257, 4000).astype(np.uint16)
+    ids[::3] = 0
+    ids.tofile(tmp_path / "train.bin")
+    assert cli.main(["count", str(tmp_path / "train.bin"), "--out", str(tmp_path / "out")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "counts.npy"), np.bincount(ids))
+
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 

@@ -225,6 +225,57 @@ def test_all_unseen_counts_raise():
         rarekit.class_weights(torch.zeros(0, dtype=torch.int64))
 
 
+# ldam_margins
+
+def test_ldam_margins_are_the_quarter_power_law_scaled_to_max_margin(device, gen):
+    counts = random_counts(gen, zero_share=0.0)
+    max_margin = 0.1 + float(torch.rand((), generator=gen))
+    margins = rarekit.ldam_margins(counts.to(device), max_margin)
+    assert margins.dtype == torch.float32 and margins.device == device and margins.shape == counts.shape
+    expected = 1 / np.sqrt(np.sqrt(counts.numpy().astype(np.float64)))  # Cao et al.'s reference code
+    expected *= max_margin / expected.max()
+    np.testing.assert_allclose(margins.cpu().numpy(), expected, rtol=1e-6)
+    assert margins.max().item() == pytest.approx(max_margin, rel=1e-7)
+    assert rarekit.ldam_margins([10**18, 1])[0].item() == pytest.approx(0.5 * 10 ** -4.5, rel=1e-6)  # no overflow
+
+
+def test_ldam_margins_give_unseen_classes_the_largest_margin_and_leave_the_others_alone(gen):
+    counts = random_counts(gen, zero_share=0.3)
+    counts[0] = 0
+    seen = counts > 0
+    margins = rarekit.ldam_margins(counts, 0.7)
+    assert torch.all(margins[~seen] == torch.tensor(0.7, dtype=torch.float32))
+    assert torch.equal(margins[seen], rarekit.ldam_margins(counts[seen], 0.7))
+    fractional = rarekit.ldam_margins([0.5, 2.0, 0.0])  # weighted counts: the rarest seen count is 0.5
+    np.testing.assert_allclose(fractional, [0.5, 0.5 * 0.25 ** 0.25, 0.5], rtol=1e-6)
+
+
+def test_ldam_margins_do_not_mutate_counts(device, gen):
+    counts = random_counts(gen).to(device)
+    before = counts.clone()
+    rarekit.ldam_margins(counts)
+    assert torch.equal(counts, before)
+
+
+@pytest.mark.parametrize("counts, max_margin, error, message", [
+    ([], 0.5, ValueError, "class_counts must hold one count per class, got an empty sequence"),
+    ([0, 0, 0], 0.5, ValueError, r"class_counts has no seen class \(all 3 counts are 0\)"),
+    ([3, -1], 0.5, ValueError, r"class_counts must be finite and non-negative, got class_counts\[1\] = -1"),
+    ([3.0, float("nan")], 0.5, ValueError, r"class_counts\[1\] = nan"),
+    ([[1, 2]], 0.5, ValueError, r"class_counts must be 1-D"),
+    ("many", 0.5, TypeError, "class_counts must be"),
+    ([1, 2], 0.0, ValueError, "max_margin must be a finite number > 0, got 0.0"),
+    ([1, 2], -0.5, ValueError, "max_margin must be a finite number > 0, got -0.5"),
+    ([1, 2], float("inf"), ValueError, "max_margin must be a finite number > 0, got inf"),
+    ([1, 2], float("nan"), ValueError, "max_margin must be a finite number > 0, got nan"),
+    ([1, 2], True, TypeError, "max_margin must be a number, got bool"),
+    ([1, 2], "0.5", TypeError, "max_margin must be a number, got str"),
+])
+def test_ldam_margins_bad_arguments(counts, max_margin, error, message):
+    with pytest.raises(error, match=message):
+        rarekit.ldam_margins(counts, max_margin)
+
+
 # plot_frequencies
 
 def test_plot_frequencies_draws_ranked_counts_and_rare_threshold(tmp_path, gen):

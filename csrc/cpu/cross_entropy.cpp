@@ -45,6 +45,7 @@ CrossEntropyArgsT<Acc> make_args(const CrossEntropyInputs& inputs) {
   args.target = inputs.target.const_data_ptr<int64_t>();
   args.weight = inputs.weight.defined() ? inputs.weight.const_data_ptr<Acc>() : nullptr;
   args.adjust = inputs.adjust.defined() ? inputs.adjust.const_data_ptr<Acc>() : nullptr;
+  args.margin = inputs.margin.defined() ? inputs.margin.const_data_ptr<Acc>() : nullptr;
   return args;
 }
 
@@ -65,11 +66,16 @@ double adjusted(const CrossEntropyArgsT<double>& args, const double* row, int64_
   return row[k] + (args.adjust ? args.adjust[k] : 0.0);
 }
 
+// z'_y = z_y + a_y - m_y (target_margin m)
+double target_adjusted(const CrossEntropyArgsT<double>& args, const double* row, int64_t target) {
+  return adjusted(args, row, target) - (args.margin ? args.margin[target] : 0.0);
+}
+
 void gradient_row_double(const CrossEntropyArgsT<double>& args, const double* row, int64_t target,
                          const CrossEntropyRowTerms<double>& terms, double scale, double* out) {
   const int64_t classes = args.config.num_classes;
   const double* smooth_weight = per_class_smoothing(args.config) ? args.weight : nullptr;
-  const double target_grad = scale * (terms.coef_p * std::exp(adjusted(args, row, target) - terms.max_logit) -
+  const double target_grad = scale * (terms.coef_p * std::exp(target_adjusted(args, row, target) - terms.max_logit) -
                                       terms.coef_v * (smooth_weight ? smooth_weight[target] : 1.0) - terms.coef_y);
   for (int64_t k = 0; k < classes; ++k) {
     out[k] = scale * (terms.coef_p * std::exp(adjusted(args, row, k) - terms.max_logit) -
@@ -91,16 +97,19 @@ int64_t forward_rows_double(const CrossEntropyArgsT<double>& args, int64_t begin
     CrossEntropyRowTerms<double> terms{0.0, 0.0, 0.0, 0.0};
     double loss = 0.0;
     if (!ignored && in_range) {
+      const double target_logit = target_adjusted(args, row, target);
       double max = -std::numeric_limits<double>::infinity();
-      for (int64_t k = 0; k < classes; ++k) max = std::max(max, adjusted(args, row, k));  // NaN ignored here
+      for (int64_t k = 0; k < classes; ++k) {  // NaN ignored here
+        max = std::max(max, k == target ? target_logit : adjusted(args, row, k));
+      }
       const double shift = std::isfinite(max) ? max : 0.0;
       double sum_exp = 0.0, smooth_sum = 0.0;
       for (int64_t k = 0; k < classes; ++k) {
-        const double z = adjusted(args, row, k);
+        const double z = k == target ? target_logit : adjusted(args, row, k);
         sum_exp += std::exp(z - shift);
         if (config.label_smoothing > 0.0) smooth_sum += (smooth_weight ? smooth_weight[k] : 1.0) * (z - shift);
       }
-      loss = cross_entropy_row<double>(config, shift, std::log(sum_exp), adjusted(args, row, target), smooth_sum,
+      loss = cross_entropy_row<double>(config, shift, std::log(sum_exp), target_logit, smooth_sum,
                                        shift, args.weight ? args.weight[target] : 1.0, &terms);
       if (out) gradient_row_double(args, row, target, terms, args.grad_scale[0], out);
     } else {
@@ -173,19 +182,22 @@ std::tuple<at::Tensor, at::Tensor> forward(const CrossEntropyInputs& inputs, con
 
 std::tuple<at::Tensor, at::Tensor> cross_entropy_forward_cpu(
     const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-    const std::optional<at::Tensor>& logit_adjustment, int64_t ignore_index, double label_smoothing,
-    bool target_weighted, double focal_gamma, double z_loss, bool /*check: always on CPU*/) {
-  return forward(prepare_cross_entropy(logits, target, weight, logit_adjustment, ignore_index, label_smoothing,
-                                       target_weighted, focal_gamma, z_loss),
+    const std::optional<at::Tensor>& logit_adjustment, const std::optional<at::Tensor>& target_margin,
+    int64_t ignore_index, double label_smoothing, bool target_weighted, double focal_gamma, double z_loss,
+    bool /*check: always on CPU*/) {
+  return forward(prepare_cross_entropy(logits, target, weight, logit_adjustment, target_margin, ignore_index,
+                                       label_smoothing, target_weighted, focal_gamma, z_loss),
                  at::Tensor(), at::Tensor());
 }
 
 std::tuple<at::Tensor, at::Tensor> cross_entropy_forward_inplace_cpu(
     at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-    const std::optional<at::Tensor>& logit_adjustment, const at::Tensor& grad_scale, int64_t ignore_index,
-    double label_smoothing, bool target_weighted, double focal_gamma, double z_loss, bool /*check*/) {
-  const CrossEntropyInputs inputs = prepare_cross_entropy(logits, target, weight, logit_adjustment, ignore_index,
-                                                          label_smoothing, target_weighted, focal_gamma, z_loss);
+    const std::optional<at::Tensor>& logit_adjustment, const std::optional<at::Tensor>& target_margin,
+    const at::Tensor& grad_scale, int64_t ignore_index, double label_smoothing, bool target_weighted,
+    double focal_gamma, double z_loss, bool /*check*/) {
+  const CrossEntropyInputs inputs =
+      prepare_cross_entropy(logits, target, weight, logit_adjustment, target_margin, ignore_index, label_smoothing,
+                            target_weighted, focal_gamma, z_loss);
   TORCH_CHECK_VALUE(logits.is_contiguous(), "rarekit.cross_entropy: inplace_backward needs contiguous logits");
   const at::Tensor scale = row_vector(grad_scale, "grad_scale", {1}, logits);
   check_targets_cpu(inputs);  // before the logits are overwritten
@@ -194,11 +206,13 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_forward_inplace_cpu(
 
 at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_losses, const at::Tensor& logits,
                                       const at::Tensor& target, const std::optional<at::Tensor>& weight,
-                                      const std::optional<at::Tensor>& logit_adjustment, const at::Tensor& row_terms,
+                                      const std::optional<at::Tensor>& logit_adjustment,
+                                      const std::optional<at::Tensor>& target_margin, const at::Tensor& row_terms,
                                       int64_t ignore_index, double label_smoothing, bool target_weighted,
                                       double focal_gamma, double z_loss) {
-  const CrossEntropyInputs inputs = prepare_cross_entropy(logits, target, weight, logit_adjustment, ignore_index,
-                                                          label_smoothing, target_weighted, focal_gamma, z_loss);
+  const CrossEntropyInputs inputs =
+      prepare_cross_entropy(logits, target, weight, logit_adjustment, target_margin, ignore_index, label_smoothing,
+                            target_weighted, focal_gamma, z_loss);
   const int64_t rows = inputs.logits.size(0);
   const at::Tensor upstream = row_vector(grad_losses, "grad_losses", {rows}, logits);
   const at::Tensor terms = row_vector(row_terms, "row_terms", {rows, kRowTermCount}, logits, true);

@@ -17,14 +17,23 @@
 namespace rarekit::cuda {
 namespace {
 
+// z'_k: the adjusted logit, less the target margin m_y on the target's column (margin_y = 0 without
+// target_margin). A per-column select: the target's term is summed as z'_y itself, never corrected after.
+template <typename Acc>
+__device__ __forceinline__ Acc margined(Acc logit, const Acc* adjust, int64_t k, int64_t target, Acc margin_y) {
+  const Acc z = adjusted(logit, adjust, k);
+  return k == target ? z - margin_y : z;
+}
+
 // Writes scale (coef_p p_k - coef_v v'_k - [k = target] coef_y) for a row; out may alias row
 // (each element is read and written by the same thread).
 template <typename T, typename Acc = acc_t<T>>
 __device__ void write_gradient(const T* row, int64_t target, const CrossEntropyRowTerms<Acc>& terms, Acc scale,
-                               const Acc* adjust, const Acc* smooth_weight, int64_t classes, T* out) {
+                               const Acc* adjust, Acc margin_y, const Acc* smooth_weight, int64_t classes, T* out) {
   const Acc coef_p = terms.coef_p * scale, coef_v = terms.coef_v * scale, coef_y = terms.coef_y * scale;
   for_each_logit(row, classes, [&](int64_t k, Acc logit) {
-    Acc grad = coef_p * device_exp(adjusted(logit, adjust, k) - terms.max_logit) - coef_v * (smooth_weight ? smooth_weight[k] : Acc(1));
+    Acc grad = coef_p * device_exp(margined(logit, adjust, k, target, margin_y) - terms.max_logit) -
+               coef_v * (smooth_weight ? smooth_weight[k] : Acc(1));
     if (k == target) grad -= coef_y;
     out[k] = static_cast<T>(grad);
   });
@@ -32,7 +41,7 @@ __device__ void write_gradient(const T* row, int64_t target, const CrossEntropyR
 
 template <typename T, typename Acc = acc_t<T>>
 __global__ void forward_kernel(const T* logits, const int64_t* targets, const Acc* weight, const Acc* adjust,
-                               const Acc* weight_total, CrossEntropyConfig config, Acc* losses,
+                               const Acc* margin, const Acc* weight_total, CrossEntropyConfig config, Acc* losses,
                                Acc* row_terms, T* grad, const Acc* grad_scale, long long* first_bad_row) {
   const int64_t row_index = blockIdx.x;
   const int64_t classes = config.num_classes;
@@ -56,10 +65,11 @@ __global__ void forward_kernel(const T* logits, const int64_t* targets, const Ac
   const Acc* smooth_weight = per_class_smoothing(config) ? weight : nullptr;
   const bool smoothing = config.label_smoothing > 0.0;
   const Acc shift = leading_max(row, adjust, classes);
+  const Acc margin_y = margin ? margin[target] : Acc(0);
   SoftmaxState<Acc> state{-INFINITY, Acc(0)};
   Acc smooth_sum = 0;
   for_each_logit(row, classes, [&](int64_t k, Acc logit) {
-    const Acc z = adjusted(logit, adjust, k);
+    const Acc z = margined(logit, adjust, k, target, margin_y);
     add_logit(state, z);
     if (smoothing) smooth_sum += (smooth_weight ? smooth_weight[k] : Acc(1)) * (z - shift);
   });
@@ -69,21 +79,23 @@ __global__ void forward_kernel(const T* logits, const int64_t* targets, const Ac
   CrossEntropyRowTerms<Acc> terms;
   const Acc w_y = weight ? weight[target] : Acc(1);
   const Acc loss = cross_entropy_row<Acc>(config, state.max == -INFINITY ? Acc(0) : state.max, log_sum,
-                                          adjusted(static_cast<Acc>(row[target]), adjust, target), smooth_sum, shift,
-                                          w_y, &terms);
+                                          adjusted(static_cast<Acc>(row[target]), adjust, target) - margin_y,
+                                          smooth_sum, shift, w_y, &terms);
   if (threadIdx.x == 0) {
     losses[row_index] = loss;
     saved[0] = terms.max_logit, saved[1] = terms.coef_p, saved[2] = terms.coef_y, saved[3] = terms.coef_v;
   }
   if (grad != nullptr) {
     __syncthreads();  // every read of row[target] is done before the row is overwritten
-    write_gradient(row, target, terms, *grad_scale, adjust, smooth_weight, classes, grad + row_index * classes);
+    write_gradient(row, target, terms, *grad_scale, adjust, margin_y, smooth_weight, classes,
+                   grad + row_index * classes);
   }
 }
 
 template <typename T, typename Acc = acc_t<T>>
 __global__ void backward_kernel(const Acc* grad_losses, const T* logits, const int64_t* targets, const Acc* weight,
-                                const Acc* adjust, const Acc* row_terms, CrossEntropyConfig config, T* grad) {
+                                const Acc* adjust, const Acc* margin, const Acc* row_terms, CrossEntropyConfig config,
+                                T* grad) {
   const int64_t row_index = blockIdx.x;
   const int64_t classes = config.num_classes;
   const int64_t target = targets[row_index];
@@ -95,7 +107,7 @@ __global__ void backward_kernel(const Acc* grad_losses, const T* logits, const i
   const Acc* saved = row_terms + row_index * kRowTermCount;
   const CrossEntropyRowTerms<Acc> terms{saved[0], saved[1], saved[2], saved[3]};
   write_gradient(logits + row_index * classes, target, terms, grad_losses[row_index], adjust,
-                 per_class_smoothing(config) ? weight : nullptr, classes, out);
+                 margin ? margin[target] : Acc(0), per_class_smoothing(config) ? weight : nullptr, classes, out);
 }
 
 // ---- Few classes (C <= kFewClasses): a group of `group` threads of one warp per row (a power of two,
@@ -128,12 +140,13 @@ __device__ __forceinline__ Acc group_sum(Acc value, int group) {
 template <typename T, typename Acc>
 __device__ __forceinline__ void few_class_gradient(const T* row, int64_t target, bool valid,
                                                    const CrossEntropyRowTerms<Acc>& terms, Acc scale, const Acc* adjust,
-                                                   const Acc* smooth_weight, int64_t classes, int lane, int group, T* out) {
+                                                   Acc margin_y, const Acc* smooth_weight, int64_t classes, int lane,
+                                                   int group, T* out) {
   const Acc coef_p = terms.coef_p * scale, coef_v = terms.coef_v * scale, coef_y = terms.coef_y * scale;
   for (int64_t k = lane; k < classes; k += group) {
     Acc grad = Acc(0);
     if (valid) {
-      grad = coef_p * device_exp(adjusted(static_cast<Acc>(row[k]), adjust, k) - terms.max_logit) -
+      grad = coef_p * device_exp(margined(static_cast<Acc>(row[k]), adjust, k, target, margin_y) - terms.max_logit) -
              coef_v * (smooth_weight ? smooth_weight[k] : Acc(1));
       if (k == target) grad -= coef_y;
     }
@@ -143,9 +156,9 @@ __device__ __forceinline__ void few_class_gradient(const T* row, int64_t target,
 
 template <typename T, typename Acc = acc_t<T>>
 __global__ __launch_bounds__(kFewThreads) void few_class_forward_kernel(
-    const T* logits, const int64_t* targets, const Acc* weight, const Acc* adjust, const Acc* weight_total,
-    CrossEntropyConfig config, int64_t rows, int group, Acc* losses, Acc* row_terms, T* grad, const Acc* grad_scale,
-    long long* first_bad_row) {
+    const T* logits, const int64_t* targets, const Acc* weight, const Acc* adjust, const Acc* margin,
+    const Acc* weight_total, CrossEntropyConfig config, int64_t rows, int group, Acc* losses, Acc* row_terms, T* grad,
+    const Acc* grad_scale, long long* first_bad_row) {
   const int64_t row_index = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / group;
   const int lane = threadIdx.x % group;
   const int64_t classes = config.num_classes;
@@ -155,14 +168,17 @@ __global__ __launch_bounds__(kFewThreads) void few_class_forward_kernel(
   const T* row = logits + (active ? row_index : 0) * classes;
   if (config.has_weight) config.weight_total = *weight_total;
   const Acc* smooth_weight = per_class_smoothing(config) ? weight : nullptr;
+  const Acc margin_y = margin && valid ? margin[target] : Acc(0);
   Acc max = -INFINITY;
-  for (int64_t k = lane; valid && k < classes; k += group) max = fmax(max, adjusted(static_cast<Acc>(row[k]), adjust, k));
+  for (int64_t k = lane; valid && k < classes; k += group) {
+    max = fmax(max, margined(static_cast<Acc>(row[k]), adjust, k, target, margin_y));
+  }
   max = group_max(max, group);  // NaN ignored here; it poisons the sum below, as in torch
   const Acc shift = isfinite(max) ? max : Acc(0);
   const Acc offset = max == -INFINITY ? Acc(0) : max;
   Acc sum = 0, smooth_sum = 0;
   for (int64_t k = lane; valid && k < classes; k += group) {
-    const Acc z = adjusted(static_cast<Acc>(row[k]), adjust, k);
+    const Acc z = margined(static_cast<Acc>(row[k]), adjust, k, target, margin_y);
     sum += device_exp(z - offset);
     if (config.label_smoothing > 0.0) smooth_sum += (smooth_weight ? smooth_weight[k] : Acc(1)) * (z - shift);
   }
@@ -173,8 +189,8 @@ __global__ __launch_bounds__(kFewThreads) void few_class_forward_kernel(
   if (valid) {
     // sum >= 1 when the max is finite; log1p keeps full precision (fast-math turns logf into __logf)
     loss = cross_entropy_row<Acc>(config, offset, log1p(sum - Acc(1)),
-                                  adjusted(static_cast<Acc>(row[target]), adjust, target), smooth_sum, shift,
-                                  weight ? weight[target] : Acc(1), &terms);
+                                  adjusted(static_cast<Acc>(row[target]), adjust, target) - margin_y, smooth_sum,
+                                  shift, weight ? weight[target] : Acc(1), &terms);
   }
   if (active && lane == 0) {
     losses[row_index] = loss;
@@ -185,8 +201,8 @@ __global__ __launch_bounds__(kFewThreads) void few_class_forward_kernel(
   if (grad != nullptr) {
     __syncwarp();  // every read of the row is done before it is overwritten
     if (active) {
-      few_class_gradient(row, target, valid, terms, *grad_scale, adjust, smooth_weight, classes, lane, group,
-                         grad + row_index * classes);
+      few_class_gradient(row, target, valid, terms, *grad_scale, adjust, margin_y, smooth_weight, classes, lane,
+                         group, grad + row_index * classes);
     }
   }
 }
@@ -194,7 +210,7 @@ __global__ __launch_bounds__(kFewThreads) void few_class_forward_kernel(
 template <typename T, typename Acc = acc_t<T>>
 __global__ __launch_bounds__(kFewThreads) void few_class_backward_kernel(
     const Acc* grad_losses, const T* logits, const int64_t* targets, const Acc* weight, const Acc* adjust,
-    const Acc* row_terms, CrossEntropyConfig config, int64_t rows, int group, T* grad) {
+    const Acc* margin, const Acc* row_terms, CrossEntropyConfig config, int64_t rows, int group, T* grad) {
   const int64_t row_index = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / group;
   if (row_index >= rows) return;  // no shuffles below
   const int64_t classes = config.num_classes, target = targets[row_index];
@@ -202,8 +218,8 @@ __global__ __launch_bounds__(kFewThreads) void few_class_backward_kernel(
   const Acc* saved = row_terms + row_index * kRowTermCount;
   const CrossEntropyRowTerms<Acc> terms{saved[0], saved[1], saved[2], saved[3]};
   few_class_gradient(logits + row_index * classes, target, valid, terms, grad_losses[row_index], adjust,
-                     per_class_smoothing(config) ? weight : nullptr, classes, static_cast<int>(threadIdx.x) % group,
-                     group, grad + row_index * classes);
+                     margin && valid ? margin[target] : Acc(0), per_class_smoothing(config) ? weight : nullptr,
+                     classes, static_cast<int>(threadIdx.x) % group, group, grad + row_index * classes);
 }
 
 // Blocks of kFewThreads threads that give every row its group.
@@ -234,7 +250,7 @@ std::tuple<at::Tensor, at::Tensor> forward(const CrossEntropyInputs& inputs, con
         few_class_forward_kernel<scalar_t><<<few_class_blocks(rows, group), kFewThreads, 0,
                                              at::cuda::getCurrentCUDAStream()>>>(
             inputs.logits.const_data_ptr<scalar_t>(), inputs.target.const_data_ptr<int64_t>(),
-            optional_data<Acc>(inputs.weight), optional_data<Acc>(inputs.adjust),
+            optional_data<Acc>(inputs.weight), optional_data<Acc>(inputs.adjust), optional_data<Acc>(inputs.margin),
             optional_data<Acc>(inputs.weight_total), inputs.config, rows, group, losses.mutable_data_ptr<Acc>(),
             row_terms.mutable_data_ptr<Acc>(), grad.defined() ? grad.mutable_data_ptr<scalar_t>() : nullptr,
             optional_data<Acc>(grad_scale), reinterpret_cast<long long*>(first_bad_row.mutable_data_ptr<int64_t>()));
@@ -243,7 +259,7 @@ std::tuple<at::Tensor, at::Tensor> forward(const CrossEntropyInputs& inputs, con
       }
       forward_kernel<scalar_t><<<rows, threads_for(inputs.config.num_classes), 0, at::cuda::getCurrentCUDAStream()>>>(
           inputs.logits.const_data_ptr<scalar_t>(), inputs.target.const_data_ptr<int64_t>(),
-          optional_data<Acc>(inputs.weight), optional_data<Acc>(inputs.adjust),
+          optional_data<Acc>(inputs.weight), optional_data<Acc>(inputs.adjust), optional_data<Acc>(inputs.margin),
           optional_data<Acc>(inputs.weight_total), inputs.config, losses.mutable_data_ptr<Acc>(),
           row_terms.mutable_data_ptr<Acc>(), grad.defined() ? grad.mutable_data_ptr<scalar_t>() : nullptr,
           optional_data<Acc>(grad_scale), reinterpret_cast<long long*>(first_bad_row.mutable_data_ptr<int64_t>()));
@@ -259,19 +275,22 @@ std::tuple<at::Tensor, at::Tensor> forward(const CrossEntropyInputs& inputs, con
 
 std::tuple<at::Tensor, at::Tensor> cross_entropy_forward_cuda(
     const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-    const std::optional<at::Tensor>& logit_adjustment, int64_t ignore_index, double label_smoothing,
-    bool target_weighted, double focal_gamma, double z_loss, bool check) {
-  return forward(prepare_cross_entropy(logits, target, weight, logit_adjustment, ignore_index, label_smoothing,
-                                       target_weighted, focal_gamma, z_loss),
+    const std::optional<at::Tensor>& logit_adjustment, const std::optional<at::Tensor>& target_margin,
+    int64_t ignore_index, double label_smoothing, bool target_weighted, double focal_gamma, double z_loss,
+    bool check) {
+  return forward(prepare_cross_entropy(logits, target, weight, logit_adjustment, target_margin, ignore_index,
+                                       label_smoothing, target_weighted, focal_gamma, z_loss),
                  at::Tensor(), at::Tensor(), check);
 }
 
 std::tuple<at::Tensor, at::Tensor> cross_entropy_forward_inplace_cuda(
     at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
-    const std::optional<at::Tensor>& logit_adjustment, const at::Tensor& grad_scale, int64_t ignore_index,
-    double label_smoothing, bool target_weighted, double focal_gamma, double z_loss, bool check) {
-  const CrossEntropyInputs inputs = prepare_cross_entropy(logits, target, weight, logit_adjustment, ignore_index,
-                                                          label_smoothing, target_weighted, focal_gamma, z_loss);
+    const std::optional<at::Tensor>& logit_adjustment, const std::optional<at::Tensor>& target_margin,
+    const at::Tensor& grad_scale, int64_t ignore_index, double label_smoothing, bool target_weighted,
+    double focal_gamma, double z_loss, bool check) {
+  const CrossEntropyInputs inputs =
+      prepare_cross_entropy(logits, target, weight, logit_adjustment, target_margin, ignore_index, label_smoothing,
+                            target_weighted, focal_gamma, z_loss);
   TORCH_CHECK_VALUE(logits.is_contiguous(), "rarekit.cross_entropy: inplace_backward needs contiguous logits");
   const at::Tensor scale = row_vector(grad_scale, "grad_scale", {1}, logits);
   if (check) check_targets(inputs.target, inputs.config.num_classes, ignore_index);  // before the overwrite
@@ -280,12 +299,14 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_forward_inplace_cuda(
 
 at::Tensor cross_entropy_backward_cuda(const at::Tensor& grad_losses, const at::Tensor& logits,
                                        const at::Tensor& target, const std::optional<at::Tensor>& weight,
-                                       const std::optional<at::Tensor>& logit_adjustment, const at::Tensor& row_terms,
+                                       const std::optional<at::Tensor>& logit_adjustment,
+                                       const std::optional<at::Tensor>& target_margin, const at::Tensor& row_terms,
                                        int64_t ignore_index, double label_smoothing, bool target_weighted,
                                        double focal_gamma, double z_loss) {
   const c10::cuda::CUDAGuard guard(logits.device());
-  const CrossEntropyInputs inputs = prepare_cross_entropy(logits, target, weight, logit_adjustment, ignore_index,
-                                                          label_smoothing, target_weighted, focal_gamma, z_loss);
+  const CrossEntropyInputs inputs =
+      prepare_cross_entropy(logits, target, weight, logit_adjustment, target_margin, ignore_index, label_smoothing,
+                            target_weighted, focal_gamma, z_loss);
   const int64_t rows = inputs.logits.size(0);
   const at::Tensor upstream = row_vector(grad_losses, "grad_losses", {rows}, logits);
   const at::Tensor terms = row_vector(row_terms, "row_terms", {rows, kRowTermCount}, logits, true);
@@ -301,7 +322,8 @@ at::Tensor cross_entropy_backward_cuda(const at::Tensor& grad_losses, const at::
                                               at::cuda::getCurrentCUDAStream()>>>(
             upstream.const_data_ptr<Acc>(), inputs.logits.const_data_ptr<scalar_t>(),
             inputs.target.const_data_ptr<int64_t>(), optional_data<Acc>(inputs.weight),
-            optional_data<Acc>(inputs.adjust), terms.const_data_ptr<Acc>(), inputs.config, rows, group,
+            optional_data<Acc>(inputs.adjust), optional_data<Acc>(inputs.margin), terms.const_data_ptr<Acc>(),
+            inputs.config, rows, group,
             grad.mutable_data_ptr<scalar_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
         return;
@@ -309,8 +331,8 @@ at::Tensor cross_entropy_backward_cuda(const at::Tensor& grad_losses, const at::
       backward_kernel<scalar_t><<<rows, threads_for(inputs.config.num_classes), 0, at::cuda::getCurrentCUDAStream()>>>(
           upstream.const_data_ptr<Acc>(), inputs.logits.const_data_ptr<scalar_t>(),
           inputs.target.const_data_ptr<int64_t>(), optional_data<Acc>(inputs.weight),
-          optional_data<Acc>(inputs.adjust), terms.const_data_ptr<Acc>(), inputs.config,
-          grad.mutable_data_ptr<scalar_t>());
+          optional_data<Acc>(inputs.adjust), optional_data<Acc>(inputs.margin), terms.const_data_ptr<Acc>(),
+          inputs.config, grad.mutable_data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }

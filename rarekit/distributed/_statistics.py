@@ -223,7 +223,7 @@ def local_gradient(logits: torch.Tensor, local_target: torch.Tensor, smoothing: 
         coef_y = torch.where(owned, row_terms[:, 2], 0.0)[:, None]
         kernel_target = torch.where(owned, local_target, torch.where(local_target == -1, 0, -1))
         return torch.ops.rarekit.cross_entropy_backward(
-            upstream, logits, kernel_target, smoothing if options.label_smoothing > 0 else None, adjustment,
+            upstream, logits, kernel_target, smoothing if options.label_smoothing > 0 else None, adjustment, None,
             torch.cat([row_terms[:, :2], coef_y, row_terms[:, 3:]], 1), -1, options.label_smoothing,
             options.target_weighted, options.focal_gamma, options.z_loss)
     grad = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)

@@ -8,12 +8,13 @@
   (tokens, vocab) logits;
 - :mod:`._options`: the argument checks they share.
 """
-from rarekit.losses.cross_entropy import (ClassBalancedLoss, CrossEntropyLoss, FocalLoss, LogitAdjustedLoss,
+from rarekit.losses.cross_entropy import (ClassBalancedLoss, CrossEntropyLoss, FocalLoss, LDAMLoss, LogitAdjustedLoss,
                                           cross_entropy, log_prior)
 from rarekit.losses.linear import LinearCrossEntropyLoss, linear_cross_entropy
 from rarekit.losses.sigmoid import (AsymmetricLoss, BCEWithLogitsLoss, binary_cross_entropy_with_logits,
                                     sigmoid_focal_loss)
 
-__all__ = ["ClassBalancedLoss", "CrossEntropyLoss", "FocalLoss", "LogitAdjustedLoss", "cross_entropy", "log_prior",
+__all__ = ["ClassBalancedLoss", "CrossEntropyLoss", "FocalLoss", "LDAMLoss", "LogitAdjustedLoss", "cross_entropy",
+           "log_prior",
            "LinearCrossEntropyLoss", "linear_cross_entropy",
            "AsymmetricLoss", "BCEWithLogitsLoss", "binary_cross_entropy_with_logits", "sigmoid_focal_loss"]

@@ -28,6 +28,23 @@ def class_vector(value, name: str, classes: int, device: torch.device) -> torch.
     return value
 
 
+def target_margin_vector(value, classes: int, device: torch.device) -> torch.Tensor | None:
+    """``target_margin`` m (LDAM, Cao et al. 2019: z'_y = z_y + a_y - m_y): None, or a finite floating-point
+    (classes,) tensor on ``device`` that does not require grad (the losses are not differentiable in it)."""
+    margin = class_vector(value, "target_margin", classes, device)
+    if margin is None:
+        return None
+    if margin.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError("rarekit's cross-entropy losses are not differentiable with respect to `target_margin` "
+                           "(it is a fixed per-class margin, as `weight`): pass target_margin.detach()")
+    if not torch.compiler.is_compiling():
+        bad = ~torch.isfinite(margin)
+        if bool(bad.any()):
+            raise ValueError(f"target_margin must be finite, found target_margin[{int(bad.nonzero()[0, 0])}] = "
+                             f"{margin[bad][0].item()}")
+    return margin
+
+
 def check_loss_options(reduction, smoothing_mode, label_smoothing, focal_gamma, z_loss, ignore_index) -> int:
     """Validates the keywords shared by :func:`cross_entropy` and ``linear_cross_entropy``; returns
     ``ignore_index`` as an int."""

@@ -14,7 +14,7 @@ from torch import nn
 from rarekit import ops
 from rarekit.counting import as_counts, is_real_number
 from rarekit.losses._options import (check_loss_options, class_vector, mean_divisor, nan_if_zero,
-                                     refuse_differentiable_weight)
+                                     refuse_differentiable_weight, target_margin_vector)
 
 def _rows_view(logits: torch.Tensor, target: torch.Tensor):
     """(rows, C) logits and (rows,) targets for (C,), (N, C) or (N, C, d1, ...) inputs; the shape of
@@ -36,13 +36,14 @@ def _rows_view(logits: torch.Tensor, target: torch.Tensor):
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None, *,
                   ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
                   smoothing_mode: str = "pytorch", focal_gamma: float = 0.0,
-                  logit_adjustment: torch.Tensor | None = None, z_loss: float = 0.0,
-                  sample_weight: torch.Tensor | None = None, inplace_backward: bool = False,
+                  logit_adjustment: torch.Tensor | None = None, target_margin: torch.Tensor | None = None,
+                  z_loss: float = 0.0, sample_weight: torch.Tensor | None = None, inplace_backward: bool = False,
                   check: bool = True) -> torch.Tensor:
     """Fused weighted cross-entropy with ``torch.nn.functional.cross_entropy`` semantics.
 
-    For each non-ignored row with logits z (plus ``logit_adjustment`` a: z' = z + a), target y,
-    class weights w, smoothing ε over C classes, lse = log Σ_k exp z'_k and p = softmax(z')::
+    For each non-ignored row with logits z, target y, ``logit_adjustment`` a and ``target_margin`` m
+    (z'_k = z_k + a_k for k ≠ y, z'_y = z_y + a_y - m_y), class weights w, smoothing ε over C classes,
+    lse = log Σ_k exp z'_k and p = softmax(z')::
 
         B    = (1-ε) w_y (lse - z'_y) + (ε/C) Σ_k v_k (lse - z'_k)
         loss = (1 - p_y)^γ · B + ζ · w_y · lse²
@@ -52,6 +53,9 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
       the whole smoothed row loss is scaled by its target's weight.
     * ``focal_gamma`` γ: focal loss (Lin et al. 2017); ``logit_adjustment``: e.g. τ log π (Menon et
       al. 2021); ``z_loss`` ζ: PaLM's z-loss (Chowdhery et al. 2022), scaled by w_y like the row.
+    * ``target_margin`` m (C,), finite: LDAM's label-dependent margin (Cao et al. 2019, e.g. m_c ∝ n_c^(-1/4)),
+      subtracted from the target's logit only (the smoothing sum sees z'_y too). Fused: no extra pass over
+      the logits. Not differentiable (a ``target_margin`` that requires grad raises, as ``weight``).
     * ``sample_weight`` s (the target's shape, >= 0): each row's loss is multiplied by its s_i (per-sample
       or per-token weights); the ``"mean"`` divisor stays torch's Σ w_y, so s is a per-row rescaling, as
       ``weight`` is in torch's BCE. Costs one multiply per row, no pass over the logits.
@@ -88,6 +92,8 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
         if smoothing_mode != "pytorch":
             raise ValueError(f"smoothing_mode={smoothing_mode!r} needs class-index targets; probability targets "
                              "follow torch's smoothing")
+        if target_margin is not None:
+            raise ValueError("target_margin needs class-index targets (it shifts the target class's logit)")
         return _soft_target_cross_entropy(logits, target, weight, reduction, label_smoothing,
                                           focal_gamma, logit_adjustment, z_loss, inplace_backward)
     if target.dtype == torch.bool:
@@ -97,6 +103,7 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
         raise ValueError(f"logits must have at least one class, got shape {tuple(logits.shape)}")
     weight = class_vector(weight, "weight", rows_logits.shape[1], logits.device)
     logit_adjustment = class_vector(logit_adjustment, "logit_adjustment", rows_logits.shape[1], logits.device)
+    target_margin = target_margin_vector(target_margin, rows_logits.shape[1], logits.device)
     config = (ignore_index, float(label_smoothing), smoothing_mode == "target_weighted",
               float(focal_gamma), float(z_loss))
     divisor = None
@@ -109,11 +116,12 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
         scale = (1.0 / divisor).reshape(1) if divisor is not None else logits.new_ones(
             1, dtype=ops.accumulator_dtype(logits))
         loss = ops.cross_entropy_inplace(rows_logits, rows_target, weight, logit_adjustment, scale, reduction,
-                                         config, check)
+                                         config, check, target_margin)
         if divisor is not None:  # reduction="mean"
             loss = loss + nan_if_zero(divisor)
         return (loss.reshape(none_shape) if reduction == "none" else loss).to(logits.dtype)
-    losses = ops.cross_entropy_rows(rows_logits, rows_target, weight, logit_adjustment, *config, check)
+    losses = ops.cross_entropy_rows(rows_logits, rows_target, weight, logit_adjustment, *config, check,
+                                    target_margin)
     if sample_weight is not None:
         losses = losses * _row_weights(sample_weight, none_shape, logits.device, losses.dtype)
     if reduction == "none":
@@ -183,25 +191,28 @@ def _soft_target_cross_entropy(logits, target, weight, reduction, label_smoothin
 class CrossEntropyLoss(nn.CrossEntropyLoss):
     """Drop-in for ``torch.nn.CrossEntropyLoss`` (same keywords, ``weight`` buffer, state_dict) on
     the fused kernels; ``**extras`` are :func:`cross_entropy`'s keywords (``focal_gamma``,
-    ``smoothing_mode``, ``z_loss``, ``inplace_backward``, ``check``, ...)."""
+    ``smoothing_mode``, ``z_loss``, ``inplace_backward``, ``check``, ...); ``logit_adjustment`` and
+    ``target_margin`` are buffers."""
 
-    logit_adjustment: torch.Tensor | None  # a buffer
+    logit_adjustment: torch.Tensor | None  # buffers
+    target_margin: torch.Tensor | None
 
     def __init__(self, weight: torch.Tensor | None = None, size_average=None, ignore_index: int = -100,
                  reduce=None, reduction: str = "mean", label_smoothing: float = 0.0, **extras):
         super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
-        unknown = set(extras) - {"smoothing_mode", "focal_gamma", "logit_adjustment", "z_loss",
+        unknown = set(extras) - {"smoothing_mode", "focal_gamma", "logit_adjustment", "target_margin", "z_loss",
                                  "inplace_backward", "check"}
         if unknown:
             raise TypeError(f"unexpected keyword arguments: {sorted(unknown)}")
-        logit_adjustment = extras.pop("logit_adjustment", None)
-        self.register_buffer("logit_adjustment", logit_adjustment, persistent=logit_adjustment is not None)
+        for name in ("logit_adjustment", "target_margin"):
+            vector = extras.pop(name, None)
+            self.register_buffer(name, vector, persistent=vector is not None)
         self.extras = extras
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return cross_entropy(input, target, self.weight, ignore_index=self.ignore_index, reduction=self.reduction,
                              label_smoothing=self.label_smoothing, logit_adjustment=self.logit_adjustment,
-                             **self.extras)
+                             target_margin=self.target_margin, **self.extras)
 
 
 class FocalLoss(CrossEntropyLoss):
@@ -250,3 +261,59 @@ class ClassBalancedLoss(CrossEntropyLoss):
         weight = class_weights(torch.as_tensor(class_counts), "effective_number", beta=beta).float()
         super().__init__(weight, focal_gamma=gamma if loss == "focal" else 0.0, **kwargs)
         self.beta, self.loss = beta, loss
+
+
+class LDAMLoss(CrossEntropyLoss):
+    """LDAM loss (Cao et al. 2019, "Learning Imbalanced Datasets with Label-Distribution-Aware Margin
+    Loss"): cross-entropy after the target logit gives up a margin that grows as its class gets rarer::
+
+        ℓ = w_y · (log Σ_k exp s·z'_k − s·z'_y),   z'_k = z_k − [k = y] · m_y,
+        m = ldam_margins(class_counts, max_margin)
+
+    computed as ``cross_entropy(s · z, y, w, target_margin=s · m)`` on the fused kernel, as Cao et al.'s
+    reference code scales the margin-adjusted logits by s. The other keywords (``reduction``,
+    ``ignore_index``, ``label_smoothing``, ``focal_gamma``, ``logit_adjustment``, ...) are
+    :class:`CrossEntropyLoss`'s and act on the scaled logits.
+
+    ``scale`` s defaults to 1, for the plain linear heads most models have: their logits are not
+    bounded, so the margins are in logit units already, and multiplying unbounded logits by 30 would
+    sharpen the softmax and scale the gradients thirtyfold. Cao et al. use s = 30 because their LDAM
+    head is normalized (cosine logits in [-1, 1]); pass ``scale=30`` with such a head.
+
+    Deferred re-weighting (DRW, Cao et al.: class-balanced weights, effective number with β = 0.9999,
+    from epoch 160 of 200): replace the ``weight`` buffer when the time comes, e.g.
+    ``loss.weight = rarekit.class_weights(class_counts, "effective_number", beta=0.9999).to(device)``.
+    The ``margins`` buffer holds m; ``state_dict`` holds ``weight`` once set, and loading one restores
+    the phase it was saved in (with or without the weights).
+    """
+
+    margins: torch.Tensor  # a buffer
+
+    def __init__(self, class_counts, max_margin: float = 0.5, scale: float = 1.0,
+                 weight: torch.Tensor | None = None, **kwargs):
+        from rarekit.weights import ldam_margins
+
+        if "target_margin" in kwargs:
+            raise TypeError("LDAMLoss takes its target_margin from class_counts and max_margin; pass "
+                            "target_margin to CrossEntropyLoss instead")
+        if not is_real_number(scale) or not 0 < scale < math.inf:
+            raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+        super().__init__(weight, **kwargs)
+        self.register_buffer("margins", ldam_margins(class_counts, max_margin))
+        self.max_margin, self.scale = max_margin, scale
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.scale != 1:
+            input, margins = input * self.scale, self.margins * self.scale
+        else:
+            margins = self.margins
+        return cross_entropy(input, target, self.weight, ignore_index=self.ignore_index, reduction=self.reduction,
+                             label_smoothing=self.label_smoothing, logit_adjustment=self.logit_adjustment,
+                             target_margin=margins, **self.extras)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """A checkpoint saved after the DRW switch carries ``weight``, one saved before it does not: the
+        module takes the checkpoint's phase either way."""
+        saved = state_dict.get(prefix + "weight")
+        self.weight = None if saved is None else torch.empty_like(saved, device=self.margins.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -16,7 +16,8 @@ from torch.autograd import forward_ad
 
 from rarekit.counting import is_integer, is_real_number
 from rarekit.losses._options import (check_loss_options, class_vector, mean_divisor, nan_if_zero,
-                                     refuse_differentiable_weight)
+                                     refuse_differentiable_weight, target_margin_vector)
+from rarekit.losses.cross_entropy import _row_weights
 from rarekit.ops.cross_entropy import accumulator_dtype
 from rarekit.ops.linear_cross_entropy import FORWARD_AD_UNSUPPORTED, linear_cross_entropy_chunks
 from rarekit.ops.linear_cross_entropy import linear_cross_entropy as fused_linear_cross_entropy
@@ -98,25 +99,28 @@ def linear_cross_entropy(hidden: torch.Tensor, classifier: torch.Tensor, target:
                          weight: torch.Tensor | None = None, *, bias: torch.Tensor | None = None,
                          ignore_index: int = -100, reduction: str = "mean", label_smoothing: float = 0.0,
                          smoothing_mode: str = "pytorch", focal_gamma: float = 0.0,
-                         logit_adjustment: torch.Tensor | None = None, z_loss: float = 0.0,
+                         logit_adjustment: torch.Tensor | None = None, target_margin: torch.Tensor | None = None,
+                         z_loss: float = 0.0, sample_weight: torch.Tensor | None = None,
                          softcap: float | None = None, chunk_size: int | None = None,
                          check: bool = True) -> torch.Tensor:
     """``rarekit.cross_entropy(softcap_fn(hidden @ classifierᵀ + bias), target, weight, ...)``, chunked.
 
-    ``hidden`` is (..., D), ``classifier`` (V, D) as ``nn.Linear.weight``, ``target`` (...) and the
-    class vectors ``weight`` / ``logit_adjustment`` (V,); the other keywords are
-    :func:`rarekit.cross_entropy`'s. ``softcap = s`` caps the logits to ``s · tanh(z / s)`` (Gemma 2)
-    before the loss. Only ``chunk_size`` rows of logits exist at a time (default: as many as fit
-    256 MiB; one more such buffer with ``softcap`` during training); the forward also computes the
-    gradients of ``hidden``, ``classifier``, ``bias`` and ``logit_adjustment`` (Liger Kernel's
-    strategy), so the first backward of a reduced loss only scales them, and ``reduction="none"``
-    recomputes the chunks in the backward. Matmuls run in the input dtype, the loss in float32
-    (float64 for float64), and the classifier's gradient accumulates in float32. A ``weight`` that
-    requires grad raises (as torch's ``nll_loss``); the result is differentiable once, in reverse mode
-    (``torch.func.grad``, ``vjp``, ``jacrev`` and ``vmap`` work; forward mode and second derivatives raise).
-    ``check=False`` skips the target range check (one host sync on CUDA). Under ``torch.autocast``,
-    ``hidden``, ``classifier`` and ``bias`` are cast to the autocast dtype first, as ``F.linear``
-    casts them: float64 tensors are kept.
+    ``hidden`` is (..., D), ``classifier`` (V, D) as ``nn.Linear.weight``, ``target`` (...), the
+    class vectors ``weight`` / ``logit_adjustment`` / ``target_margin`` (V,) and ``sample_weight`` (the
+    target's shape: per-row multipliers, the "mean" divisor stays Σ w_y); the other keywords are
+    :func:`rarekit.cross_entropy`'s, with the same semantics. ``softcap = s`` caps the logits to
+    ``s · tanh(z / s)`` (Gemma 2) before the loss. Only ``chunk_size`` rows of logits exist at a time
+    (default: as many as fit 256 MiB; one more such buffer with ``softcap`` during training); the
+    forward also computes the gradients of ``hidden``, ``classifier``, ``bias`` and ``logit_adjustment``
+    (Liger Kernel's strategy; with ``sample_weight`` as the per-row scale of the kernel's gradient), so
+    the first backward of a reduced loss only scales them, and ``reduction="none"`` (or a
+    ``sample_weight`` that requires grad) recomputes the chunks in the backward. Matmuls run in the
+    input dtype, the loss in float32 (float64 for float64), and the classifier's gradient accumulates in
+    float32. A ``weight`` or ``target_margin`` that requires grad raises (as torch's ``nll_loss``); the
+    result is differentiable once, in reverse mode (``torch.func.grad``, ``vjp``, ``jacrev`` and ``vmap``
+    work; forward mode and second derivatives raise). ``check=False`` skips the target range check (one
+    host sync on CUDA). Under ``torch.autocast``, ``hidden``, ``classifier`` and ``bias`` are cast to the
+    autocast dtype first, as ``F.linear`` casts them: float64 tensors are kept.
     """
     if isinstance(hidden, torch.Tensor) and torch.is_autocast_enabled(hidden.device.type):
         device_type = hidden.device.type
@@ -125,67 +129,79 @@ def linear_cross_entropy(hidden: torch.Tensor, classifier: torch.Tensor, target:
             return linear_cross_entropy(hidden, classifier, target, weight, bias=bias, ignore_index=ignore_index,
                                         reduction=reduction, label_smoothing=label_smoothing,
                                         smoothing_mode=smoothing_mode, focal_gamma=focal_gamma,
-                                        logit_adjustment=logit_adjustment, z_loss=z_loss, softcap=softcap,
+                                        logit_adjustment=logit_adjustment, target_margin=target_margin,
+                                        z_loss=z_loss, sample_weight=sample_weight, softcap=softcap,
                                         chunk_size=chunk_size, check=check)
     _check_inputs(hidden, classifier, target, bias)
     weight = class_vector(weight, "weight", classifier.shape[0], classifier.device)
     logit_adjustment = class_vector(logit_adjustment, "logit_adjustment", classifier.shape[0], classifier.device)
+    target_margin = target_margin_vector(target_margin, classifier.shape[0], classifier.device)
     ignore_index = _check_options(reduction, smoothing_mode, label_smoothing, focal_gamma, z_loss, softcap,
                                   chunk_size, ignore_index)
     refuse_differentiable_weight(weight)
-    _refuse_forward_ad(hidden, classifier, bias, weight, logit_adjustment)
+    _refuse_forward_ad(hidden, classifier, bias, weight, logit_adjustment, target_margin)
     rows_hidden, rows_target = hidden.reshape(target.numel(), hidden.shape[-1]), target.reshape(-1)
     options = (ignore_index, float(label_smoothing), smoothing_mode == "target_weighted", float(focal_gamma),
                float(z_loss), None if softcap is None else float(softcap),
                chunk_rows(rows_hidden.shape[0], classifier.shape[0], hidden.dtype, chunk_size), bool(check))
     accumulate = accumulator_dtype(hidden)
+    row_weights = None if sample_weight is None else _row_weights(sample_weight, tuple(target.shape), hidden.device,
+                                                                  accumulate)
     divisor = None
     if reduction == "mean":
         divisor = mean_divisor(rows_target, weight, classifier.shape[0], ignore_index, accumulate)
     trained = torch.is_grad_enabled() and any(
         tensor is not None and tensor.requires_grad for tensor in (hidden, classifier, bias, logit_adjustment))
-    if not trained:  # forward only, same memory bound
-        losses = linear_cross_entropy_chunks(rows_hidden, classifier, bias, rows_target, weight, logit_adjustment,
-                                             None, *options[:-1], [False] * 4, options[-1])[0]
+    learned_row_weights = row_weights is not None and row_weights.requires_grad and torch.is_grad_enabled()
+    if not trained or reduction == "none" or learned_row_weights:
+        if trained:  # the backward recomputes the chunks with the upstream per-row gradients
+            losses = fused_linear_cross_entropy(rows_hidden, classifier, bias, logit_adjustment, rows_target, weight,
+                                                None, options, target_margin)
+        else:  # forward only, same memory bound
+            losses = linear_cross_entropy_chunks(rows_hidden, classifier, bias, rows_target, weight, logit_adjustment,
+                                                 target_margin, None, *options[:-1], [False] * 4, options[-1])[0]
+        if row_weights is not None:
+            losses = losses * row_weights
         if reduction == "none":
             return losses.reshape(target.shape).to(hidden.dtype)
         loss = losses.sum() if divisor is None else losses.sum() / divisor + nan_if_zero(divisor)
         return loss.to(hidden.dtype)
-    if reduction == "none":
-        losses = fused_linear_cross_entropy(rows_hidden, classifier, bias, logit_adjustment, rows_target, weight,
-                                            None, options)
-        return losses.reshape(target.shape).to(hidden.dtype)
     scale = (1.0 / divisor).reshape(1) if divisor is not None else hidden.new_ones((1,), dtype=accumulate)
+    if row_weights is not None:  # one scale per row: the kernel's gradient of Σ_i s_i loss_i
+        scale = row_weights * scale
     loss = fused_linear_cross_entropy(rows_hidden, classifier, bias, logit_adjustment, rows_target, weight, scale,
-                                      options)
+                                      options, target_margin)
     if divisor is not None:
         loss = loss + nan_if_zero(divisor)
     return loss.to(hidden.dtype)
 
 
 class LinearCrossEntropyLoss(nn.Module):
-    """Module form of :func:`linear_cross_entropy`: ``weight`` (and ``logit_adjustment``) are
-    buffers; ``forward(hidden, classifier, target, bias=None)``."""
+    """Module form of :func:`linear_cross_entropy`: ``weight`` (and ``logit_adjustment``, ``target_margin``)
+    are buffers; ``forward(hidden, classifier, target, bias=None, sample_weight=None)``."""
 
     weight: torch.Tensor | None  # buffers
     logit_adjustment: torch.Tensor | None
+    target_margin: torch.Tensor | None
 
     def __init__(self, weight: torch.Tensor | None = None, *, ignore_index: int = -100, reduction: str = "mean",
                  label_smoothing: float = 0.0, smoothing_mode: str = "pytorch", focal_gamma: float = 0.0,
-                 logit_adjustment: torch.Tensor | None = None, z_loss: float = 0.0, softcap: float | None = None,
-                 chunk_size: int | None = None, check: bool = True):
+                 logit_adjustment: torch.Tensor | None = None, target_margin: torch.Tensor | None = None,
+                 z_loss: float = 0.0, softcap: float | None = None, chunk_size: int | None = None, check: bool = True):
         super().__init__()
-        self.register_buffer("weight", weight, persistent=weight is not None)
-        self.register_buffer("logit_adjustment", logit_adjustment, persistent=logit_adjustment is not None)
+        for name, vector in (("weight", weight), ("logit_adjustment", logit_adjustment),
+                             ("target_margin", target_margin)):
+            self.register_buffer(name, vector, persistent=vector is not None)
         self.ignore_index, self.reduction, self.label_smoothing = ignore_index, reduction, label_smoothing
         self.smoothing_mode, self.focal_gamma, self.z_loss = smoothing_mode, focal_gamma, z_loss
         self.softcap, self.chunk_size, self.check = softcap, chunk_size, check
 
     def forward(self, hidden: torch.Tensor, classifier: torch.Tensor, target: torch.Tensor,
-                bias: torch.Tensor | None = None) -> torch.Tensor:
+                bias: torch.Tensor | None = None, sample_weight: torch.Tensor | None = None) -> torch.Tensor:
         return linear_cross_entropy(hidden, classifier, target, self.weight, bias=bias,
                                     ignore_index=self.ignore_index, reduction=self.reduction,
                                     label_smoothing=self.label_smoothing, smoothing_mode=self.smoothing_mode,
                                     focal_gamma=self.focal_gamma, logit_adjustment=self.logit_adjustment,
+                                    target_margin=self.target_margin, sample_weight=sample_weight,
                                     z_loss=self.z_loss, softcap=self.softcap, chunk_size=self.chunk_size,
                                     check=self.check)

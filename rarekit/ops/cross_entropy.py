@@ -6,8 +6,9 @@ for float64 logits, float32 otherwise); the reductions are done by the caller (:
 Derivatives, for per-row losses ℓ_i and G = ∂ℓ/∂z (one backward pass of the kernel):
 - logits: ``grad_losses[:, None] · G``; logit adjustment a (z' = z + a): the column sum of that;
 - forward mode (``torch.func.jvp``, dual tensors): ``ℓ̇_i = Σ_k G_ik (ż_ik + ȧ_k)``;
-- ``weight``: not differentiable, as in torch's ``nll_loss`` (callers refuse a weight that requires
-  grad); double backward raises.
+- ``weight`` and ``target_margin`` m (z'_y = z_y + a_y - m_y): not differentiable, as the weight in torch's
+  ``nll_loss`` (callers refuse either when it requires grad; a forward-mode tangent raises); double
+  backward raises.
 """
 from __future__ import annotations
 
@@ -80,22 +81,22 @@ if _backend._C is not None:
         return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
     def _setup_context(ctx, inputs, output):
-        logits, target, weight, logit_adjustment, *config, _check = inputs
-        ctx.save_for_backward(logits, target, weight, logit_adjustment, output[1])
+        logits, target, weight, logit_adjustment, target_margin, *config, _check = inputs
+        ctx.save_for_backward(logits, target, weight, logit_adjustment, target_margin, output[1])
         ctx.config = config  # ignore_index, label_smoothing, target_weighted, focal_gamma, z_loss
 
     def _logits_gradient(ctx, grad_losses):
-        logits, target, weight, logit_adjustment, row_terms = ctx.saved_tensors
+        logits, target, weight, logit_adjustment, target_margin, row_terms = ctx.saved_tensors
         with torch.no_grad():
             return torch.ops.rarekit.cross_entropy_backward(
-                grad_losses, logits, target, weight, logit_adjustment, row_terms, *ctx.config)
+                grad_losses, logits, target, weight, logit_adjustment, target_margin, row_terms, *ctx.config)
 
     def _backward(ctx, grad_losses, _grad_row_terms):
         grad = _logits_gradient(ctx, grad_losses)
-        logits, _, _, logit_adjustment, _ = ctx.saved_tensors
+        logits, _, _, logit_adjustment, _, _ = ctx.saved_tensors
         return (_once_differentiable(grad, logits, logit_adjustment, grad_losses), None, None,
                 _adjustment_gradient(grad, ctx.needs_input_grad[3], logits, logit_adjustment, grad_losses),
-                None, None, None, None, None, None)
+                None, None, None, None, None, None, None)
 
     torch.library.register_autograd("rarekit::cross_entropy_forward", _backward, setup_context=_setup_context)
 
@@ -108,26 +109,29 @@ class _CrossEntropyRows(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(logits, target, weight, logit_adjustment, config, check):
-        return torch.ops.rarekit.cross_entropy_forward(logits, target, weight, logit_adjustment, *config, check)
+    def forward(logits, target, weight, logit_adjustment, target_margin, config, check):
+        return torch.ops.rarekit.cross_entropy_forward(logits, target, weight, logit_adjustment, target_margin,
+                                                       *config, check)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        logits, target, weight, logit_adjustment, config, _check = inputs
-        ctx.save_for_backward(logits, target, weight, logit_adjustment, output[1])
-        ctx.save_for_forward(logits, target, weight, logit_adjustment, output[1])
+        logits, target, weight, logit_adjustment, target_margin, config, _check = inputs
+        ctx.save_for_backward(logits, target, weight, logit_adjustment, target_margin, output[1])
+        ctx.save_for_forward(logits, target, weight, logit_adjustment, target_margin, output[1])
         ctx.config = config
         ctx.mark_non_differentiable(output[1])
 
     @staticmethod
     def backward(ctx, grad_losses, grad_row_terms):
-        return _backward(ctx, grad_losses, grad_row_terms)[:6]  # the op's backward, for this Function's 6 inputs
+        return _backward(ctx, grad_losses, grad_row_terms)[:7]  # the op's backward, for this Function's 7 inputs
 
     @staticmethod
-    def jvp(ctx, logits_tangent, _target_tangent, weight_tangent, adjustment_tangent, _config, _check):
-        if weight_tangent is not None and bool(weight_tangent.ne(0).any()):  # autograd may pass zeros
-            raise RuntimeError("rarekit.cross_entropy: forward-mode AD through `weight` is not supported "
-                               "(the loss is not differentiable in the class weights, as torch's nll_loss)")
+    def jvp(ctx, logits_tangent, _target_tangent, weight_tangent, adjustment_tangent, margin_tangent, _config,
+            _check):
+        for name, tangent in (("weight", weight_tangent), ("target_margin", margin_tangent)):
+            if tangent is not None and bool(tangent.ne(0).any()):  # autograd may pass zeros
+                raise RuntimeError(f"rarekit.cross_entropy: forward-mode AD through `{name}` is not supported "
+                                   "(the loss is not differentiable in it, as torch's nll_loss in the class weights)")
         logits = ctx.saved_tensors[0]
         ones = torch.ones(logits.shape[0], dtype=accumulator_dtype(logits), device=logits.device)
         gradient = _logits_gradient(ctx, ones)  # G = ∂ℓ_i/∂z_ik
@@ -146,10 +150,11 @@ class _CrossEntropyRowsEager(torch.autograd.Function):
     256 x 10 step)."""
 
     @staticmethod
-    def forward(ctx, logits, target, weight, logit_adjustment, config, check):
-        inputs = (logits, target, weight, logit_adjustment, config, check)
+    def forward(ctx, logits, target, weight, logit_adjustment, target_margin, config, check):
+        inputs = (logits, target, weight, logit_adjustment, target_margin, config, check)
         with torch._C._AutoDispatchBelowAutograd():  # this Function is the autograd node
-            output = torch.ops.rarekit.cross_entropy_forward(logits, target, weight, logit_adjustment, *config, check)
+            output = torch.ops.rarekit.cross_entropy_forward(logits, target, weight, logit_adjustment, target_margin,
+                                                             *config, check)
         _CrossEntropyRows.setup_context(ctx, inputs, output)
         return output
 
@@ -172,27 +177,29 @@ def _check_reference_targets(logits, target, ignore_index: int, check: bool) -> 
 
 
 def cross_entropy_rows(logits, target, weight, logit_adjustment, ignore_index: int, label_smoothing: float,
-                       target_weighted: bool, focal_gamma: float, z_loss: float, check: bool) -> torch.Tensor:
+                       target_weighted: bool, focal_gamma: float, z_loss: float, check: bool,
+                       target_margin: torch.Tensor | None = None) -> torch.Tensor:
     """Per-row losses (accumulator dtype, differentiable in ``logits`` and ``logit_adjustment``)."""
     config = (ignore_index, label_smoothing, target_weighted, focal_gamma, z_loss)
     if _backend.native(logits.device):
         if torch.compiler.is_compiling():
-            return torch.ops.rarekit.cross_entropy_forward(logits, target, weight, logit_adjustment, *config, check)[0]
+            return torch.ops.rarekit.cross_entropy_forward(logits, target, weight, logit_adjustment, target_margin,
+                                                           *config, check)[0]
         if torch._C._are_functorch_transforms_active():
-            return _CrossEntropyRows.apply(logits, target, weight, logit_adjustment, config, check)[0]
-        return _CrossEntropyRowsEager.apply(logits, target, weight, logit_adjustment, config, check)[0]
+            return _CrossEntropyRows.apply(logits, target, weight, logit_adjustment, target_margin, config, check)[0]
+        return _CrossEntropyRowsEager.apply(logits, target, weight, logit_adjustment, target_margin, config, check)[0]
     _check_reference_targets(logits, target, ignore_index, check)
-    return reference.cross_entropy_rows(logits, target, weight, logit_adjustment, *config)
+    return reference.cross_entropy_rows(logits, target, weight, logit_adjustment, *config, target_margin)
 
 
-def _reference_forward_inplace(logits, target, weight, logit_adjustment, grad_scale, config, check):
+def _reference_forward_inplace(logits, target, weight, logit_adjustment, target_margin, grad_scale, config, check):
     """The reference path of ``cross_entropy_forward_inplace``: per-row losses, and the logits
     overwritten with ``grad_scale · ∂(Σ losses)/∂logits`` (computed by autograd on an
     accumulator-dtype copy)."""
     _check_reference_targets(logits, target, config[0], check)
     with torch.enable_grad():
         work = logits.detach().to(accumulator_dtype(logits)).requires_grad_()
-        losses = reference.cross_entropy_rows(work, target, weight, logit_adjustment, *config)
+        losses = reference.cross_entropy_rows(work, target, weight, logit_adjustment, *config, target_margin)
         gradient, = torch.autograd.grad(losses.sum(), work)
     logits.copy_(gradient * grad_scale.to(gradient.dtype))
     return losses.detach()
@@ -205,12 +212,13 @@ class _InplaceCrossEntropy(torch.autograd.Function):
     the gradient: one backward per forward (a second one, with retain_graph=True, raises)."""
 
     @staticmethod
-    def forward(ctx, logits, target, weight, logit_adjustment, grad_scale, reduction, config, check):
+    def forward(ctx, logits, target, weight, logit_adjustment, target_margin, grad_scale, reduction, config, check):
         if _backend.native(logits.device):
             losses, _ = torch.ops.rarekit.cross_entropy_forward_inplace(
-                logits, target, weight, logit_adjustment, grad_scale, *config, check)
+                logits, target, weight, logit_adjustment, target_margin, grad_scale, *config, check)
         else:
-            losses = _reference_forward_inplace(logits, target, weight, logit_adjustment, grad_scale, config, check)
+            losses = _reference_forward_inplace(logits, target, weight, logit_adjustment, target_margin, grad_scale,
+                                                config, check)
         torch.autograd.graph.increment_version(logits)
         ctx.gradient, ctx.reduction, ctx.backward_done = logits, reduction, False
         return losses if reduction == "none" else losses.sum() * grad_scale.squeeze(0)
@@ -228,7 +236,7 @@ class _InplaceCrossEntropy(torch.autograd.Function):
             gradient.mul_(scale.to(gradient.dtype))
         return (_once_differentiable(gradient, ctx.gradient, grad_output), None, None,
                 _adjustment_gradient(gradient, ctx.needs_input_grad[3], ctx.gradient, grad_output),
-                None, None, None, None)
+                None, None, None, None, None)
 
     @staticmethod
     def jvp(ctx, *tangents):
@@ -237,7 +245,8 @@ class _InplaceCrossEntropy(torch.autograd.Function):
 
 
 def cross_entropy_inplace(logits, target, weight, logit_adjustment, grad_scale, reduction: str,
-                          config: tuple, check: bool) -> torch.Tensor:
+                          config: tuple, check: bool, target_margin: torch.Tensor | None = None) -> torch.Tensor:
     """The reduced loss (or per-row losses for ``reduction="none"``); the logits buffer ends up
     holding the gradient. ``grad_scale`` (shape (1,)) is 1/Σw_y for "mean", 1 otherwise."""
-    return _InplaceCrossEntropy.apply(logits, target, weight, logit_adjustment, grad_scale, reduction, config, check)
+    return _InplaceCrossEntropy.apply(logits, target, weight, logit_adjustment, target_margin, grad_scale, reduction,
+                                      config, check)

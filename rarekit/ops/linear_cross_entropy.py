@@ -17,7 +17,7 @@ from rarekit.ops.cross_entropy import _once_differentiable, _raise_first_out_of_
 
 if _backend._C is not None:
     @torch.library.register_fake("rarekit::linear_cross_entropy_forward")
-    def _forward_fake(hidden, classifier, bias, target, weight, logit_adjustment, grad_scale, *args):
+    def _forward_fake(hidden, classifier, bias, target, weight, logit_adjustment, target_margin, grad_scale, *args):
         grad_mask = args[-2]
         losses = hidden.new_empty((hidden.shape[0],), dtype=accumulator_dtype(hidden))
         inputs = (hidden, classifier, bias, logit_adjustment)
@@ -27,8 +27,9 @@ if _backend._C is not None:
         return losses, *grads
 
 
-def _reference_forward(hidden, classifier, bias, target, weight, logit_adjustment, grad_scale, ignore_index,
-                       label_smoothing, target_weighted, focal_gamma, z_loss, softcap, chunk_rows, grad_mask, check):
+def _reference_forward(hidden, classifier, bias, target, weight, logit_adjustment, target_margin, grad_scale,
+                       ignore_index, label_smoothing, target_weighted, focal_gamma, z_loss, softcap, chunk_rows,
+                       grad_mask, check):
     """The op on the references, chunk by chunk; each chunk's gradients come from autograd."""
     if check or hidden.device.type == "cpu":  # as the kernels: always on CPU
         _raise_first_out_of_range(target, classifier.shape[0], ignore_index)
@@ -50,7 +51,7 @@ def _reference_forward(hidden, classifier, bias, target, weight, logit_adjustmen
             inputs = {"classifier": classifier, "bias": bias, "logit_adjustment": logit_adjustment, **leaves}
             row_losses = reference.linear_cross_entropy_rows(
                 rows_hidden, inputs["classifier"], target[rows], inputs["bias"], weight, inputs["logit_adjustment"],
-                *config).to(accumulate)
+                *config, target_margin).to(accumulate)
             sources = ([rows_hidden] if hidden_grad else []) + list(leaves.values())
             if sources:
                 scale = grad_scale if grad_scale.shape[0] == 1 else grad_scale[rows]
@@ -72,14 +73,15 @@ def _reference_forward(hidden, classifier, bias, target, weight, logit_adjustmen
             totals.get("logit_adjustment", empty))
 
 
-def linear_cross_entropy_chunks(hidden, classifier, bias, target, weight, logit_adjustment, grad_scale,
+def linear_cross_entropy_chunks(hidden, classifier, bias, target, weight, logit_adjustment, target_margin, grad_scale,
                                 ignore_index: int, label_smoothing: float, target_weighted: bool, focal_gamma: float,
                                 z_loss: float, softcap: float | None, chunk_rows: int, grad_mask: list[bool],
                                 check: bool):
     """(losses, grad_hidden, grad_classifier, grad_bias, grad_logit_adjustment), each gradient computed where
     ``grad_mask`` (hidden, classifier, bias, logit_adjustment) asks for it; see the op's schema."""
-    args = (hidden, classifier, bias, target, weight, logit_adjustment, grad_scale, ignore_index, label_smoothing,
-            target_weighted, focal_gamma, z_loss, softcap, chunk_rows, [bool(wanted) for wanted in grad_mask], check)
+    args = (hidden, classifier, bias, target, weight, logit_adjustment, target_margin, grad_scale, ignore_index,
+            label_smoothing, target_weighted, focal_gamma, z_loss, softcap, chunk_rows,
+            [bool(wanted) for wanted in grad_mask], check)
     if _backend.native(hidden.device):
         return torch.ops.rarekit.linear_cross_entropy_forward(*args)
     return _reference_forward(*args)
@@ -105,9 +107,10 @@ FORWARD_AD_UNSUPPORTED = ("rarekit.linear_cross_entropy does not support forward
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
-    """forward(hidden, classifier, bias, logit_adjustment, target, weight, grad_scale, options, grad_mask)
-    returns the per-row losses (``grad_scale`` None: ``reduction="none"``), or ``grad_scale · Σ losses``
-    followed by the gradients of the inputs that ``grad_mask`` names (not differentiable).
+    """forward(hidden, classifier, bias, logit_adjustment, target, weight, target_margin, grad_scale, options,
+    grad_mask) returns the per-row losses (``grad_scale`` None: ``reduction="none"``), or ``Σ_i c_i losses_i``
+    (``grad_scale`` c: (1,), or (rows,) with per-row weights) followed by the gradients of the inputs that
+    ``grad_mask`` names (not differentiable).
 
     The gradients computed by the forward are handed to autograd by the first backward, scaled in
     place and without a copy, and dropped: a later backward through a retained graph recomputes them,
@@ -116,19 +119,23 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(hidden, classifier, bias, logit_adjustment, target, weight, grad_scale, options, grad_mask):
+    def forward(hidden, classifier, bias, logit_adjustment, target, weight, target_margin, grad_scale, options,
+                grad_mask):
         losses, *grads = linear_cross_entropy_chunks(
-            hidden, classifier, bias, target, weight, logit_adjustment, grad_scale, *options[:-1], grad_mask,
-            options[-1])
+            hidden, classifier, bias, target, weight, logit_adjustment, target_margin, grad_scale, *options[:-1],
+            grad_mask, options[-1])
         if grad_scale is None:  # reduction="none": the backward recomputes with the upstream gradients
             return losses
-        return (losses.sum() * grad_scale.squeeze(0)).to(losses.dtype), *grads
+        if grad_scale.shape[0] == 1:
+            return (losses.sum() * grad_scale.squeeze(0)).to(losses.dtype), *grads
+        return (losses * grad_scale.to(losses.dtype)).sum(), *grads
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        hidden, classifier, bias, logit_adjustment, target, weight, grad_scale, options, grad_mask = inputs
+        (hidden, classifier, bias, logit_adjustment, target, weight, target_margin, grad_scale, options,
+         grad_mask) = inputs
         ctx.options, ctx.grad_mask, ctx.reduced = options, grad_mask, grad_scale is not None
-        ctx.save_for_backward(hidden, classifier, bias, logit_adjustment, target, weight, grad_scale)
+        ctx.save_for_backward(hidden, classifier, bias, logit_adjustment, target, weight, target_margin, grad_scale)
         ctx.grads = None
         if ctx.reduced:
             ctx.grads = list(output[1:])
@@ -136,21 +143,21 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output, *_unused):
-        hidden, classifier, bias, logit_adjustment, target, weight, grad_scale = ctx.saved_tensors
+        hidden, classifier, bias, logit_adjustment, target, weight, target_margin, grad_scale = ctx.saved_tensors
         grads, ctx.grads = ctx.grads, None
         upstream = grad_output.detach()
         if grads is None:  # reduction="none", or a second backward through a retained graph
             upstream = upstream.to(accumulator_dtype(hidden))
             with torch.no_grad():  # the op's out= matmuls refuse a graph (create_graph=True)
                 _, *grads = linear_cross_entropy_chunks(
-                    hidden, classifier, bias, target, weight, logit_adjustment,
-                    (grad_scale * upstream).reshape(1) if ctx.reduced else upstream, *ctx.options[:-1],
+                    hidden, classifier, bias, target, weight, logit_adjustment, target_margin,
+                    (grad_scale * upstream).reshape(-1) if ctx.reduced else upstream, *ctx.options[:-1],
                     ctx.grad_mask, False)
         elif _needs_scaling(upstream):
             grads = [_scaled(grad, upstream) if wanted else grad for grad, wanted in zip(grads, ctx.grad_mask)]
         sources = (hidden, classifier, bias, logit_adjustment, grad_output)
         return (*(_once_differentiable(grad, *sources) if wanted else None for grad, wanted in zip(grads, ctx.grad_mask)),
-                None, None, None, None, None)
+                None, None, None, None, None, None)
 
 
 class _EagerFusedLinearCrossEntropy(_FusedLinearCrossEntropy):
@@ -162,12 +169,15 @@ class _EagerFusedLinearCrossEntropy(_FusedLinearCrossEntropy):
         raise RuntimeError(FORWARD_AD_UNSUPPORTED)
 
 
-def linear_cross_entropy(hidden, classifier, bias, logit_adjustment, target, weight, grad_scale, options):
+def linear_cross_entropy(hidden, classifier, bias, logit_adjustment, target, weight, grad_scale, options,
+                         target_margin=None):
     """Differentiable entry point; ``options`` = (ignore_index, label_smoothing, target_weighted,
-    focal_gamma, z_loss, softcap, chunk_rows, check). Only the gradients autograd may ask for are
-    computed: a frozen classifier skips its (classes, dim) product."""
+    focal_gamma, z_loss, softcap, chunk_rows, check); ``grad_scale`` (1,) or, with per-row weights,
+    (rows,). Only the gradients autograd may ask for are computed: a frozen classifier skips its
+    (classes, dim) product."""
     grad_mask = [torch.is_grad_enabled() and tensor is not None and tensor.requires_grad
                  for tensor in (hidden, classifier, bias, logit_adjustment)]
     function = _FusedLinearCrossEntropy if torch.compiler.is_compiling() else _EagerFusedLinearCrossEntropy
-    result = function.apply(hidden, classifier, bias, logit_adjustment, target, weight, grad_scale, options, grad_mask)
+    result = function.apply(hidden, classifier, bias, logit_adjustment, target, weight, target_margin, grad_scale,
+                            options, grad_mask)
     return result if grad_scale is None else result[0]

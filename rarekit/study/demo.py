@@ -48,17 +48,29 @@ AUTO_BATCH_STEPS = 100  # the automatic batch size keeps an epoch to about this 
 
 @dataclass
 class Method:
-    """A training recipe: the loss built from the training class counts, and how batches are drawn."""
+    """A training recipe: the loss built from the training class counts, and how batches are drawn.
+
+    Deferred re-weighting: from the step ``ceil(reweight_from · total steps)`` on, the loss's ``weight``
+    buffer becomes ``make_late_weight(counts)``."""
 
     name: str
     make_loss: Callable[[torch.Tensor], nn.Module]
     balanced_sampling: bool = False
     augment: bool = False
+    reweight_from: float | None = None
+    make_late_weight: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def reweight_step(self, total_steps: int) -> int | None:
+        """The first step trained with the late weights (None: the weights never change)."""
+        return None if self.reweight_from is None else math.ceil(self.reweight_from * total_steps)
 
 
 def methods(text: bool) -> list[Method]:
     def weighted(counts):
         return rarekit.CrossEntropyLoss(weight=rarekit.class_weights(counts, "effective_number", beta=0.999))
+
+    def class_balanced(counts):  # Cao et al.'s DRW weights
+        return rarekit.class_weights(counts, "effective_number", beta=0.9999)
 
     found = [
         Method("plain CE", lambda counts: rarekit.CrossEntropyLoss()),
@@ -66,6 +78,9 @@ def methods(text: bool) -> list[Method]:
         Method("balanced sampler", lambda counts: rarekit.CrossEntropyLoss(), balanced_sampling=True),
         Method("logit adjustment (tau=1)", lambda counts: rarekit.LogitAdjustedLoss(counts, tau=1.0)),
         Method("focal (gamma=2)", lambda counts: rarekit.FocalLoss(gamma=2.0)),
+        # LDAM margins, class-balanced weights for the last 20 % of the steps (Cao et al.: epochs 160-200)
+        Method("LDAM-DRW", lambda counts: rarekit.LDAMLoss(counts, max_margin=0.5), reweight_from=0.8,
+               make_late_weight=class_balanced),
     ]
     if text:
         found.append(Method("augment_minority + CE", lambda counts: rarekit.CrossEntropyLoss(), augment=True))
@@ -169,10 +184,11 @@ def make_optimizer(model: nn.Module, device: torch.device) -> torch.optim.Optimi
 # --- training and evaluation ---------------------------------------------------------------------
 
 def train(method: Method, x, y: np.ndarray, classes: int, settings: Settings,
-          original_size: int | None = None) -> tuple[nn.Module, float]:
+          original_size: int | None = None) -> tuple[nn.Module, nn.Module, float]:
     """Trains the small model with ``method`` for ``settings.epochs`` passes' worth of steps over the
-    original training set (``original_size`` samples; ``len(y)`` unless the data was augmented).
-    Raises :class:`OverBudget` when the projected time exceeds ``settings.time_budget``."""
+    original training set (``original_size`` samples; ``len(y)`` unless the data was augmented);
+    returns the model, the loss module and the seconds. Raises :class:`OverBudget` when the projected
+    time exceeds ``settings.time_budget``."""
     rank, world = rank_and_world()
     device = settings.device
     rows = original_size or len(y)
@@ -196,11 +212,14 @@ def train(method: Method, x, y: np.ndarray, classes: int, settings: Settings,
     batches = torch.utils.data.BatchSampler(sampler, max(1, batch_size // world), drop_last=False)
     labels = torch.as_tensor(y)
     total_steps = settings.total_steps(rows)
+    reweight_step = method.reweight_step(total_steps)
     start, step, epoch = time.perf_counter(), 0, 0
     with tqdm(total=total_steps, desc=method.name, leave=False, disable=not settings.progress or rank != 0) as bar:
         while step < total_steps:
             sampler.set_epoch(epoch)
             for batch in batches:
+                if step == reweight_step and method.make_late_weight is not None:
+                    loss_fn.weight = method.make_late_weight(counts).to(device)
                 optimizer.zero_grad(set_to_none=True)
                 loss_fn(model(*batch_inputs(x, batch, device)), labels[batch].to(device)).backward()
                 optimizer.step()
@@ -211,7 +230,7 @@ def train(method: Method, x, y: np.ndarray, classes: int, settings: Settings,
                 if step == total_steps:
                     break
             epoch += 1
-    return model, time.perf_counter() - start
+    return model, loss_fn, time.perf_counter() - start
 
 
 def slowest(value: float) -> float:
@@ -296,12 +315,16 @@ def run_study(split: Split, text: bool, settings: Settings, augmenter=None) -> S
                 study.generated_per_class = generated.tolist()
                 study.augmentation_example = augmentation_example(split, augmenter)
                 x = vectorizer.transform(texts)  # the original training vocabulary
-            model, seconds = train(method, x, y, classes, settings, original_size=rows)
+            model, loss_fn, seconds = train(method, x, y, classes, settings, original_size=rows)
         except OverBudget as reason:
             study.skipped[method.name] = str(reason)
             continue
         metrics = evaluate(model, x_test, split.y_test, train_counts, settings.device)
         metrics["train_seconds"] = seconds
+        if isinstance(loss_fn, rarekit.LDAMLoss):
+            metrics["margins"] = loss_fn.margins.tolist()
+        if method.reweight_from is not None:
+            metrics["reweighted_from_step"] = method.reweight_step(study.steps)
         study.results[method.name] = metrics
     return study
 

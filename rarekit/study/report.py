@@ -114,8 +114,9 @@ def table(results: dict, skipped: dict | None = None) -> list[str]:
 
 
 def per_class_table(study) -> list[str]:
-    """Training and test counts and each method's recall per class; a class without test samples
-    reads :data:`NO_TEST`. Past :data:`PER_CLASS_ROWS` classes, the rarest and the most frequent half each."""
+    """Training and test counts and each method's recall per class, then the LDAM margins of the methods
+    that have them; a class without test samples reads :data:`NO_TEST`. Past :data:`PER_CLASS_ROWS`
+    classes, the rarest and the most frequent half each."""
     names = study.split.class_names
     train_counts = np.bincount(study.split.y_train, minlength=len(names))
     test_counts = np.bincount(study.split.y_test, minlength=len(names))
@@ -123,19 +124,39 @@ def per_class_table(study) -> list[str]:
     shown = order if len(order) <= PER_CLASS_ROWS else np.concatenate(
         [order[:PER_CLASS_ROWS // 2], [-1], order[-PER_CLASS_ROWS // 2:]])
     methods = list(study.results)
+    with_margins = [m for m in methods if "margins" in study.results[m]]
     generated = study.generated_per_class
-    lines = ["| class | n train | n test | " + " | ".join(methods) + (" | generated |" if generated else " |"),
-             "|---|---:|---:|" + "---:|" * (len(methods) + bool(generated))]
+    extras = [f"margin ({m})" for m in with_margins] + ["generated"] * bool(generated)
+    lines = ["| class | n train | n test | " + " | ".join(methods + extras) + " |",
+             "|---|---:|---:|" + "---:|" * (len(methods) + len(extras))]
     for label in shown:
         if label < 0:
-            lines.append(f"| ... {len(order) - PER_CLASS_ROWS} classes ... |" + " |" * (len(methods) + 2 + bool(generated)))
+            lines.append(f"| ... {len(order) - PER_CLASS_ROWS} classes ... |" + " |" * (len(methods) + 2 + len(extras)))
             continue
         recalls = [study.results[m]["per_class_recall"][label] for m in methods]
         cells = [NO_TEST if value is None else f"{value:.2f}" for value in recalls]
+        cells += [f"{study.results[m]['margins'][label]:.3f}" for m in with_margins]
         extra = f" {generated[label]} |" if generated else ""
         lines.append(f"| {names[label]} | {train_counts[label]} | {test_counts[label]} | " + " | ".join(cells)
                      + " |" + extra)
     return lines
+
+
+def method_notes(study) -> list[str]:
+    """What the results table leaves out of a method: its LDAM margins and its deferred re-weighting step."""
+    lines = []
+    for name, metrics in study.results.items():
+        parts = []
+        if "margins" in metrics:
+            margins = metrics["margins"]
+            parts.append(f"LDAM margins m_c ∝ n_c^(-1/4) from {min(margins):.3f} (the most frequent class) to "
+                         f"{max(margins):.3f} (the rarest; column \"margin ({name})\" below)")
+        if "reweighted_from_step" in metrics:
+            parts.append(f"deferred re-weighting: class weights from step {metrics['reweighted_from_step']:,} of "
+                         f"{study.steps:,}")
+        if parts:
+            lines.append(f"{name}: " + "; ".join(parts) + ".")
+    return lines + [""] * bool(lines)
 
 
 def augmentation_lines(study, settings) -> list[str]:
@@ -213,8 +234,8 @@ def write_report(studies: list, speed: dict, out: Path, machine: dict, settings)
                   f"{info['train']} training and {info['test']} test samples, {info['classes']} classes, "
                   f"imbalance {info['imbalance_ratio']:.0f}:1 in training; batch size {study.batch_size}, "
                   f"{study.steps:,} steps per method.", ""] + [f"Note: {note}." for note in info["notes"]] + [
-                  ""] * bool(info["notes"]) + table(study.results, study.skipped) + [
-                  "", "Does rarekit beat plain CE on the rare classes?", ""] + verdict(study.results) + [
+                  ""] * bool(info["notes"]) + table(study.results, study.skipped) + [""] + method_notes(study) + [
+                  "Does rarekit beat plain CE on the rare classes?", ""] + verdict(study.results) + [
                   "", "Per class (n train: training samples; recall on the test samples):", ""] + per_class_table(
                   study) + [""] + (augmentation_lines(study, settings) if study.text else []) + plot_lines + [""]
         payload["studies"].append({"data": info, "results": study.results, "skipped": study.skipped,

@@ -755,40 +755,42 @@ def test_inputs_are_not_mutated(device, gen):
 # operator registration, torch.compile, CPU ISAs, reference path
 
 
-def op_config(gen, device, classes, weighted, adjusted, smoothing, target_weighted, gamma, z_loss):
+def op_config(gen, device, classes, weighted, adjusted, margined, smoothing, target_weighted, gamma, z_loss):
     weight = torch.rand(classes, generator=gen).to(device) + 0.1 if weighted else None
     adjustment = torch.randn(classes, generator=gen).to(device) if adjusted else None
-    return weight, adjustment, -100, smoothing, target_weighted, gamma, z_loss
+    margin = torch.rand(classes, generator=gen).to(device) if margined else None
+    return weight, adjustment, margin, -100, smoothing, target_weighted, gamma, z_loss
 
 
-OP_CONFIGS = [  # weighted, adjusted, label_smoothing, target_weighted, focal_gamma, z_loss
-    (False, False, 0.0, False, 0.0, 0.0),
-    (True, False, 0.0, False, 0.0, 0.0),
-    (True, True, 0.1, False, 0.0, 0.0),
-    (True, False, 0.2, True, 2.0, 0.0),
-    (False, True, 0.0, False, 0.5, 1e-3),
-    (True, True, 0.3, False, 1.0, 1e-2),
+OP_CONFIGS = [  # weighted, adjusted, target_margin, label_smoothing, target_weighted, focal_gamma, z_loss
+    (False, False, False, 0.0, False, 0.0, 0.0),
+    (True, False, True, 0.0, False, 0.0, 0.0),
+    (True, True, False, 0.1, False, 0.0, 0.0),
+    (True, False, True, 0.2, True, 2.0, 0.0),
+    (False, True, False, 0.0, False, 0.5, 1e-3),
+    (True, True, True, 0.3, False, 1.0, 1e-2),
 ]
 
 
 @needs_native
 @pytest.mark.parametrize("config", OP_CONFIGS)
 def test_opcheck(device, gen, config):
-    weight, adjustment, *scalars = op_config(gen, device, 37, *config)
+    weight, adjustment, margin, *scalars = op_config(gen, device, 37, *config)
     logits = torch.randn(11, 37, generator=gen).to(device)
     target = torch.randint(0, 37, (11,), generator=gen).to(device)
     target[4] = -100
     forward = torch.ops.rarekit.cross_entropy_forward.default
-    torch.library.opcheck(forward, (logits.clone().requires_grad_(), target, weight, adjustment, *scalars, True))
+    torch.library.opcheck(forward, (logits.clone().requires_grad_(), target, weight, adjustment, margin, *scalars,
+                                    True))
     torch.library.opcheck(forward, (logits.t().contiguous().t().clone().requires_grad_(), target, weight,
-                                    adjustment, *scalars, True))
-    _, row_terms = forward(logits, target, weight, adjustment, *scalars, True)
+                                    adjustment, margin, *scalars, True))
+    _, row_terms = forward(logits, target, weight, adjustment, margin, *scalars, True)
     grad_losses = torch.randn(11, generator=gen).to(device)
     torch.library.opcheck(torch.ops.rarekit.cross_entropy_backward.default,
-                          (grad_losses, logits, target, weight, adjustment, row_terms, *scalars))
+                          (grad_losses, logits, target, weight, adjustment, margin, row_terms, *scalars))
     scale = torch.tensor([0.25], device=device)
     torch.library.opcheck(torch.ops.rarekit.cross_entropy_forward_inplace.default,
-                          (logits.clone(), target, weight, adjustment, scale, *scalars, True))
+                          (logits.clone(), target, weight, adjustment, margin, scale, *scalars, True))
 
 
 @needs_native
@@ -798,10 +800,10 @@ def test_opcheck_non_contiguous_logits(device, gen):
     weight = torch.rand(40, generator=gen).to(device)
     scalars = (-100, 0.1, False, 0.0, 0.0)
     torch.library.opcheck(torch.ops.rarekit.cross_entropy_forward.default,
-                          (logits.clone().requires_grad_(), target, weight, None, *scalars, True))
-    _, row_terms = torch.ops.rarekit.cross_entropy_forward(logits, target, weight, None, *scalars, True)
+                          (logits.clone().requires_grad_(), target, weight, None, None, *scalars, True))
+    _, row_terms = torch.ops.rarekit.cross_entropy_forward(logits, target, weight, None, None, *scalars, True)
     torch.library.opcheck(torch.ops.rarekit.cross_entropy_backward.default,
-                          (torch.ones(12, device=device), logits, target, weight, None, row_terms, *scalars))
+                          (torch.ones(12, device=device), logits, target, weight, None, None, row_terms, *scalars))
 
 
 @needs_native

@@ -196,7 +196,8 @@ def test_backward_op_names_an_out_of_range_target(gen, classes):
     logits = torch.randn(20, classes, generator=gen)
     target = torch.randint(0, classes, (20,), generator=gen)
     config = (-100, 0.0, False, 0.0, 0.0)
-    _, row_terms = torch.ops.rarekit.cross_entropy_forward(logits, target, None, None, *config, True)
+    _, row_terms = torch.ops.rarekit.cross_entropy_forward(logits, target, None, None, None, *config, True)
     target[13] = -5
     with pytest.raises(IndexError, match=r"target\[13\] = -5"):
-        torch.ops.rarekit.cross_entropy_backward(torch.ones(20), logits, target, None, None, row_terms, *config)
+        torch.ops.rarekit.cross_entropy_backward(torch.ones(20), logits, target, None, None, None, row_terms,
+                                                 *config)

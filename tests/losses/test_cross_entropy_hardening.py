@@ -153,7 +153,8 @@ def test_float64_gradcheck(gen, variant, shape):
 def test_float64_runs_on_the_native_kernel_and_keeps_double_precision(gen):
     logits = torch.randn(64, 1000, generator=gen, dtype=torch.float64) * 30
     target = torch.randint(0, 1000, (64,), generator=gen)
-    rows, terms = torch.ops.rarekit.cross_entropy_forward(logits, target, None, None, -100, 0.0, False, 0.0, 0.0, True)
+    rows, terms = torch.ops.rarekit.cross_entropy_forward(logits, target, None, None, None, -100, 0.0, False, 0.0, 0.0,
+                                                          True)
     assert rows.dtype == terms.dtype == torch.float64
     torch.testing.assert_close(rows, F.cross_entropy(logits, target, reduction="none"), rtol=1e-13, atol=1e-12)
 
@@ -289,20 +290,24 @@ def test_zero_classes_and_focal_gamma_messages(gen):
 
 
 @needs_native
-def test_float64_ops_pass_opcheck(gen):
-    """The fake kernels give float64 losses and row terms for float64 logits, as the kernels do."""
+@pytest.mark.parametrize("margined", [False, True])
+def test_float64_ops_pass_opcheck(gen, margined):
+    """The fake kernels give float64 losses and row terms for float64 logits, as the kernels do (with and
+    without target_margin)."""
     logits = torch.randn(6, 5, generator=gen, dtype=torch.float64, requires_grad=True)
     target = torch.tensor([0, 1, 2, 3, 4, -100])
     weight = torch.rand(5, generator=gen, dtype=torch.float64) + 0.5
+    margin = torch.rand(5, generator=gen, dtype=torch.float64) if margined else None
     config = (-100, 0.1, False, 2.0, 1e-3)
     torch.library.opcheck(torch.ops.rarekit.cross_entropy_forward.default,
-                          (logits, target, weight, None, *config, True))
-    rows, terms = torch.ops.rarekit.cross_entropy_forward(logits.detach(), target, weight, None, *config, True)
+                          (logits, target, weight, None, margin, *config, True))
+    rows, terms = torch.ops.rarekit.cross_entropy_forward(logits.detach(), target, weight, None, margin, *config, True)
     torch.library.opcheck(torch.ops.rarekit.cross_entropy_backward.default,
-                          (torch.ones(6, dtype=torch.float64), logits.detach(), target, weight, None, terms, *config))
+                          (torch.ones(6, dtype=torch.float64), logits.detach(), target, weight, None, margin, terms,
+                           *config))
     torch.library.opcheck(torch.ops.rarekit.cross_entropy_forward_inplace.default,
-                          (logits.detach().clone(), target, weight, None, torch.ones(1, dtype=torch.float64), *config,
-                           True))
+                          (logits.detach().clone(), target, weight, None, margin, torch.ones(1, dtype=torch.float64),
+                           *config, True))
 
 
 @pytest.mark.parametrize("inplace", [False, True])

@@ -7,10 +7,11 @@ import torch.nn.functional as F
 
 import rarekit
 from rarekit import _backend, reference
+from test_cross_entropy_sample_weight import eager_rows
 
 needs_native = pytest.mark.skipif(_backend._C is None, reason="compiled extension not built")
 
-# options passed to both sides (logit_adjustment / weight are made per test)
+# options passed to both sides (logit_adjustment / weight / target_margin / sample_weight are made per test)
 OPTIONS = [
     {},
     {"weighted": True},
@@ -21,11 +22,17 @@ OPTIONS = [
     {"adjusted": True},
     {"softcap": 2.5},
     {"weighted": True, "adjusted": True, "label_smoothing": 0.1, "focal_gamma": 1.5, "z_loss": 1e-3, "softcap": 4.0},
+    {"margined": True},
+    {"sample_weighted": True, "weighted": True},
+    {"margined": True, "sample_weighted": True, "weighted": True, "label_smoothing": 0.2,
+     "smoothing_mode": "target_weighted"},
+    {"margined": True, "sample_weighted": True, "weighted": True, "adjusted": True, "label_smoothing": 0.1,
+     "focal_gamma": 1.5, "z_loss": 1e-3, "softcap": 4.0},
 ]
 
 
 def make_case(gen, device, rows=11, dim=6, classes=13, dtype=torch.float32, biased=True, weighted=False,
-              adjusted=False, ignore_rows=(2, 7), shape=None):
+              adjusted=False, ignore_rows=(2, 7), shape=None, margined=False):
     hidden = torch.randn(rows, dim, generator=gen, dtype=torch.float64)
     classifier = torch.randn(classes, dim, generator=gen, dtype=torch.float64) / dim ** 0.5 * 2
     target = torch.randint(0, classes, (rows,), generator=gen)
@@ -37,6 +44,7 @@ def make_case(gen, device, rows=11, dim=6, classes=13, dtype=torch.float32, bias
         "bias": torch.randn(classes, generator=gen, dtype=torch.float64) if biased else None,
         "weight": torch.rand(classes, generator=gen) + 0.2 if weighted else None,
         "logit_adjustment": torch.randn(classes, generator=gen) if adjusted else None,
+        "target_margin": torch.rand(classes, generator=gen) if margined else None,
     }
     return {name: None if value is None else value.to(device=device, dtype=dtype if value.is_floating_point() and
                                                       name in ("hidden", "classifier", "bias") else value.dtype)
@@ -48,6 +56,8 @@ def definition(hidden, classifier, target, weight=None, *, bias=None, softcap=No
     logits = F.linear(hidden, classifier, bias)
     if softcap is not None:
         logits = softcap * torch.tanh(logits / softcap)
+    if keywords.get("sample_weight") is not None:
+        keywords["sample_weight"] = keywords["sample_weight"].reshape(-1)
     loss = rarekit.cross_entropy(logits.reshape(-1, classifier.shape[0]), target.reshape(-1), weight, **keywords)
     return loss.reshape(target.shape) if keywords.get("reduction") == "none" else loss
 
@@ -58,7 +68,7 @@ def loss_and_grads(fn, case, upstream_gen, **keywords):
               if case[name] is not None}
     inputs = {**case, **leaves}
     loss = fn(inputs["hidden"], inputs["classifier"], inputs["target"], inputs["weight"], bias=inputs["bias"],
-              logit_adjustment=inputs["logit_adjustment"], **keywords)
+              logit_adjustment=inputs["logit_adjustment"], target_margin=inputs["target_margin"], **keywords)
     upstream = torch.randn(loss.shape, generator=upstream_gen, dtype=torch.float64).to(loss)
     grads = torch.autograd.grad(loss, list(leaves.values()), upstream)
     return loss.detach(), dict(zip(leaves, grads))
@@ -91,7 +101,10 @@ def compare(case, seed, rtol=1e-5, atol=1e-5, **keywords):
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda options: "-".join(options) or "plain")
 def test_matches_definition(device, gen, reduction, options):
     options = dict(options)
-    case = make_case(gen, device, weighted=options.pop("weighted", False), adjusted=options.pop("adjusted", False))
+    case = make_case(gen, device, weighted=options.pop("weighted", False), adjusted=options.pop("adjusted", False),
+                     margined=options.pop("margined", False))
+    if options.pop("sample_weighted", False):
+        options["sample_weight"] = (torch.rand(case["target"].shape, generator=gen) * 2).to(device)
     compare(case, 1, reduction=reduction, chunk_size=4, **options)
 
 
@@ -150,7 +163,7 @@ def test_no_rows(device, gen):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision(device, gen, dtype):
     """Half inputs: as close to the float32 definition as the definition run in half precision is."""
-    case32 = make_case(gen, device, rows=40, dim=32, classes=300, weighted=True, adjusted=True)
+    case32 = make_case(gen, device, rows=40, dim=32, classes=300, weighted=True, adjusted=True, margined=True)
     case = {name: value.to(dtype) if value is not None and name in ("hidden", "classifier", "bias") else value
             for name, value in case32.items()}
     keywords = dict(label_smoothing=0.1, softcap=5.0)
@@ -221,7 +234,7 @@ def test_frozen_inputs_get_no_gradient_and_cost_no_product(gen, trained, reducti
         masks.append(list(args[-2]))
         outputs = original(*args)
         for output, wanted, tensor in zip(outputs[1:], args[-2], (args[0], args[1], args[2], args[5])):
-            assert output.numel() == (tensor.numel() if wanted and args[6] is not None and tensor is not None else 0)
+            assert output.numel() == (tensor.numel() if wanted and args[7] is not None and tensor is not None else 0)
         return outputs
 
     rarekit.set_backend(backend)
@@ -248,13 +261,16 @@ def test_frozen_inputs_get_no_gradient_and_cost_no_product(gen, trained, reducti
 
 
 def test_module_matches_function(device, gen):
-    case = make_case(gen, device, weighted=True, adjusted=True)
+    case = make_case(gen, device, weighted=True, adjusted=True, margined=True)
     module = rarekit.LinearCrossEntropyLoss(case["weight"], logit_adjustment=case["logit_adjustment"],
-                                            label_smoothing=0.1, softcap=3.0, chunk_size=4)
-    assert set(module.state_dict()) == {"weight", "logit_adjustment"}
-    loss = module(case["hidden"], case["classifier"], case["target"], case["bias"])
+                                            target_margin=case["target_margin"], label_smoothing=0.1, softcap=3.0,
+                                            chunk_size=4)
+    assert set(module.state_dict()) == {"weight", "logit_adjustment", "target_margin"}
+    sample_weight = torch.rand(case["target"].shape, generator=gen).to(device)
+    loss = module(case["hidden"], case["classifier"], case["target"], case["bias"], sample_weight=sample_weight)
     expected = definition(case["hidden"], case["classifier"], case["target"], case["weight"], bias=case["bias"],
-                          logit_adjustment=case["logit_adjustment"], label_smoothing=0.1, softcap=3.0)
+                          logit_adjustment=case["logit_adjustment"], target_margin=case["target_margin"],
+                          sample_weight=sample_weight, label_smoothing=0.1, softcap=3.0)
     torch.testing.assert_close(loss, expected)
 
 
@@ -285,17 +301,25 @@ def ce_accepts_float64() -> bool:
 @pytest.mark.skipif(not ce_accepts_float64(), reason="the cross-entropy kernels do not take float64 logits yet")
 @pytest.mark.parametrize("backend", ["native", "reference"])
 @pytest.mark.parametrize("reduction", ["mean", "none"])
-def test_gradcheck_float64(gen, reduction, backend):
+@pytest.mark.parametrize("sample_weight", [None, "fixed", "learned"])
+def test_gradcheck_float64(gen, reduction, backend, sample_weight):
+    """With target_margin; sample_weight absent, fixed (the per-row kernel scale) or learned (differentiable)."""
     case = make_case(gen, "cpu", rows=5, dim=3, classes=4, dtype=torch.float64, weighted=True, adjusted=True,
-                     ignore_rows=(1,))
+                     ignore_rows=(1,), margined=True)
     case["logit_adjustment"] = case["logit_adjustment"].double()
+    row_weights = torch.rand(5, generator=gen, dtype=torch.float64) + 0.1
 
-    def fn(hidden, classifier, bias, adjustment):
+    def fn(hidden, classifier, bias, adjustment, *learned):
         return rarekit.linear_cross_entropy(hidden, classifier, case["target"], case["weight"].double(), bias=bias,
-                                            logit_adjustment=adjustment, reduction=reduction, label_smoothing=0.1,
-                                            focal_gamma=1.5, z_loss=1e-2, softcap=2.0, chunk_size=2)
+                                            logit_adjustment=adjustment, target_margin=case["target_margin"].double(),
+                                            sample_weight=learned[0] if learned else (
+                                                row_weights if sample_weight == "fixed" else None),
+                                            reduction=reduction, label_smoothing=0.1, focal_gamma=1.5, z_loss=1e-2,
+                                            softcap=2.0, chunk_size=2)
 
     inputs = [case[name].clone().requires_grad_() for name in ("hidden", "classifier", "bias", "logit_adjustment")]
+    if sample_weight == "learned":
+        inputs.append(row_weights.clone().requires_grad_())
     rarekit.set_backend(backend)
     try:
         assert torch.autograd.gradcheck(fn, inputs)
@@ -337,6 +361,21 @@ def test_refusals(gen):
     hidden, classifier, target, weight = case["hidden"], case["classifier"], case["target"], case["weight"]
     with pytest.raises(RuntimeError, match="not differentiable with respect to `weight`"):  # as torch's nll_loss
         rarekit.linear_cross_entropy(hidden, classifier, target, weight.clone().requires_grad_())
+    with pytest.raises(RuntimeError, match="not differentiable with respect to `target_margin`"):
+        rarekit.linear_cross_entropy(hidden, classifier, target, target_margin=torch.rand(13, requires_grad=True))
+    with pytest.raises(ValueError, match=r"target_margin must be finite, found target_margin\[3\] = inf"):
+        rarekit.linear_cross_entropy(hidden, classifier, target,
+                                     target_margin=torch.zeros(13).index_fill(0, torch.tensor([3]), float("inf")))
+    with pytest.raises(ValueError, match=r"target_margin must have shape \(13,\)"):
+        rarekit.linear_cross_entropy(hidden, classifier, target, target_margin=torch.zeros(12))
+    with pytest.raises(TypeError, match="target_margin must be a floating-point"):
+        rarekit.linear_cross_entropy(hidden, classifier, target, target_margin=torch.zeros(13, dtype=torch.int64))
+    with pytest.raises(ValueError, match="sample_weight must be finite and >= 0, found -1"):
+        rarekit.linear_cross_entropy(hidden, classifier, target, sample_weight=-torch.ones(11))
+    with pytest.raises(ValueError, match=r"sample_weight must have the target's shape \(11,\)"):
+        rarekit.linear_cross_entropy(hidden, classifier, target, sample_weight=torch.ones(10))
+    with pytest.raises(TypeError, match="sample_weight must be a floating-point"):
+        rarekit.linear_cross_entropy(hidden, classifier, target, sample_weight=torch.ones(11, dtype=torch.int64))
     with pytest.raises(ValueError, match="hidden must have shape"):
         rarekit.linear_cross_entropy(hidden[:, :3], classifier, target)
     with pytest.raises(ValueError, match="target must have shape"):
@@ -392,23 +431,26 @@ def test_second_derivatives_and_forward_mode_raise(gen):
 
 @needs_native
 def test_opcheck(device, gen):
-    case = make_case(gen, device, weighted=True, adjusted=True)
+    case = make_case(gen, device, weighted=True, adjusted=True, margined=True)
     rows = case["hidden"].shape[0]
     for grad_scale in (None, torch.full((1,), 0.25, device=device), torch.rand(rows, generator=gen).to(device)):
         for softcap in (None, 3.0):
             args = (case["hidden"], case["classifier"], case["bias"], case["target"], case["weight"],
-                    case["logit_adjustment"], grad_scale, -100, 0.1, False, 1.0, 1e-3, softcap, 4, [True] * 4, True)
+                    case["logit_adjustment"], case["target_margin"], grad_scale, -100, 0.1, False, 1.0, 1e-3, softcap,
+                    4, [True] * 4, True)
             torch.library.opcheck(torch.ops.rarekit.linear_cross_entropy_forward.default, args)
 
 
 @needs_native
 def test_op_refuses_bad_arguments(gen):
     case = make_case(gen, "cpu")
-    base = [case["hidden"], case["classifier"], None, case["target"], None, None, None, -100, 0.0, False, 0.0, 0.0,
-            None, 4, [True] * 4, True]
+    base = [case["hidden"], case["classifier"], None, case["target"], None, None, None, None, -100, 0.0, False, 0.0,
+            0.0, None, 4, [True] * 4, True]
     for position, value, error in ((0, case["hidden"].int(), TypeError), (1, case["classifier"][:, :2], ValueError),
                                    (2, torch.zeros(3), ValueError), (3, case["target"][:2], ValueError),
-                                   (6, torch.ones(2), ValueError), (12, -1.0, ValueError), (13, 0, ValueError)):
+                                   (6, torch.zeros(3), ValueError), (6, torch.zeros(case["classifier"].shape[0],
+                                                                                    dtype=torch.int64), TypeError),
+                                   (7, torch.ones(2), ValueError), (13, -1.0, ValueError), (14, 0, ValueError)):
         args = list(base)
         args[position] = value
         with pytest.raises(error):
@@ -445,3 +487,88 @@ def test_default_chunks_are_even_and_within_budget():
         assert step == 1 or step * vocab * torch.empty((), dtype=dtype).element_size() <= DEFAULT_CHUNK_BYTES
         assert chunks * step - rows <= max(chunks - 1, 0)  # even: the last chunk is at most chunks-1 rows short
     assert chunk_rows(4096, 32000, torch.float32, 100) == 100
+
+
+# ----------------------------------------------------------------------------------------------
+# target_margin and sample_weight against the fp64 formula (issue 21 section 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("classes", [10, 1000])
+def test_target_margin_and_sample_weight_match_the_fp64_formula(device, gen, dtype, classes):
+    """F.linear in fp64, then z' = z + a less m_y on the target, the eager fp64 row formula, times the row
+    weights; the "mean" divisor stays Σ w_y. Values and the gradients of hidden, classifier, bias and a."""
+    case = make_case(gen, device, rows=23, dim=8, classes=classes, dtype=dtype, weighted=True, adjusted=True,
+                     margined=True, ignore_rows=(0, 5, 6))
+    case = {name: value.to(dtype) if value.is_floating_point() else value for name, value in case.items()}
+    row_weights = (torch.rand(23, generator=gen, dtype=torch.float64) * 2).to(device)
+    row_weights[3] = 0.0
+    names = ("hidden", "classifier", "bias", "logit_adjustment")
+    for options in ({}, {"label_smoothing": 0.2, "focal_gamma": 1.5, "z_loss": 1e-3},
+                    {"label_smoothing": 0.1, "smoothing_mode": "target_weighted"}):
+        for reduction in ("mean", "sum", "none"):
+            leaves = [case[name].clone().requires_grad_() for name in names]
+            loss = rarekit.linear_cross_entropy(leaves[0], leaves[1], case["target"], case["weight"], bias=leaves[2],
+                                                logit_adjustment=leaves[3], target_margin=case["target_margin"],
+                                                sample_weight=row_weights.to(dtype), reduction=reduction,
+                                                chunk_size=7, **options)
+            exact = [case[name].double().cpu().requires_grad_() for name in names]
+            rows_loss, divisor = eager_rows(F.linear(exact[0], exact[1], exact[2]), case["target"].cpu(),
+                                            case["weight"].cpu(), exact[3], -100,
+                                            target_margin=case["target_margin"].cpu(), **options)
+            rows_loss = rows_loss * row_weights.cpu()
+            expected = {"none": rows_loss, "sum": rows_loss.sum(), "mean": rows_loss.sum() / divisor}[reduction]
+            probe = torch.randn(expected.shape, generator=gen, dtype=torch.float64)
+            tolerance = 1e-10 if dtype == torch.float64 else 2e-5
+            torch.testing.assert_close(loss.double().cpu(), expected, rtol=tolerance, atol=tolerance)
+            grads = torch.autograd.grad((loss * probe.to(loss)).sum(), leaves)
+            expected_grads = torch.autograd.grad((expected * probe).sum(), exact)
+            for name, grad, expected_grad in zip(names, grads, expected_grads):
+                torch.testing.assert_close(grad.double().cpu(), expected_grad, rtol=tolerance, atol=tolerance,
+                                           msg=lambda message: f"{name}, {options}, {reduction}: {message}")
+
+
+def test_learned_sample_weight_gets_its_gradient(gen):
+    """A sample_weight that requires grad gets ∂loss/∂s_i = loss_i / Σ w_y ("mean"), with the other inputs'
+    gradients as for a fixed one."""
+    case = make_case(gen, "cpu", weighted=True, margined=True)
+    row_weights = torch.rand(11, generator=gen, dtype=torch.float64)
+    hidden = case["hidden"].clone().requires_grad_()
+    learned = row_weights.clone().requires_grad_()
+    loss = rarekit.linear_cross_entropy(hidden, case["classifier"], case["target"], case["weight"], bias=case["bias"],
+                                        target_margin=case["target_margin"], sample_weight=learned, chunk_size=4)
+    grad_hidden, grad_weights = torch.autograd.grad(loss, [hidden, learned])
+    exact = case["hidden"].double().requires_grad_()
+    rows_loss, divisor = eager_rows(F.linear(exact, case["classifier"].double(), case["bias"].double()),
+                                    case["target"], case["weight"], None, -100, target_margin=case["target_margin"])
+    expected = (rows_loss * row_weights).sum() / divisor
+    expected.backward()
+    torch.testing.assert_close(loss.double(), expected, rtol=2e-5, atol=2e-6)
+    torch.testing.assert_close(grad_hidden.double(), exact.grad, rtol=2e-5, atol=2e-6)
+    torch.testing.assert_close(grad_weights.double(), (rows_loss / divisor).detach(), rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_torch_compile_fullgraph_with_target_margin_and_sample_weight(gen, dynamic):
+    torch._dynamo.reset()
+    case = make_case(gen, "cpu", weighted=True, margined=True)
+    row_weights = torch.rand(11, generator=gen)
+
+    def loss_fn(hidden, classifier, bias):
+        return rarekit.linear_cross_entropy(hidden, classifier, case["target"], case["weight"], bias=bias,
+                                            target_margin=case["target_margin"], sample_weight=row_weights,
+                                            label_smoothing=0.1, focal_gamma=1.0, chunk_size=4)
+
+    compiled = torch.compile(loss_fn, fullgraph=True, dynamic=dynamic)
+    leaves = [case[name].clone().requires_grad_() for name in ("hidden", "classifier", "bias")]
+    loss = compiled(*leaves)
+    grads = torch.autograd.grad(loss, leaves)
+    exact = [case[name].double().requires_grad_() for name in ("hidden", "classifier", "bias")]
+    rows_loss, divisor = eager_rows(F.linear(*exact), case["target"], case["weight"], None, -100,
+                                    label_smoothing=0.1, focal_gamma=1.0, target_margin=case["target_margin"])
+    expected = (rows_loss * row_weights.double()).sum() / divisor
+    expected_grads = torch.autograd.grad(expected, exact)
+    torch.testing.assert_close(loss.double(), expected, rtol=2e-5, atol=2e-6)
+    for grad, expected_grad in zip(grads, expected_grads):
+        torch.testing.assert_close(grad.double(), expected_grad, rtol=2e-5, atol=2e-6)
+    torch._dynamo.reset()

@@ -157,14 +157,16 @@ def draw_from_buckets_into_cases():
 
 
 def cross_entropy_inputs():
-    """(logits, target, weight, logit_adjustment) of 3 rows and 5 classes: neither is the 4 row terms."""
+    """(logits, target, weight, logit_adjustment, target_margin) of 3 rows and 5 classes: none is the 4 row
+    terms."""
     rows, classes = 3, 5
     return (torch.randn(rows, classes), torch.randint(0, classes, (rows,)), torch.rand(classes),
-            torch.randn(classes))
+            torch.randn(classes), torch.rand(classes))
 
 
 def cross_entropy_input_cases(valid: tuple) -> list:
-    """Wrong logits, target, weight and logit_adjustment (arguments 0-3 of every cross-entropy op)."""
+    """Wrong logits, target, weight, logit_adjustment and target_margin (arguments 0-4 of every cross-entropy
+    op)."""
     logits, target = valid[0], valid[1]
     cases = argument_variants(valid, 0, "logits", (torch.int64, torch.bool, torch.complex64), sizes=False)
     cases += [("logits: 1-D", replaced(valid, 0, logits[0].clone())),
@@ -176,6 +178,7 @@ def cross_entropy_input_cases(valid: tuple) -> list:
               ("target: -1 (not ignore_index)", replaced(valid, 1, torch.tensor([0, -1, 1])))]
     cases += argument_variants(valid, 2, "weight", NOT_FLOAT)
     cases += argument_variants(valid, 3, "logit_adjustment", NOT_FLOAT)
+    cases += argument_variants(valid, 4, "target_margin", NOT_FLOAT)
     return cases
 
 
@@ -185,24 +188,24 @@ def cross_entropy_forward_cases():
 
 
 def cross_entropy_forward_inplace_cases():
-    logits, target, weight, adjust = cross_entropy_inputs()
-    valid = (logits, target, weight, adjust, torch.ones(1), -100, 0.1, False, 0.0, 0.0, True)
+    logits, target, weight, adjust, margin = cross_entropy_inputs()
+    valid = (logits, target, weight, adjust, margin, torch.ones(1), -100, 0.1, False, 0.0, 0.0, True)
     cases = cross_entropy_input_cases(valid)
-    cases += argument_variants(valid, 4, "grad_scale", NOT_FLOAT)
+    cases += argument_variants(valid, 5, "grad_scale", NOT_FLOAT)
     cases.append(("logits: non-contiguous", replaced(valid, 0, torch.randn(5, 3).t())))
     return valid, cases
 
 
 def cross_entropy_backward_cases():
-    logits, target, weight, adjust = cross_entropy_inputs()
-    row_terms = torch.ops.rarekit.cross_entropy_forward(logits, target, weight, adjust, -100, 0.1, False, 0.0, 0.0,
-                                                         True)[1]
-    valid = (torch.ones(3), logits, target, weight, adjust, row_terms, -100, 0.1, False, 0.0, 0.0)
-    shifted = (valid[1],) + valid[2:5] + (valid[0],) + valid[5:]  # logits ... logit_adjustment first, as forward
-    cases = [(name, (args[4],) + args[:4] + args[5:]) for name, args in cross_entropy_input_cases(shifted)]
+    logits, target, weight, adjust, margin = cross_entropy_inputs()
+    row_terms = torch.ops.rarekit.cross_entropy_forward(logits, target, weight, adjust, margin, -100, 0.1, False, 0.0,
+                                                         0.0, True)[1]
+    valid = (torch.ones(3), logits, target, weight, adjust, margin, row_terms, -100, 0.1, False, 0.0, 0.0)
+    shifted = (valid[1],) + valid[2:6] + (valid[0],) + valid[6:]  # logits ... target_margin first, as forward
+    cases = [(name, (args[5],) + args[:5] + args[6:]) for name, args in cross_entropy_input_cases(shifted)]
     cases += argument_variants(valid, 0, "grad_losses", NOT_FLOAT)
-    cases += argument_variants(valid, 5, "row_terms", (torch.float64, torch.bfloat16, torch.int32))
-    cases.append(("row_terms: rows and terms swapped", replaced(valid, 5, row_terms.t().contiguous())))
+    cases += argument_variants(valid, 6, "row_terms", (torch.float64, torch.bfloat16, torch.int32))
+    cases.append(("row_terms: rows and terms swapped", replaced(valid, 6, row_terms.t().contiguous())))
     return valid, cases
 
 
@@ -298,8 +301,8 @@ def gather_segments_into_cases():
 def linear_cross_entropy_forward_cases():
     rows, hidden_size, classes = 4, 3, 5
     valid = (torch.randn(rows, hidden_size), torch.randn(classes, hidden_size), torch.randn(classes),
-             torch.randint(0, classes, (rows,)), torch.rand(classes), torch.randn(classes), torch.ones(1),
-             -100, 0.1, False, 0.0, 0.0, None, 2, [True] * 4, True)
+             torch.randint(0, classes, (rows,)), torch.rand(classes), torch.randn(classes), torch.rand(classes),
+             torch.ones(1), -100, 0.1, False, 0.0, 0.0, None, 2, [True] * 4, True)
     cases = []
     for index, name in ((0, "hidden"), (1, "classifier")):
         cases += argument_variants(valid, index, name, (torch.int64, torch.bool), sizes=False)
@@ -310,11 +313,12 @@ def linear_cross_entropy_forward_cases():
     cases.append(("target: 5 outside 5 classes", replaced(valid, 3, torch.tensor([0, 5, 1, 2]))))
     cases += argument_variants(valid, 4, "weight", NOT_FLOAT)
     cases += argument_variants(valid, 5, "logit_adjustment", NOT_FLOAT)
-    cases += [(name, args) for name, args in argument_variants(valid, 6, "grad_scale", NOT_FLOAT)
+    cases += argument_variants(valid, 6, "target_margin", NOT_FLOAT)
+    cases += [(name, args) for name, args in argument_variants(valid, 7, "grad_scale", NOT_FLOAT)
               if "one more along dim 0" not in name]  # (1,) and (rows,) are both valid: (2,) is neither
-    cases += [("grad_scale: 3 entries for 4 rows", replaced(valid, 6, torch.ones(3))),
-              ("chunk_rows: 0", replaced(valid, 13, 0)),
-              ("chunk_rows: -1", replaced(valid, 13, -1))]
+    cases += [("grad_scale: 3 entries for 4 rows", replaced(valid, 7, torch.ones(3))),
+              ("chunk_rows: 0", replaced(valid, 14, 0)),
+              ("chunk_rows: -1", replaced(valid, 14, -1))]
     return valid, cases
 
 

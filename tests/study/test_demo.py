@@ -48,7 +48,7 @@ def test_text_data_report(tmp_path, capsys):
     assert study["data"]["train_counts"] == {"music": 6, "sports": 15, "weather": 45}  # 25 % of each class tested
     methods = study["results"]
     assert {"plain CE", "weighted CE (effective number)", "balanced sampler", "logit adjustment (tau=1)",
-            "focal (gamma=2)", "augment_minority + CE"} <= set(methods)
+            "focal (gamma=2)", "LDAM-DRW", "augment_minority + CE"} <= set(methods)
     for metrics in methods.values():
         assert 0.0 <= metrics["macro_f1"] <= 1.0 and len(metrics["per_class_recall"]) == 3
         assert metrics["train_seconds"] > 0
@@ -91,7 +91,7 @@ def test_array_data(tmp_path):
     np.savez(tmp_path / "arrays.npz", X=x, y=y)
     assert run_demo("--data", tmp_path / "arrays.npz", "--out", tmp_path / "out") == 0
     (study,) = json.loads((tmp_path / "out" / "results.json").read_text())["studies"]
-    assert "augment_minority + CE" not in study["results"] and len(study["results"]) == 5
+    assert "augment_minority + CE" not in study["results"] and len(study["results"]) == 6
 
 
 @pytest.mark.parametrize("content,args,message", [
@@ -298,7 +298,7 @@ def test_over_budget_methods_are_skipped_with_the_reason_and_the_report_is_writt
     out = tmp_path / "out"
     assert run_demo("--data", tmp_path / "arrays.npz", "--out", out, "--time-budget", "1e-9") == 0
     (study,) = json.loads((out / "results.json").read_text())["studies"]
-    assert study["results"] == {} and len(study["skipped"]) == 5
+    assert study["results"] == {} and len(study["skipped"]) == len(demo.methods(text=False)) == 6
     assert all("over the --time-budget of 1e-09 s" in reason for reason in study["skipped"].values())
     assert "| plain CE | skipped: " in (out / "report.md").read_text()
 
@@ -404,6 +404,6 @@ def test_text_data_at_scale_within_4_gib(tmp_path):
     peak_rss = int(figures[figures.index("peak_rss") + 1])
     assert peak_rss < 4 << 30
     (study,) = json.loads((out / "results.json").read_text())["studies"]
-    assert study["data"]["classes"] == 50 and len(study["results"]) == 6 and not study["skipped"]
+    assert study["data"]["classes"] == 50 and len(study["results"]) == 7 and not study["skipped"]
     assert 0 < sum(study["generated_per_class"]) <= 3000
     assert (out / "report.md").exists() and "it/s" not in result.stderr

@@ -11,18 +11,60 @@
 namespace rarekit::cpu {
 namespace {
 
+// z'_y = z_y + a_y - m_y: the target's logit with its margin (m: target_margin, may be null)
+template <typename T>
+float load_target(const T* row, const CrossEntropyArgs& args, int64_t target) {
+  const float logit = load_adjusted(row, args.adjust, target);
+  return args.margin ? logit - args.margin[target] : logit;
+}
+
 // Loss and gradient terms of one row whose target is in range: one pass over the row in blocks,
-// each block read twice while it is in cache (online softmax across blocks).
+// each block read twice while it is in cache (online softmax across blocks). With a target margin,
+// the target's block is read in the pieces around it and z'_y added on its own, so no sum that held
+// the unmargined z_y is corrected afterwards (that subtraction cancels when the target dominates).
 template <typename T>
 float row_loss(const T* row, int64_t target, const CrossEntropyArgs& args, CrossEntropyRowTerms<float>* terms) {
   const CrossEntropyConfig& config = args.config;
   const int64_t classes = config.num_classes;
   const float* smooth_weight = per_class_smoothing(config) ? args.weight : nullptr;
   const bool smoothing = config.label_smoothing > 0.0f;
-  const RowSoftmaxSums sums = row_softmax_sums(row, args.adjust, smooth_weight, classes, smoothing);
+  const float target_logit = load_target(row, args, target);
+  const int64_t margined = args.margin ? target : -1;  // the class read on its own, or none
+  float max = kNegInf, sum_exp = 0.0f, smooth_sum = 0.0f, shift = 0.0f;
+  for (int64_t start = 0; start < classes; start += kBlock) {
+    const int64_t end = classes - start < kBlock ? classes : start + kBlock;
+    const bool split = margined >= start && margined < end;
+    float block_best;
+    if (split) {
+      const float before = block_max(row, args.adjust, start, margined);
+      const float after = block_max(row, args.adjust, margined + 1, end);
+      block_best = before > after ? before : after;
+      block_best = target_logit > block_best ? target_logit : block_best;
+    } else {
+      block_best = block_max(row, args.adjust, start, end);
+    }
+    if (start == 0 && std::isfinite(block_best)) shift = block_best;
+    if (block_best > max) {  // rescale what was summed against the old max
+      if (max != kNegInf) sum_exp *= exp_scalar(max - block_best);
+      max = block_best;
+    }
+    const float offset = max == kNegInf ? 0.0f : max;
+    if (split) {
+      sum_exp += block_sum_exp(row, args.adjust, start, margined, offset) + exp_scalar(target_logit - offset) +
+                 block_sum_exp(row, args.adjust, margined + 1, end, offset);
+      if (smoothing) {
+        smooth_sum += block_smooth_sum(row, args.adjust, smooth_weight, start, margined, shift) +
+                      (smooth_weight ? smooth_weight[margined] : 1.0f) * (target_logit - shift) +
+                      block_smooth_sum(row, args.adjust, smooth_weight, margined + 1, end, shift);
+      }
+    } else {
+      sum_exp += block_sum_exp(row, args.adjust, start, end, offset);
+      if (smoothing) smooth_sum += block_smooth_sum(row, args.adjust, smooth_weight, start, end, shift);
+    }
+  }
   const float w_y = args.weight ? args.weight[target] : 1.0f;
-  return cross_entropy_row(config, sums.max == kNegInf ? 0.0f : sums.max, std::log(sums.sum_exp),
-                           load_adjusted(row, args.adjust, target), sums.smooth_sum, sums.shift, w_y, terms);
+  return cross_entropy_row(config, max == kNegInf ? 0.0f : max, std::log(sum_exp), target_logit, smooth_sum, shift,
+                           w_y, terms);
 }
 
 // out_k = scale (coef_p p_k - coef_v v'_k - [k = target] coef_y); out may alias row.
@@ -32,7 +74,7 @@ void row_gradient(const T* row, int64_t target, const CrossEntropyRowTerms<float
   const int64_t classes = args.config.num_classes;
   const float* smooth_weight = per_class_smoothing(args.config) ? args.weight : nullptr;
   const float coef_p = terms.coef_p * scale, coef_v = terms.coef_v * scale, max_logit = terms.max_logit;
-  const float target_grad = coef_p * exp_scalar(load_adjusted(row, args.adjust, target) - max_logit) -
+  const float target_grad = coef_p * exp_scalar(load_target(row, args, target) - max_logit) -
                             coef_v * (smooth_weight ? smooth_weight[target] : 1.0f) - terms.coef_y * scale;
   int64_t k = 0;
   for (; k + kFloats16 <= classes; k += kFloats16) {
@@ -71,8 +113,9 @@ struct LaneMath {
   static Floats16 pow(Floats16 x, Floats16 y) { return exp16(y * log16(x)); }  // x in [0, 1] here
 };
 
-// The rows [first, first + count) of a block, count <= 16: their adjusted logits by class, their
-// targets (-1 where ignored or out of range) and which lanes hold a row with an in-range target.
+// The rows [first, first + count) of a block, count <= 16: their adjusted logits z' by class (the
+// target's with its margin), their targets (-1 where ignored or out of range) and which lanes hold a
+// row with an in-range target.
 template <int kClasses, typename T>
 struct RowBlock {
   static constexpr int64_t kMaxClasses = kClasses > 0 ? kClasses : kFewClasses;
@@ -98,6 +141,11 @@ struct RowBlock {
     for (int r = 0; r < count; ++r) {
       const int64_t y = args.target[first + r];
       if (y >= 0 && y < classes && y != args.config.ignore_index) target[r] = static_cast<int32_t>(y), valid[r] = -1;
+    }
+    if (args.margin) {  // z'_y = z_y + a_y - m_y, on the one element of each row it concerns
+      for (int r = 0; r < count; ++r) {
+        if (target[r] >= 0) lanes[target[r]][r] -= args.margin[target[r]];
+      }
     }
   }
 

@@ -27,7 +27,7 @@ struct CountKernels {
 // logits take the scalar double kernels of csrc/cpu/cross_entropy.cpp).
 enum FloatType { kFloat32, kBFloat16, kFloat16, kNumFloatTypes };
 
-// Contiguous (rows, num_classes) logits; weight, adjust (nullable), row_terms and losses in the
+// Contiguous (rows, num_classes) logits; weight, adjust, margin (nullable), row_terms and losses in the
 // accumulator type Acc (float, or double for float64 logits).
 template <typename Acc>
 struct CrossEntropyArgsT {
@@ -36,6 +36,7 @@ struct CrossEntropyArgsT {
   const int64_t* target;
   const Acc* weight;
   const Acc* adjust;
+  const Acc* margin;       // target_margin m: z'_y = z_y + a_y - m_y on the target only
   Acc* losses;             // forward: per-row loss
   Acc* row_terms;          // forward writes, backward reads: kRowTermCount values per row
   void* grad;              // forward: the inplace gradient (may alias logits) or null; backward: output

@@ -1,13 +1,14 @@
 // The cross-entropy family's per-row math, shared by the CPU (per-ISA) and CUDA kernels.
 //
-// For a row with logits z, logit adjustment a (z' = z + a), target y, class weights w (1 without),
+// For a row with logits z, logit adjustment a and target margin m (z'_k = z_k + a_k, and
+// z'_y = z_y + a_y - m_y for the target: LDAM, Cao et al. 2019), target y, class weights w (1 without),
 // smoothing ε over C classes, focal γ and z-loss ζ, with lse = log Σ_k exp z'_k and p = softmax(z'):
 //   B = (1-ε) w_y (lse - z'_y) + (ε/C) Σ_k v_k (lse - z'_k)     smoothed, weighted cross-entropy
 //       v_k = w_k  ("pytorch" mode, as torch.nn.functional.cross_entropy)
 //       v_k = w_y  ("target_weighted" mode: the whole row is scaled by its target's weight)
 //   f = (1 - p_y)^γ                                              focal factor (Lin et al. 2017)
 //   loss = f B + ζ w_y lse²                                      z-loss (PaLM, Chowdhery et al. 2022)
-// and the gradient is analytic:
+// and the gradient is analytic (z' - z is constant, so ∂/∂z = ∂/∂z'):
 //   ∂loss/∂z_j = coef_p p_j - coef_v v'_j - [j = y] coef_y,  v'_j = w_j (pytorch mode with weights) or 1
 //   coef_p = f (u + (ε/C) V) + B g + 2 ζ w_y lse,  coef_y = f u + B g,  coef_v = f (ε/C) s
 //   with u = (1-ε) w_y, V = Σ_k v_k, s = w_y in target_weighted mode (1 otherwise),
@@ -79,7 +80,7 @@ struct ScalarRowMath {
 
 // The loss of one non-ignored row and its gradient coefficients, from the row's max logit m (0 when
 // every logit is -inf) and log_sum = log Σ_k exp(z'_k - m), so lse = m + log_sum;
-// target_logit = z'_y, smooth_sum_shifted = Σ_k v'_k (z'_k - shift), w_y = the target's weight.
+// target_logit = z'_y (with its margin), smooth_sum_shifted = Σ_k v'_k (z'_k - shift), w_y = the target's weight.
 // Differences are taken before adding m or the shift (any value near the logits), which keeps
 // lse - z'_y and Σ v'_k (lse - z'_k) accurate for large logits (±1e4), as torch's log_softmax is.
 // A target on a -inf logit (a masked vocabulary) gives an inf loss and, as in torch, the finite

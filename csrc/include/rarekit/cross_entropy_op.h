@@ -14,6 +14,7 @@ struct CrossEntropyInputs {
   at::Tensor target;        // (rows,) int64
   at::Tensor weight;        // (classes,) in the accumulator dtype, or undefined
   at::Tensor adjust;        // (classes,) in the accumulator dtype, or undefined
+  at::Tensor margin;        // (classes,) target_margin in the accumulator dtype, or undefined
   at::Tensor weight_total;  // () Σ w in the accumulator dtype, computed on the device (CUDA only), or undefined
   CrossEntropyConfig config;
 };
@@ -24,7 +25,7 @@ inline at::ScalarType accumulator_type(const at::Tensor& logits) {
   return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// A per-class vector (weight, logit_adjustment, bias): floating point, (classes,), on `device`.
+// A per-class vector (weight, logit_adjustment, target_margin, bias): floating point, (classes,), on `device`.
 // `op` names the operator in the messages.
 inline void check_class_vector(const std::optional<at::Tensor>& vector, const char* name, int64_t classes,
                                const at::Device& device, const char* op) {
@@ -71,7 +72,8 @@ inline at::Tensor row_vector(const at::Tensor& tensor, const char* name, at::Int
 
 inline CrossEntropyInputs prepare_cross_entropy(const at::Tensor& logits, const at::Tensor& target,
                                                 const std::optional<at::Tensor>& weight,
-                                                const std::optional<at::Tensor>& adjust, int64_t ignore_index,
+                                                const std::optional<at::Tensor>& adjust,
+                                                const std::optional<at::Tensor>& margin, int64_t ignore_index,
                                                 double label_smoothing, bool target_weighted, double focal_gamma,
                                                 double z_loss) {
   TORCH_CHECK_VALUE(logits.dim() == 2, "rarekit.cross_entropy: logits must be (rows, classes), got ", logits.sizes());
@@ -91,6 +93,7 @@ inline CrossEntropyInputs prepare_cross_entropy(const at::Tensor& logits, const 
   inputs.target = target.to(at::kLong).contiguous();
   inputs.weight = class_vector(weight, "weight", logits);
   inputs.adjust = class_vector(adjust, "logit_adjustment", logits);
+  inputs.margin = class_vector(margin, "target_margin", logits);
   CrossEntropyConfig& config = inputs.config;
   config.num_classes = logits.size(1);
   config.ignore_index = ignore_index;

@@ -4,7 +4,8 @@
 // Per chunk of rows (Liger Kernel's strategy, "Liger Kernel: Efficient Triton Kernels for LLM Training",
 // Hsu et al. 2024): logits = hidden_c @ classifierᵀ + bias (at::addmm: the platform's BLAS, input dtype,
 // fp32 accumulation), optionally z = s·tanh(logits/s), then the fused cross-entropy row kernel
-// (rarekit::cross_entropy_forward_inplace, called through the dispatcher) writes the per-row losses and
+// (rarekit::cross_entropy_forward_inplace, called through the dispatcher; it applies logit_adjustment and
+// target_margin) writes the per-row losses and
 // overwrites the chunk with ∂(Σ_i c_i loss_i)/∂z. From that chunk gradient G:
 //   grad_logit_adjustment += Σ_rows G          (z' = z + a, so ∂/∂a is the column sum)
 //   G *= 1 - tanh²(logits/s)                   (softcap only; its one extra chunk buffer holds tanh)
@@ -35,6 +36,7 @@ inline void check_vector(const std::optional<at::Tensor>& vector, const char* na
 inline void check_arguments(const at::Tensor& hidden, const at::Tensor& classifier, const std::optional<at::Tensor>& bias,
                             const at::Tensor& target, const std::optional<at::Tensor>& weight,
                             const std::optional<at::Tensor>& logit_adjustment,
+                            const std::optional<at::Tensor>& target_margin,
                             const std::optional<at::Tensor>& grad_scale, std::optional<double> softcap,
                             int64_t chunk_rows) {
   const auto type = hidden.scalar_type();
@@ -56,6 +58,7 @@ inline void check_arguments(const at::Tensor& hidden, const at::Tensor& classifi
   check_class_targets(target, hidden.size(0), hidden.device(), "rarekit.linear_cross_entropy");
   check_vector(weight, "weight", classifier);
   check_vector(logit_adjustment, "logit_adjustment", classifier);
+  check_vector(target_margin, "target_margin", classifier);
   if (grad_scale) {
     TORCH_CHECK_VALUE(grad_scale->dim() == 1 && (grad_scale->size(0) == 1 || grad_scale->size(0) == hidden.size(0)),
                       "rarekit.linear_cross_entropy: grad_scale must have shape (1,) or (", hidden.size(0), ",), got ",
@@ -71,11 +74,11 @@ inline void check_arguments(const at::Tensor& hidden, const at::Tensor& classifi
 }
 
 using CrossEntropyForward = std::tuple<at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, int64_t,
-    double, bool, double, double, bool);
+    const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+    const std::optional<at::Tensor>&, int64_t, double, bool, double, double, bool);
 using CrossEntropyForwardInplace = std::tuple<at::Tensor, at::Tensor>(
-    at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, const at::Tensor&,
-    int64_t, double, bool, double, double, bool);
+    at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+    const std::optional<at::Tensor>&, const at::Tensor&, int64_t, double, bool, double, double, bool);
 
 // grad_classifier_acc (fp32 or fp64) += gradᵀ @ rows, with the matmul in the input dtype
 inline void accumulate_classifier_grad(at::Tensor& acc, const at::Tensor& grad, const at::Tensor& rows) {
@@ -98,11 +101,12 @@ inline void accumulate_classifier_grad(at::Tensor& acc, const at::Tensor& grad, 
 inline LinearCrossEntropyResult linear_cross_entropy_forward(
     const at::Tensor& hidden, const at::Tensor& classifier, const std::optional<at::Tensor>& bias,
     const at::Tensor& target, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& logit_adjustment,
-    const std::optional<at::Tensor>& grad_scale, int64_t ignore_index, double label_smoothing, bool target_weighted,
-    double focal_gamma, double z_loss, std::optional<double> softcap, int64_t chunk_rows, std::array<bool, 4> grad_mask,
-    bool check) {
+    const std::optional<at::Tensor>& target_margin, const std::optional<at::Tensor>& grad_scale, int64_t ignore_index,
+    double label_smoothing, bool target_weighted, double focal_gamma, double z_loss, std::optional<double> softcap,
+    int64_t chunk_rows, std::array<bool, 4> grad_mask, bool check) {
   using namespace linear_ce_detail;
-  check_arguments(hidden, classifier, bias, target, weight, logit_adjustment, grad_scale, softcap, chunk_rows);
+  check_arguments(hidden, classifier, bias, target, weight, logit_adjustment, target_margin, grad_scale, softcap,
+                  chunk_rows);
   const int64_t rows = hidden.size(0), classes = classifier.size(0), dim = hidden.size(1);
   const bool grad = grad_scale.has_value();
   const bool per_row_scale = grad && grad_scale->size(0) == rows && rows != 1;
@@ -149,13 +153,13 @@ inline LinearCrossEntropyResult linear_cross_entropy_forward(
     }
     if (!grad) {
       losses.narrow(0, start, count).copy_(std::get<0>(forward_op.call(
-          logits, rows_target, weight, logit_adjustment, ignore_index, label_smoothing, target_weighted, focal_gamma,
-          z_loss, false)));
+          logits, rows_target, weight, logit_adjustment, target_margin, ignore_index, label_smoothing, target_weighted,
+          focal_gamma, z_loss, false)));
       continue;
     }
     losses.narrow(0, start, count).copy_(std::get<0>(inplace_op.call(
-        logits, rows_target, weight, logit_adjustment, kernel_scale, ignore_index, label_smoothing, target_weighted,
-        focal_gamma, z_loss, false)));
+        logits, rows_target, weight, logit_adjustment, target_margin, kernel_scale, ignore_index, label_smoothing,
+        target_weighted, focal_gamma, z_loss, false)));
     if (per_row_scale) logits.mul_(grad_scale->narrow(0, start, count).unsqueeze(1));
     if (adjustment_grad) grad_adjustment.add_(logits.sum(0, false, acc_type));
     if (softcap) logits.addcmul_(logits, tanh_values.mul_(tanh_values), -1);  // G (1 - tanh²)

@@ -123,12 +123,15 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
         ctx.start, ctx.size, ctx.group = exchange.start, exchange.size, exchange.group
         ctx.options, ctx.softcap, ctx.chunk = options, softcap, chunk
         ctx.kept, ctx.kept_from = output[2], hidden.shape[0] - output[2].shape[0]
+        ctx.set_materialize_grads(False)  # no zeros of the kept logits' shape for their (absent) gradient
 
     @staticmethod
     def backward(ctx, grad_losses, _grad_row_terms, _grad_kept):
         hidden, classifier, bias, target, weight, adjustment, row_terms = ctx.saved_tensors
         rows, kept, kept_from = hidden.shape[0], ctx.kept, ctx.kept_from
         ctx.kept, ctx.kept_from = None, rows  # a second backward recomputes every chunk
+        if grad_losses is None:  # undefined (zero) upstream gradient: the same collectives, zero gradients
+            grad_losses = row_terms.new_zeros(rows)
         wants_hidden, wants_classifier, wants_bias = ctx.needs_input_grad[:3]
         options, accumulate = ctx.options, row_terms.dtype
         local_target, local_adjustment, smoothing = shard_view(target, weight, adjustment, ctx.start, ctx.size,

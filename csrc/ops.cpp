@@ -57,6 +57,12 @@ TORCH_LIBRARY(rarekit, m) {
       "sigmoid_loss_backward(Tensor grad_loss, Tensor input, Tensor target, Tensor? weight, Tensor? pos_weight, "
       "Tensor? alpha_tensor, float? alpha, float gamma_pos, float gamma_neg, float clip, bool pt_form, "
       "int reduction, bool[2] grad_mask) -> (Tensor grad_input, Tensor grad_target)");
+  // Vocabulary-parallel cross-entropy (csrc/include/rarekit/vocab_parallel_math.h): the (3, rows) block, (4, rows)
+  // with label_smoothing, of one shard's per-row partials (max, log-sum-exp against it, the owned target's logit
+  // against it, the smoothing sum) for (rows, V_local) logits whose first class is vocab_start; target: global ids.
+  m.def(
+      "vocab_parallel_statistics(Tensor logits, Tensor target, Tensor? weight, Tensor? logit_adjustment, "
+      "int vocab_start, int ignore_index, float label_smoothing, bool target_weighted) -> Tensor");
   // Resampling (csrc/include/rarekit/sampling_math.h). A stable counting sort of integer codes: order
   // lists the positions of code 0, then code 1, ...; codes outside [0, num_classes) come last;
   // bucket c is order[offsets[c]:offsets[c + 1]] (num_classes + 1 offsets).

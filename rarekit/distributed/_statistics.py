@@ -10,7 +10,7 @@ log-probabilities L_k = z'_k - lse_r of one ``log_softmax`` pass (lse_r = c_r + 
     p_r = Σ_k v'_k (lse_r - z'_k) = -Σ_k v'_k L_k   (label smoothing only; v'_k = w_k in "pytorch"
                                                      mode with weights, else 1)
 
-and every rank combines the gathered (m, log s, d, p) of all ranks, in rank order, into the global row
+An ignored row sends (-inf, 0, 0, 0), as an empty shard does. Every rank combines the gathered (m, log s, d, p) of all ranks, in rank order, into the global row
 statistics: M = max_r m_r, log_sum = log Σ_r exp((m_r - M) + log s_r), lse = M + log_sum, and
 
     z'_y - M = d_o + (c_o - M)                            o = the target's owner
@@ -24,7 +24,10 @@ whose row-term layout (max_logit, coef_p, coef_y, coef_v) they keep::
     ∂loss/∂z'_k = coef_p exp(z'_k - M) - coef_v v'_k - [k = y] coef_y
 
 which is the contract of the kernels' ``cross_entropy_backward``: :func:`local_gradient` calls it where
-it is built. The rest is vectorized torch in the accumulator dtype (float32; float64 for float64).
+it is built. The shard's statistics come from the kernels' ``vocab_parallel_statistics`` (one pass over
+the logits, the single-process forward's; :func:`shard_statistics`), or from :func:`local_statistics`
+where it is not built. The combination is vectorized torch over the rows in the accumulator dtype
+(float32; float64 for float64): O(N W), no pass over the logits.
 """
 from __future__ import annotations
 
@@ -33,6 +36,8 @@ from dataclasses import dataclass
 import torch
 
 from rarekit import _backend
+from rarekit.ops.cross_entropy import accumulator_dtype
+from rarekit.ops.vocab_parallel import statistics_count
 
 @dataclass(frozen=True)
 class LossOptions:
@@ -47,7 +52,7 @@ class LossOptions:
     @property
     def statistics(self) -> int:
         """Rows of the per-rank statistics block: m, log s, d, and p with label smoothing."""
-        return 4 if self.label_smoothing > 0 else 3
+        return statistics_count(self.label_smoothing)
 
 
 def smoothing_vector(weight: torch.Tensor | None, options: LossOptions) -> torch.Tensor | None:
@@ -57,12 +62,10 @@ def smoothing_vector(weight: torch.Tensor | None, options: LossOptions) -> torch
 
 
 def local_statistics(logits: torch.Tensor, local_target: torch.Tensor, smoothing: torch.Tensor | None,
-                     options: LossOptions, accumulate: torch.dtype,
-                     scratch: torch.Tensor | None = None) -> torch.Tensor:
+                     options: LossOptions, accumulate: torch.dtype) -> torch.Tensor:
     """The (statistics, rows) block (m, log s, d[, p]) of one shard's (rows, V_r) logits z' (adjustment
     already added), in the ``accumulate`` dtype; ``local_target`` is y - start_r, outside [0, V_r)
-    where another rank owns y or the row is ignored. ``scratch``, a buffer of the logits' shape in
-    ``accumulate``, receives the log-probabilities (a new tensor otherwise)."""
+    where another rank owns y or the row is ignored."""
     rows, classes = logits.shape
     block = logits.new_zeros((options.statistics, rows), dtype=accumulate)
     if classes == 0:
@@ -71,7 +74,7 @@ def local_statistics(logits: torch.Tensor, local_target: torch.Tensor, smoothing
     z = logits.to(accumulate)
     top = z.amax(1)
     masked = top == -torch.inf
-    log_probs = torch.log_softmax(z, 1, out=scratch)  # (z' - c) - log s per element, the argmax's exactly -log s
+    log_probs = torch.log_softmax(z, 1)  # (z' - c) - log s per element, the argmax's exactly -log s
     block[0] = top
     block[1] = torch.where(masked, -torch.inf, -log_probs.amax(1))
     owned = (local_target >= 0) & (local_target < classes)
@@ -80,7 +83,31 @@ def local_statistics(logits: torch.Tensor, local_target: torch.Tensor, smoothing
     if options.label_smoothing > 0:
         spread = -(log_probs @ smoothing.to(accumulate)) if smoothing is not None else -log_probs.sum(1)
         block[3] = torch.where(masked, torch.inf, spread)
+    ignored = local_target == -2
+    block[:, ignored] = 0.0
+    block[0, ignored] = -torch.inf
     return block
+
+
+def shard_statistics(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+                     adjustment: torch.Tensor | None, start: int, options: LossOptions) -> torch.Tensor:
+    """The (statistics, rows) block of a shard's (rows, V_r) logits z (z' = z + ``adjustment``) whose first
+    class is ``start``; ``target`` holds global ids, ``weight`` and ``adjustment`` are the shard's slices.
+    The compiled ``vocab_parallel_statistics`` (one pass over the logits) where it serves the device,
+    else :func:`local_statistics` chunk by chunk."""
+    if _backend.native(logits.device):
+        return torch.ops.rarekit.vocab_parallel_statistics(logits, target, weight, adjustment, start,
+                                                           options.ignore_index, options.label_smoothing,
+                                                           options.target_weighted)
+    rows, classes = logits.shape
+    accumulate = accumulator_dtype(logits)
+    local_target = local_target_of(target, start, classes, options.ignore_index)
+    smoothing = smoothing_vector(weight, options)
+    statistics = logits.new_empty((options.statistics, rows), dtype=accumulate)
+    for chunk in row_chunks(rows, classes):
+        z = logits[chunk] if adjustment is None else torch.add(logits[chunk].to(accumulate), adjustment.to(accumulate))
+        statistics[:, chunk] = local_statistics(z, local_target[chunk], smoothing, options, accumulate)
+    return statistics
 
 
 def row_chunks(rows: int, classes: int, budget: int = 2**20):

@@ -1,20 +1,19 @@
 """Vocabulary-parallel (tensor-parallel) cross-entropy: each rank holds a contiguous slice of the
 vocabulary's logits; the loss is :func:`rarekit.cross_entropy` on the concatenated logits.
 
-Forward: the shard's per-row statistics (see :mod:`._statistics`), one all-gather of them (plus the
-size exchange unless ``vocab_start`` is given), and the same combination on every rank, so the loss
-is bitwise identical everywhere. Backward: no collective; each rank writes its shard's gradient.
+Forward: the shard's per-row statistics in one pass over its logits (see :mod:`._statistics`), one
+all-gather of them (plus the size exchange unless ``vocab_start`` is given), and the same combination
+on every rank, so the loss is bitwise identical everywhere. Backward: no collective; each rank writes its shard's gradient.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from rarekit.distributed._common import check_replicated, reduce_losses, refuse_forward_ad, shard_view
+from rarekit.distributed._common import check_replicated, class_slice, reduce_losses, refuse_forward_ad, shard_view
 from rarekit.distributed._shards import (DTYPES, Exchange, dtensor_shard, is_dtensor, local_header, options_code,
                                          replicated_local, resolve_group, vocab_start_error)
-from rarekit.distributed._statistics import (LossOptions, combine_statistics, local_gradient, local_statistics,
-                                             row_chunks)
+from rarekit.distributed._statistics import LossOptions, combine_statistics, local_gradient, shard_statistics
 from rarekit.losses._options import check_loss_options
 from rarekit.losses.cross_entropy import cross_entropy
 from rarekit.ops.cross_entropy import _once_differentiable, accumulator_dtype
@@ -33,11 +32,6 @@ def _logits_error(logits, target: torch.Tensor) -> tuple[int, int] | None:
     return None
 
 
-def _adjusted(logits: torch.Tensor, adjustment: torch.Tensor | None, accumulate: torch.dtype) -> torch.Tensor:
-    """z' = z + a, rounded once in the accumulator dtype (z itself without an adjustment)."""
-    return logits if adjustment is None else torch.add(logits.to(accumulate), adjustment.to(accumulate))
-
-
 class _VocabParallelCrossEntropy(torch.autograd.Function):
     """forward(logits, target, weight, logit_adjustment, exchange, options) -> (per-row losses, row
     terms); the backward writes the shard's gradient from the saved row terms, without collectives."""
@@ -45,13 +39,10 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(logits, target, weight, adjustment, exchange, options):
         accumulate = accumulator_dtype(logits)
-        rows, start, size = logits.shape[0], exchange.start, exchange.size
-        local_target, local_adjustment, smoothing = shard_view(target, weight, adjustment, start, size, options)
-        statistics = logits.new_empty((options.statistics, rows), dtype=accumulate)
-        for chunk in row_chunks(rows, size):
-            statistics[:, chunk] = local_statistics(_adjusted(logits[chunk], local_adjustment, accumulate),
-                                                    local_target[chunk], smoothing, options, accumulate)
-        gathered = exchange.gather(statistics, rows, accumulate, options.statistics)
+        start, size = exchange.start, exchange.size
+        statistics = shard_statistics(logits, target, class_slice(weight, start, size),
+                                      class_slice(adjustment, start, size), start, options)
+        gathered = exchange.gather(statistics, logits.shape[0], accumulate, options.statistics)
         result = combine_statistics(gathered, target.long(), weight, exchange.shards.sizes, options)
         return result.losses, result.row_terms
 

@@ -1,10 +1,11 @@
 """Vocabulary-parallel fused linear + cross-entropy: each rank holds (V_r, D) rows of the LM head, the
-hidden states are replicated, and no rank ever holds more than one chunk of its logits.
+hidden states are replicated, and no rank ever holds more than KEPT_CHUNKS (2) chunks of its logits.
 
-Forward: chunk by chunk, the shard's logits and their per-row statistics, with no communication;
-then one exchange for all chunks (plus the size exchange without ``vocab_start``). Backward: the
-chunks are recomputed with the combined row terms, the classifier and bias gradients accumulate in
-float32, and the hidden states' partial gradients, float32 too, are summed over the ranks in one
+Forward: chunk by chunk, the shard's logits and their per-row statistics (one pass of the
+``vocab_parallel_statistics`` kernel), with no communication; then one exchange for all chunks (plus
+the size exchange without ``vocab_start``). The last two chunks' logits are kept for the backward.
+Backward: the other chunks are recomputed, each chunk's gradient comes from the combined row terms,
+the classifier and bias gradients accumulate in float32, and the hidden states' partial gradients, float32 too, are summed over the ranks in one
 all-reduce, then cast. The collective count does not depend on ``chunk_size``.
 """
 from __future__ import annotations
@@ -15,10 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from rarekit import _backend
-from rarekit.distributed._common import check_replicated, reduce_losses, refuse_forward_ad, shard_view
+from rarekit.distributed._common import check_replicated, class_slice, reduce_losses, refuse_forward_ad, shard_view
 from rarekit.distributed._shards import (DTYPES, Exchange, dtensor_shard, is_dtensor, local_header, options_code,
                                          replicated_local, resolve_group, vocab_start_error)
-from rarekit.distributed._statistics import LossOptions, combine_statistics, local_gradient, local_statistics
+from rarekit.distributed._statistics import LossOptions, combine_statistics, local_gradient, shard_statistics
 from rarekit.losses.linear import _autocast_as_linear, _check_options, chunk_rows, linear_cross_entropy
 from rarekit.ops.cross_entropy import _once_differentiable, accumulator_dtype
 
@@ -35,21 +36,32 @@ def _classifier_error(classifier, bias, hidden: torch.Tensor) -> tuple[int, int]
     return None
 
 
+KEPT_CHUNKS = 2  # chunks of logits the forward keeps for the backward (without softcap)
+
+
+def _fresh(rows: int, classes: int, accumulate: torch.dtype, device: torch.device) -> torch.Tensor:
+    buffer = torch.empty((rows, classes), dtype=accumulate, device=device)
+    _backend.advise_huge_pages(buffer)
+    return buffer
+
+
 class _ChunkBuffers:
-    """Two (chunk, V_r) buffers in the accumulator dtype, reused by every chunk (a fresh 100 MiB tensor
-    per chunk costs its page faults and zeroing again): ``logits`` and ``scratch``."""
+    """(chunk, V_r) buffers in the accumulator dtype, reused by every chunk (a fresh 100 MiB tensor per
+    chunk costs its page faults and zeroing again): ``logits`` (a fresh one, or the given rows), and
+    ``scratch`` with a softcap (empty without)."""
 
-    def __init__(self, chunk: int, rows: int, classes: int, accumulate: torch.dtype, device: torch.device):
-        shape = (min(chunk, rows), classes)
-        self.logits, self.scratch = (torch.empty(shape, dtype=accumulate, device=device) for _ in range(2))
-        for buffer in (self.logits, self.scratch):
-            _backend.advise_huge_pages(buffer)
+    def __init__(self, chunk: int, rows: int, classes: int, accumulate: torch.dtype, device: torch.device,
+                 softcap: bool, logits: torch.Tensor | None = None):
+        rows = min(chunk, rows)
+        self.logits = _fresh(rows, classes, accumulate, device) if logits is None else logits
+        self.scratch = _fresh(rows if softcap else 0, classes, accumulate, device)
 
-    def chunk_logits(self, hidden, classifier, bias, softcap, adjustment):
+    def chunk_logits(self, hidden, classifier, bias, softcap, adjustment, out: torch.Tensor | None = None):
         """(z', t) of a chunk: z' = softcap(hidden @ classifierᵀ + bias) + a, and t = tanh(raw / s) with
-        ``softcap = s`` (None without; then z' is in ``logits``, else t is and z' in ``scratch``)."""
+        ``softcap = s`` (None without; then z' is in ``logits``, or in ``out`` if given, else t is and z'
+        in ``scratch``)."""
         rows = hidden.shape[0]
-        raw = self.logits[:rows]
+        raw = self.logits[:rows] if out is None else out
         if hidden.dtype != raw.dtype:
             raw.copy_(F.linear(hidden, classifier, bias))
         elif bias is None:
@@ -65,38 +77,61 @@ class _ChunkBuffers:
         return raw, capped
 
 
+def _kept_from(rows: int, chunk: int, softcap, keep: bool) -> int:
+    """The first row of the chunks whose logits the forward keeps for the backward: the last
+    KEPT_CHUNKS chunks (rows: none, without ``keep`` or with a softcap, whose backward needs two
+    tensors per chunk)."""
+    starts = range(0, rows, chunk)
+    if not keep or softcap is not None or len(starts) == 0:
+        return rows
+    return starts[max(0, len(starts) - KEPT_CHUNKS)]
+
+
 class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
     """forward(hidden, classifier, bias, target, weight, logit_adjustment, exchange, options, softcap,
-    chunk) -> (per-row losses, row terms), for (N, D) hidden and (N,) target."""
+    chunk, keep) -> (per-row losses, row terms, kept logits), for (N, D) hidden and (N,) target.
+
+    The kept logits are z' of the last chunks (``_kept_from``), which the first backward uses instead
+    of recomputing them (their first chunk's rows also serve as the buffer of the other chunks, so the
+    forward holds no more than they); later backwards (``retain_graph``) recompute every chunk."""
 
     @staticmethod
-    def forward(hidden, classifier, bias, target, weight, adjustment, exchange, options, softcap, chunk):
+    def forward(hidden, classifier, bias, target, weight, adjustment, exchange, options, softcap, chunk, keep):
         accumulate = accumulator_dtype(hidden)
         rows, start, size = hidden.shape[0], exchange.start, exchange.size
-        local_target, local_adjustment, smoothing = shard_view(target, weight, adjustment, start, size, options)
+        local_weight, local_adjustment = class_slice(weight, start, size), class_slice(adjustment, start, size)
         statistics = hidden.new_empty((options.statistics, rows), dtype=accumulate)
-        buffers = _ChunkBuffers(chunk, rows, size, accumulate, hidden.device)
+        kept_from = _kept_from(rows, chunk, softcap, keep)
+        kept = _fresh(rows - kept_from, size, accumulate, hidden.device)
+        buffers = _ChunkBuffers(chunk, rows, size, accumulate, hidden.device, softcap is not None,
+                                kept[:chunk] if kept_from < rows else None)
         for begin in range(0, rows, chunk):
             part = slice(begin, begin + chunk)
-            z, capped = buffers.chunk_logits(hidden[part], classifier, bias, softcap, local_adjustment)
-            scratch = (capped if capped is not None else buffers.scratch)[:z.shape[0]]  # free once z' is made
-            statistics[:, part] = local_statistics(z, local_target[part], smoothing, options, accumulate, scratch)
+            out = kept[begin - kept_from:begin - kept_from + chunk] if begin >= kept_from else None
+            z, _ = buffers.chunk_logits(hidden[part], classifier, bias, softcap, local_adjustment, out)
+            statistics[:, part] = shard_statistics(z, target[part], local_weight, None, start, options)
         del buffers
         gathered = exchange.gather(statistics, rows, accumulate, options.statistics)
         result = combine_statistics(gathered, target.long(), weight, exchange.shards.sizes, options)
-        return result.losses, result.row_terms
+        return result.losses, result.row_terms, kept
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        hidden, classifier, bias, target, weight, adjustment, exchange, options, softcap, chunk = inputs
-        ctx.mark_non_differentiable(output[1])
+        hidden, classifier, bias, target, weight, adjustment, exchange, options, softcap, chunk, _ = inputs
+        ctx.mark_non_differentiable(output[1], output[2])
         ctx.save_for_backward(hidden, classifier, bias, target, weight, adjustment, output[1])
         ctx.start, ctx.size, ctx.group = exchange.start, exchange.size, exchange.group
         ctx.options, ctx.softcap, ctx.chunk = options, softcap, chunk
+        ctx.kept, ctx.kept_from = output[2], hidden.shape[0] - output[2].shape[0]
+        ctx.set_materialize_grads(False)  # no zeros of the kept logits' shape for their (absent) gradient
 
     @staticmethod
-    def backward(ctx, grad_losses, _grad_row_terms):
+    def backward(ctx, grad_losses, _grad_row_terms, _grad_kept):
         hidden, classifier, bias, target, weight, adjustment, row_terms = ctx.saved_tensors
+        rows, kept, kept_from = hidden.shape[0], ctx.kept, ctx.kept_from
+        ctx.kept, ctx.kept_from = None, rows  # a second backward recomputes every chunk
+        if grad_losses is None:  # undefined (zero) upstream gradient: the same collectives, zero gradients
+            grad_losses = row_terms.new_zeros(rows)
         wants_hidden, wants_classifier, wants_bias = ctx.needs_input_grad[:3]
         options, accumulate = ctx.options, row_terms.dtype
         local_target, local_adjustment, smoothing = shard_view(target, weight, adjustment, ctx.start, ctx.size,
@@ -106,10 +141,16 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
                 torch.zeros(shape, dtype=accumulate, device=hidden.device) if wanted else None
                 for shape, wanted in ((hidden.shape, wants_hidden), (classifier.shape, wants_classifier),
                                       ((ctx.size,), wants_bias)))
-            buffers = _ChunkBuffers(ctx.chunk, hidden.shape[0], ctx.size, accumulate, hidden.device)
-            for begin in range(0, hidden.shape[0], ctx.chunk):
+            starts = list(range(0, rows, ctx.chunk))
+            recomputed = [begin for begin in starts if begin < kept_from]
+            buffers = _ChunkBuffers(ctx.chunk, rows, ctx.size, accumulate, hidden.device, ctx.softcap is not None,
+                                    kept[:ctx.chunk] if kept_from < rows else None) if recomputed else None
+            for begin in [begin for begin in starts if begin >= kept_from] + recomputed:  # kept ones first
                 part = slice(begin, begin + ctx.chunk)
-                z, capped = buffers.chunk_logits(hidden[part], classifier, bias, ctx.softcap, local_adjustment)
+                if begin >= kept_from:
+                    z, capped = kept[begin - kept_from:begin - kept_from + ctx.chunk], None
+                else:
+                    z, capped = buffers.chunk_logits(hidden[part], classifier, bias, ctx.softcap, local_adjustment)
                 gradient = local_gradient(z, local_target[part], smoothing, row_terms[part], grad_losses[part],
                                           options)  # z' already holds the adjustment
                 if capped is not None:  # d softcap(raw)/d raw = 1 - tanh²(raw / s)
@@ -123,12 +164,13 @@ class _VocabParallelLinearCrossEntropy(torch.autograd.Function):
                     grad_classifier.addmm_(gradient.t(), hidden[part])
                 elif wants_classifier:
                     grad_classifier += gradient.t() @ hidden[part]
+                del gradient  # before the next chunk's is made
             if wants_hidden:  # the one collective of the backward: Σ over the shards, in float32
                 dist.all_reduce(grad_hidden, group=ctx.group)
         sources = (hidden, classifier, bias, grad_losses)
         return (*(None if grad is None else _once_differentiable(grad.to(like.dtype), *sources)
                   for grad, like in ((grad_hidden, hidden), (grad_classifier, classifier), (grad_bias, hidden))),
-                None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None)
 
     @staticmethod
     def jvp(ctx, *tangents):
@@ -211,9 +253,12 @@ def vocab_parallel_linear_cross_entropy(hidden: torch.Tensor, classifier: torch.
         exchange.gather(None, rows_target.shape[0], accumulate, options.statistics)
     # the backward holds a chunk's logits and their gradient: the default chunk is half linear_cross_entropy's
     chunk = chunk_rows(rows_target.shape[0], 2 * exchange.size, accumulate, chunk_size)
-    losses, _ = _VocabParallelLinearCrossEntropy.apply(rows_hidden, classifier, bias, rows_target, weight,
+    losses, _, _ = _VocabParallelLinearCrossEntropy.apply(rows_hidden, classifier, bias, rows_target, weight,
                                                        logit_adjustment, exchange, options,
-                                                       None if softcap is None else float(softcap), chunk)
+                                                       None if softcap is None else float(softcap), chunk,
+                                                       torch.is_grad_enabled() and any(
+                                                           tensor is not None and tensor.requires_grad
+                                                           for tensor in (rows_hidden, classifier, bias)))
     loss = reduce_losses(losses, rows_target, weight, exchange.shards.classes, ignore_index, reduction, hidden.dtype)
     return loss.reshape(target.shape) if reduction == "none" else loss
 

@@ -324,6 +324,33 @@ def check_linear_budget(rank: int, sizes: list[int]) -> None:
                 assert head.grad is not None
 
 
+def check_linear_kept_chunks(rank: int, sizes: list[int]) -> None:
+    """The forward keeps its last chunks' logits for the first backward; a second backward
+    (retain_graph) recomputes every chunk and gives the same gradients, which are the single-process
+    ones; without a gradient to compute, nothing is kept."""
+    hidden, classifier, bias, target, weight, adjustment = linear_inputs(24, 9, 4, sum(sizes), torch.float32)
+    keywords = dict(label_smoothing=0.1, focal_gamma=1.0, logit_adjustment=adjustment, reduction="sum")
+    wholes = [hidden.clone().requires_grad_(), classifier.clone().requires_grad_()]
+    rarekit.linear_cross_entropy(*wholes, target, weight, **keywords).backward()
+    for chunk in (2, 5, 18):  # kept and recomputed chunks, two kept chunks, one chunk
+        probes = [hidden.clone().requires_grad_(), shard_of(classifier, sizes, rank, 0).clone().requires_grad_()]
+        loss = vocab_parallel_linear_cross_entropy(*probes, target, weight, chunk_size=chunk, **keywords)
+        loss.backward(retain_graph=True)
+        first = [probe.grad.clone() for probe in probes]
+        for probe in probes:
+            probe.grad = None
+        loss.backward()
+        for name, probe, kept_path, whole in zip(("hidden", "classifier"), probes, first, wholes):
+            torch.testing.assert_close(probe.grad, kept_path, rtol=1e-6, atol=1e-6, msg=f"{name}, chunk {chunk}")
+            wanted = whole.grad if name == "hidden" else shard_of(whole.grad, sizes, rank, 0)
+            torch.testing.assert_close(kept_path, wanted, rtol=1e-5, atol=1e-6, msg=f"{name}, chunk {chunk}")
+    with torch.no_grad():
+        torch.testing.assert_close(
+            vocab_parallel_linear_cross_entropy(hidden, shard_of(classifier, sizes, rank, 0), target, weight,
+                                                chunk_size=2, **keywords),
+            rarekit.linear_cross_entropy(hidden, classifier, target, weight, **keywords))
+
+
 def check_linear_gradcheck(rank: int, world: int) -> None:
     """float64 gradcheck of the fused loss: the replicated hidden states probed on every rank at once,
     the classifier and bias shards one rank at a time (see check_gradcheck)."""
@@ -334,6 +361,9 @@ def check_linear_gradcheck(rank: int, world: int) -> None:
                     softcap=3.0, z_loss=0.01, chunk_size=3)
     assert torch.autograd.gradcheck(lambda x: vocab_parallel_linear_cross_entropy(
         x, head, target, weight, bias=offset, **keywords), (hidden.clone().requires_grad_(),))
+    kept = dict(keywords, softcap=None, chunk_size=1)  # the forward keeps the last two chunks' logits
+    assert torch.autograd.gradcheck(lambda x: vocab_parallel_linear_cross_entropy(
+        x, head, target, weight, bias=offset, **kept), (hidden.clone().requires_grad_(),))
     for turn in range(world):
         def loss(rows, column):
             if rank == turn:
@@ -449,6 +479,7 @@ def two_ranks(rank: int, world: int) -> None:
     check_reference_path(rank, sizes)
     check_linear_budget(rank, sizes)
     check_linear_gradcheck(rank, world)
+    check_linear_kept_chunks(rank, sizes)
     check_linear_bad_inputs(rank, sizes)
     check_dtensor(rank, world)
     check_all_ignored(rank, sizes)

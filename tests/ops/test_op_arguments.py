@@ -219,6 +219,24 @@ def cross_entropy_reduced_cases():
     return valid, cases
 
 
+def vocab_parallel_statistics_cases():
+    """A shard of 5 classes from global class 7: targets outside it belong to other ranks (no error)."""
+    logits, target, weight, adjust, _ = cross_entropy_inputs()
+    valid = (logits, target + 5, weight, adjust, 7, -100, 0.1, False)
+    cases = argument_variants(valid, 0, "logits", (torch.int64, torch.bool, torch.complex64), sizes=False)
+    cases += [("logits: 1-D", replaced(valid, 0, logits[0].clone())),
+              ("logits: 0-dim", replaced(valid, 0, logits[0, 0].clone())),
+              ("logits: one row fewer", replaced(valid, 0, logits[:-1].clone()))]
+    cases += argument_variants(valid, 1, "target", (torch.float32, torch.bool))
+    cases += argument_variants(valid, 2, "weight", NOT_FLOAT)
+    cases += argument_variants(valid, 3, "logit_adjustment", NOT_FLOAT)
+    cases += [("vocab_start: -1", replaced(valid, 4, -1)),
+              ("vocab_start: past int64 with the shard", replaced(valid, 4, 2**63 - 3)),
+              ("label_smoothing: 1.5", replaced(valid, 6, 1.5)),
+              ("label_smoothing: -0.1", replaced(valid, 6, -0.1))]
+    return valid, cases
+
+
 def sigmoid_operand_cases(valid: tuple, index: int, name: str) -> list:
     """A broadcast operand (weight, pos_weight, alpha_tensor) of the wrong dtype, or of a shape that does
     not broadcast to the (3, 5) input (a 0-dim or (1, 5) one would)."""
@@ -347,6 +365,7 @@ CASES = {
     "linear_cross_entropy_forward": linear_cross_entropy_forward_cases,
     "sigmoid_loss_forward": sigmoid_loss_forward_cases,
     "sigmoid_loss_backward": sigmoid_loss_backward_cases,
+    "vocab_parallel_statistics": vocab_parallel_statistics_cases,
 }
 
 

@@ -4,65 +4,12 @@
 #include <limits>
 
 #include "rarekit/cpu_kernels.h"
+#include "rarekit/cpu_row_reductions.h"
 #include "rarekit/cpu_vector_math.h"
 #include "rarekit/cross_entropy_math.h"
 
 namespace rarekit::cpu {
 namespace {
-
-constexpr int64_t kBlock = 2048;  // logits per block: stays in L1/L2 between the block's two passes
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-// logits[k] + adjust[k] for 16 classes (adjust may be null), and the same for one class
-template <typename T>
-Floats16 load_adjusted16(const T* logits, const float* adjust, int64_t k) {
-  return adjust ? load16(logits + k) + load16(adjust + k) : load16(logits + k);
-}
-
-template <typename T>
-float load_adjusted(const T* logits, const float* adjust, int64_t k) {
-  return to_float(logits[k]) + (adjust ? adjust[k] : 0.0f);
-}
-
-// max ignoring NaN (a NaN still poisons the sum of exponentials, as in torch)
-template <typename T>
-float block_max(const T* logits, const float* adjust, int64_t begin, int64_t end) {
-  Floats16 lanes = broadcast16(kNegInf);
-  int64_t k = begin;
-  for (; k + kFloats16 <= end; k += kFloats16) {
-    const Floats16 v = load_adjusted16(logits, adjust, k);
-    lanes = v > lanes ? v : lanes;
-  }
-  float best = kNegInf;
-  for (; k < end; ++k) best = load_adjusted(logits, adjust, k) > best ? load_adjusted(logits, adjust, k) : best;
-  for (int lane = 0; lane < kFloats16; ++lane) best = lanes[lane] > best ? lanes[lane] : best;
-  return best;
-}
-
-template <typename T>
-float block_sum_exp(const T* logits, const float* adjust, int64_t begin, int64_t end, float shift) {
-  Floats16 lanes{};
-  int64_t k = begin;
-  for (; k + kFloats16 <= end; k += kFloats16) lanes += exp16(load_adjusted16(logits, adjust, k) - shift);
-  float total = horizontal_sum(lanes);
-  for (; k < end; ++k) total += exp_scalar(load_adjusted(logits, adjust, k) - shift);
-  return total;
-}
-
-// Σ_k v'_k (z'_k - shift), v' = weight or 1
-template <typename T>
-float block_smooth_sum(const T* logits, const float* adjust, const float* weight, int64_t begin, int64_t end,
-                       float shift) {
-  Floats16 lanes{};
-  int64_t k = begin;
-  for (; k + kFloats16 <= end; k += kFloats16) {
-    const Floats16 centered = load_adjusted16(logits, adjust, k) - shift;
-    lanes += weight ? load16(weight + k) * centered : centered;
-  }
-  float total = horizontal_sum(lanes);
-  for (; k < end; ++k) total += (weight ? weight[k] : 1.0f) * (load_adjusted(logits, adjust, k) - shift);
-  return total;
-}
 
 // z'_y = z_y + a_y - m_y: the target's logit with its margin (m: target_margin, may be null)
 template <typename T>

@@ -16,7 +16,6 @@ REDUCTIONS = ["mean", "sum", "none"]
 # rtol, and atol relative to max(1, the largest finite |expected| value)
 TOL = {torch.float32: (1e-5, 1e-6), torch.bfloat16: (1.6e-2, 1e-5), torch.float16: (1e-3, 1e-5)}
 # against torch's own half computation, which may be less accurate than ours
-TORCH_HALF_TOL = {torch.bfloat16: (4e-2, 1e-2), torch.float16: (4e-3, 2e-3)}
 
 # (name, shape of the leaf tensor, view of the leaf that is passed as logits)
 CASES = [
@@ -97,6 +96,19 @@ def check_smoothed_weighted_against_torch(gen, values, target, weight, reduction
 # exact parity with torch.nn.functional.cross_entropy
 
 
+def no_worse_than(ours, theirs, reference, dtype, context):
+    """The largest error of ``ours`` against ``reference`` is at most that of ``theirs`` (torch in the same half
+    dtype), plus one unit in the last place of the reference's scale; only where ``theirs`` is finite."""
+    finite = torch.isfinite(theirs)
+    if not bool(finite.any()):
+        return
+    reference = reference.detach().to(torch.float32)[finite]
+    ours_error = (ours.detach().to(torch.float32)[finite] - reference).abs().max()
+    theirs_error = (theirs.detach().to(torch.float32)[finite] - reference).abs().max()
+    ulp = torch.finfo(dtype).eps * max(float(reference.abs().max()), 1.0)
+    assert ours_error <= theirs_error + ulp, f"{context}: error {ours_error:.3g} against torch's {theirs_error:.3g}"
+
+
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.35, 1.0])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -128,14 +140,13 @@ def test_matches_torch(device, gen, dtype, reduction, label_smoothing, weighted)
                     raise AssertionError(f"{context}: {error}") from None
                 if dtype == torch.float32:
                     continue
-                # torch's own half computation, where it is finite
+                # no less accurate than torch's own half computation (against the float32 answer), where it is
+                # finite: torch's bf16 gradient itself can be 50 % off on a target near p = 1
                 half_weight = weight.to(dtype) if weight is not None else None
                 torch_loss, torch_grad = loss_and_grad(
                     lambda x: F.cross_entropy(x, target.long(), half_weight, **kwargs), values, view, probe)
-                finite = torch.isfinite(torch_loss)
-                close(loss[finite], torch_loss[finite], tol=TORCH_HALF_TOL[dtype])
-                finite = torch.isfinite(torch_grad)
-                close(grad[finite], torch_grad[finite], tol=TORCH_HALF_TOL[dtype])
+                no_worse_than(loss, torch_loss, expected, dtype, f"{context}: loss")
+                no_worse_than(grad, torch_grad, expected_grad, dtype, f"{context}: gradient")
 
 
 @pytest.mark.parametrize("reduction", REDUCTIONS)

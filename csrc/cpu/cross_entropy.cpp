@@ -12,6 +12,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "rarekit/cpu_float_type.h"
 #include "rarekit/cpu_kernels.h"
 #include "rarekit/cpu_parallel.h"
 #include "rarekit/cross_entropy_op.h"
@@ -19,14 +20,6 @@
 
 namespace rarekit::cpu {
 namespace {
-
-FloatType float_type(at::ScalarType type) {
-  switch (type) {
-    case at::kBFloat16: return kBFloat16;
-    case at::kHalf: return kFloat16;
-    default: return kFloat32;
-  }
-}
 
 // rows per task: at least ~64K logits, so small inputs do not pay for threads
 int64_t row_grain(int64_t classes) { return std::max<int64_t>(1, 65536 / std::max<int64_t>(classes, 1)); }

@@ -11,6 +11,7 @@
 #include <tuple>
 #include <vector>
 
+#include "rarekit/cpu_float_type.h"
 #include "rarekit/sigmoid_kernels.h"
 #include "rarekit/sigmoid_op.h"
 #include "rarekit/torch_utils.h"
@@ -27,14 +28,6 @@ const SigmoidKernels& sigmoid_kernels() {
 #else
   return SigmoidKernels_baseline;
 #endif
-}
-
-FloatType float_type(at::ScalarType type) {
-  switch (type) {
-    case at::kBFloat16: return kBFloat16;
-    case at::kHalf: return kFloat16;
-    default: return kFloat32;
-  }
 }
 
 double run_range_double(const SigmoidArgsT<double>& args, int64_t begin, int64_t end) {

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <limits>
 
+#include "rarekit/cpu_float_type.h"
 #include "rarekit/cpu_parallel.h"
 #include "rarekit/cpu_vocab_parallel.h"
 #include "rarekit/torch_utils.h"
@@ -24,14 +25,6 @@ const VocabParallelKernels& vocab_parallel_kernels() {
 }
 
 namespace {
-
-FloatType float_type(at::ScalarType type) {
-  switch (type) {
-    case at::kBFloat16: return kBFloat16;
-    case at::kHalf: return kFloat16;
-    default: return kFloat32;
-  }
-}
 
 // ---- float64: one scalar pass for the max, one for Σ exp and the smoothing sum.
 void statistics_rows_double(const VocabParallelArgsT<double>& args, int64_t begin, int64_t end) {

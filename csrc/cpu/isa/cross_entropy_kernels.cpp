@@ -22,8 +22,11 @@ float load_target(const T* row, const CrossEntropyArgs& args, int64_t target) {
 // each block read twice while it is in cache (online softmax across blocks). With a target margin,
 // the target's block is read in the pieces around it and z'_y added on its own, so no sum that held
 // the unmargined z_y is corrected afterwards (that subtraction cancels when the target dominates).
+// With `exps` (rows of at most kBlock classes: one block, so one offset), exp(z'_k - max) is kept in
+// exps[k] for row_gradient.
 template <typename T>
-float row_loss(const T* row, int64_t target, const CrossEntropyArgs& args, CrossEntropyRowTerms<float>* terms) {
+float row_loss(const T* row, int64_t target, const CrossEntropyArgs& args, CrossEntropyRowTerms<float>* terms,
+               float* exps) {
   const CrossEntropyConfig& config = args.config;
   const int64_t classes = config.num_classes;
   const float* smooth_weight = per_class_smoothing(config) ? args.weight : nullptr;
@@ -50,15 +53,17 @@ float row_loss(const T* row, int64_t target, const CrossEntropyArgs& args, Cross
     }
     const float offset = max == kNegInf ? 0.0f : max;
     if (split) {
-      sum_exp += block_sum_exp(row, args.adjust, start, margined, offset) + exp_scalar(target_logit - offset) +
-                 block_sum_exp(row, args.adjust, margined + 1, end, offset);
+      const float target_exp = exp_scalar(target_logit - offset);
+      if (exps) exps[margined] = target_exp;
+      sum_exp += block_sum_exp(row, args.adjust, start, margined, offset, exps) + target_exp +
+                 block_sum_exp(row, args.adjust, margined + 1, end, offset, exps);
       if (smoothing) {
         smooth_sum += block_smooth_sum(row, args.adjust, smooth_weight, start, margined, shift) +
                       (smooth_weight ? smooth_weight[margined] : 1.0f) * (target_logit - shift) +
                       block_smooth_sum(row, args.adjust, smooth_weight, margined + 1, end, shift);
       }
     } else {
-      sum_exp += block_sum_exp(row, args.adjust, start, end, offset);
+      sum_exp += block_sum_exp(row, args.adjust, start, end, offset, exps);
       if (smoothing) smooth_sum += block_smooth_sum(row, args.adjust, smooth_weight, start, end, shift);
     }
   }
@@ -67,10 +72,11 @@ float row_loss(const T* row, int64_t target, const CrossEntropyArgs& args, Cross
                            w_y, terms);
 }
 
-// out_k = scale (coef_p p_k - coef_v v'_k - [k = target] coef_y); out may alias row.
+// out_k = scale (coef_p p_k - coef_v v'_k - [k = target] coef_y); out may alias row. p_k comes from
+// exps[k] = exp(z'_k - max) where row_loss kept them, else from the row again.
 template <typename T>
 void row_gradient(const T* row, int64_t target, const CrossEntropyRowTerms<float>& terms, float scale,
-                  const CrossEntropyArgs& args, T* out) {
+                  const CrossEntropyArgs& args, const float* exps, T* out) {
   const int64_t classes = args.config.num_classes;
   const float* smooth_weight = per_class_smoothing(args.config) ? args.weight : nullptr;
   const float coef_p = terms.coef_p * scale, coef_v = terms.coef_v * scale, max_logit = terms.max_logit;
@@ -79,11 +85,15 @@ void row_gradient(const T* row, int64_t target, const CrossEntropyRowTerms<float
   int64_t k = 0;
   for (; k + kFloats16 <= classes; k += kFloats16) {
     const Floats16 smooth = smooth_weight ? coef_v * load16(smooth_weight + k) : broadcast16(coef_v);
-    store16(out + k, coef_p * exp16(load_adjusted16(row, args.adjust, k) - max_logit) - smooth);
+    const Floats16 p = exps ? load16(exps + k) : exp16(load_adjusted16(row, args.adjust, k) - max_logit);
+    store16(out + k, coef_p * p - smooth);
   }
-  for (; k < classes; ++k) {
-    store(out + k, coef_p * exp_scalar(load_adjusted(row, args.adjust, k) - max_logit) -
-                       coef_v * (smooth_weight ? smooth_weight[k] : 1.0f));
+  if (k < classes) {
+    const int64_t count = classes - k;
+    const Floats16 smooth = smooth_weight ? coef_v * load_partial16(smooth_weight + k, count, 0.0f) : broadcast16(coef_v);
+    const Floats16 p = exps ? load_partial16(exps + k, count, 0.0f)
+                            : exp16(load_adjusted_partial16(row, args.adjust, k, count, kNegInf) - max_logit);
+    store_partial16(out + k, coef_p * p - smooth, count);
   }
   store(out + target, target_grad);  // computed before the row was overwritten (out may alias row)
 }
@@ -271,6 +281,9 @@ int64_t forward_rows(const CrossEntropyArgs& args, int64_t begin, int64_t end) {
   const CrossEntropyConfig& config = args.config;
   if (config.num_classes <= kFewClasses) return few_class_forward_any<T>(args, begin, end);
   const T* logits = static_cast<const T*>(args.logits);
+  // a row of one block, whose gradient is written here: its exponentials are kept for the gradient
+  float kept_exps[kBlock];
+  float* exps = args.grad != nullptr && config.num_classes <= kBlock ? kept_exps : nullptr;
   int64_t first_bad_row = -1;
   for (int64_t i = begin; i < end; ++i) {
     const T* row = logits + i * config.num_classes;
@@ -280,7 +293,7 @@ int64_t forward_rows(const CrossEntropyArgs& args, int64_t begin, int64_t end) {
     const bool ignored = target == config.ignore_index;
     const bool in_range = target >= 0 && target < config.num_classes;
     if (!ignored && in_range) {
-      loss = row_loss(row, target, args, &terms);
+      loss = row_loss(row, target, args, &terms, exps);
     } else if (!ignored) {  // reported by the caller; NaN keeps the row from passing silently
       loss = std::numeric_limits<float>::quiet_NaN();
       if (first_bad_row < 0) first_bad_row = i;
@@ -291,7 +304,7 @@ int64_t forward_rows(const CrossEntropyArgs& args, int64_t begin, int64_t end) {
     if (args.grad != nullptr) {  // inplace_backward: the gradient overwrites the logits row
       T* out = static_cast<T*>(args.grad) + i * config.num_classes;
       if (!ignored && in_range) {
-        row_gradient(row, target, terms, args.grad_scale[0], args, out);
+        row_gradient(row, target, terms, args.grad_scale[0], args, exps, out);
       } else {
         zero_row(out, config.num_classes);
       }
@@ -314,7 +327,7 @@ void backward_rows(const CrossEntropyArgs& args, int64_t begin, int64_t end) {
     }
     const float* saved = args.row_terms + i * kRowTermCount;
     const CrossEntropyRowTerms<float> terms{saved[0], saved[1], saved[2], saved[3]};
-    row_gradient(logits + i * config.num_classes, target, terms, args.grad_losses[i], args, out);
+    row_gradient(logits + i * config.num_classes, target, terms, args.grad_losses[i], args, nullptr, out);
   }
 }
 

@@ -13,10 +13,18 @@ namespace rarekit::cpu {
 static constexpr int64_t kBlock = 2048;  // logits per block: stays in L1/L2 between the block's two passes
 static constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-// logits[k] + adjust[k] for 16 classes (adjust may be null), and the same for one class
+// logits[k] + adjust[k] for 16 classes (adjust may be null), for the `count` < 16 classes of a row's
+// end (`fill` past them), and for one class
 template <typename T>
 static inline Floats16 load_adjusted16(const T* logits, const float* adjust, int64_t k) {
   return adjust ? load16(logits + k) + load16(adjust + k) : load16(logits + k);
+}
+
+template <typename T>
+static inline Floats16 load_adjusted_partial16(const T* logits, const float* adjust, int64_t k, int64_t count,
+                                               float fill) {
+  const Floats16 values = load_partial16(logits + k, count, fill);
+  return adjust ? values + load_partial16(adjust + k, count, 0.0f) : values;
 }
 
 template <typename T>
@@ -29,24 +37,29 @@ template <typename T>
 static inline float block_max(const T* logits, const float* adjust, int64_t begin, int64_t end) {
   Floats16 lanes = broadcast16(kNegInf);
   int64_t k = begin;
-  for (; k + kFloats16 <= end; k += kFloats16) {
-    const Floats16 v = load_adjusted16(logits, adjust, k);
-    lanes = v > lanes ? v : lanes;
-  }
-  float best = kNegInf;
-  for (; k < end; ++k) best = load_adjusted(logits, adjust, k) > best ? load_adjusted(logits, adjust, k) : best;
-  for (int lane = 0; lane < kFloats16; ++lane) best = lanes[lane] > best ? lanes[lane] : best;
-  return best;
+  for (; k + kFloats16 <= end; k += kFloats16) lanes = lane_max(lanes, load_adjusted16(logits, adjust, k));
+  if (k < end) lanes = lane_max(lanes, load_adjusted_partial16(logits, adjust, k, end - k, kNegInf));
+  return horizontal_max(lanes);
 }
 
+// Σ_k exp(z'_k - shift) over [begin, end); with `exps`, each exp(z'_k - shift) is also kept in exps[k]
+// (for the gradient of the same row).
 template <typename T>
-static inline float block_sum_exp(const T* logits, const float* adjust, int64_t begin, int64_t end, float shift) {
+static inline float block_sum_exp(const T* logits, const float* adjust, int64_t begin, int64_t end, float shift,
+                                  float* exps = nullptr) {
   Floats16 lanes{};
   int64_t k = begin;
-  for (; k + kFloats16 <= end; k += kFloats16) lanes += exp16(load_adjusted16(logits, adjust, k) - shift);
-  float total = horizontal_sum(lanes);
-  for (; k < end; ++k) total += exp_scalar(load_adjusted(logits, adjust, k) - shift);
-  return total;
+  for (; k + kFloats16 <= end; k += kFloats16) {
+    const Floats16 e = exp16(load_adjusted16(logits, adjust, k) - shift);
+    if (exps) store16(exps + k, e);
+    lanes += e;
+  }
+  if (k < end) {  // the padding holds -inf: exp gives 0
+    const Floats16 e = exp16(load_adjusted_partial16(logits, adjust, k, end - k, kNegInf) - shift);
+    if (exps) store_partial16(exps + k, e, end - k);
+    lanes += e;
+  }
+  return horizontal_sum(lanes);
 }
 
 // Σ_k v'_k (z'_k - shift), v' = weight or 1
@@ -59,9 +72,12 @@ static inline float block_smooth_sum(const T* logits, const float* adjust, const
     const Floats16 centered = load_adjusted16(logits, adjust, k) - shift;
     lanes += weight ? load16(weight + k) * centered : centered;
   }
-  float total = horizontal_sum(lanes);
-  for (; k < end; ++k) total += (weight ? weight[k] : 1.0f) * (load_adjusted(logits, adjust, k) - shift);
-  return total;
+  if (k < end) {
+    const Floats16 centered = load_adjusted_partial16(logits, adjust, k, end - k, 0.0f) - shift;
+    const Floats16 term = weight ? load_partial16(weight + k, end - k, 0.0f) * centered : centered;
+    lanes += lanes_below(end - k) ? term : Floats16{};
+  }
+  return horizontal_sum(lanes);
 }
 
 // One row's softmax sums: max = max_k z'_k (-inf when every logit is -inf; NaN is ignored here and

@@ -3,6 +3,9 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace rarekit::cpu {
 
@@ -36,10 +39,30 @@ static inline Floats16 load16(const float* values) {
 
 static inline Floats16 broadcast16(float value) { return Floats16{} + value; }
 
-static inline float horizontal_sum(Floats16 vector) {
-  float total = 0.0f;
-  for (int lane = 0; lane < kFloats16; ++lane) total += vector[lane];
-  return total;
+// Σ of the 16 lanes, and their max (a NaN lane is skipped), as a tree of halves: four dependent steps
+// instead of sixteen.
+static inline float horizontal_sum(Floats16 v) {
+  v += __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+  v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
+  v += __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+  v += __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+  return v[0];
+}
+
+static inline Floats16 lane_max(Floats16 a, Floats16 b) { return b > a ? b : a; }
+
+static inline float horizontal_max(Floats16 v) {
+  v = lane_max(v, __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));
+  v = lane_max(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11));
+  v = lane_max(v, __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13));
+  v = lane_max(v, __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14));
+  return v[0];
+}
+
+// Which of the 16 lanes lie below `count`: the live lanes of a row's last, partial vector.
+static inline Ints16 lanes_below(int64_t count) {
+  const Ints16 lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  return lane < static_cast<int32_t>(count);
 }
 
 // exp(x) within ~2 ulp for finite x; exp(NaN) = NaN, exp(-inf) = 0, saturates at exp(88).
@@ -180,5 +203,53 @@ static inline void store16(BFloat16Bits* out, Floats16 vector) {
 static inline void store16(HalfBits* out, Floats16 vector) {
   for (int lane = 0; lane < kFloats16; ++lane) store(out + lane, vector[lane]);
 }
+
+// A row's last `count` < 16 values as one vector, `fill` in the lanes past them; and the store of a
+// vector's first `count` lanes. One vector operation in place of `count` scalar ones: AVX-512 masked
+// loads and stores where the translation unit has them (a copy through a padded array stalls the
+// load on the narrower stores before it), the padded array elsewhere.
+template <typename T>
+static inline Floats16 load_partial16(const T* values, int64_t count, float fill) {
+  T padded[kFloats16] = {};
+  std::memcpy(padded, values, static_cast<size_t>(count) * sizeof(T));
+  return lanes_below(count) ? load16(padded) : broadcast16(fill);
+}
+
+template <typename T>
+static inline void store_partial16(T* out, Floats16 vector, int64_t count) {
+  T padded[kFloats16];
+  store16(padded, vector);
+  std::memcpy(out, padded, static_cast<size_t>(count) * sizeof(T));
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+static inline __mmask16 first_lanes(int64_t count) { return static_cast<__mmask16>((1u << count) - 1u); }
+
+template <>
+inline Floats16 load_partial16(const float* values, int64_t count, float fill) {
+  return _mm512_mask_loadu_ps(_mm512_set1_ps(fill), first_lanes(count), values);
+}
+
+template <>
+inline Floats16 load_partial16(const BFloat16Bits* values, int64_t count, float fill) {
+  const Halfwords16 bits = reinterpret_cast<Halfwords16>(_mm256_maskz_loadu_epi16(first_lanes(count), values));
+  const Ints16 wide = __builtin_convertvector(bits, Ints16) << 16;
+  Floats16 vector;
+  std::memcpy(&vector, &wide, sizeof(vector));
+  return lanes_below(count) ? vector : broadcast16(fill);
+}
+
+template <>
+inline void store_partial16(float* out, Floats16 vector, int64_t count) {
+  _mm512_mask_storeu_ps(out, first_lanes(count), vector);
+}
+
+template <>
+inline void store_partial16(BFloat16Bits* out, Floats16 vector, int64_t count) {
+  Halfwords16 narrow;
+  store16(reinterpret_cast<BFloat16Bits*>(&narrow), vector);
+  _mm256_mask_storeu_epi16(out, first_lanes(count), reinterpret_cast<__m256i>(narrow));
+}
+#endif
 
 }  // namespace rarekit::cpu

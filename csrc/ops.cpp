@@ -2,6 +2,7 @@
 // csrc/cpu/*.cpp and csrc/cuda/*.cu; fake (meta) kernels and autograd live in rarekit/ops/.
 #include <torch/extension.h>
 
+#include "rarekit/cpu_buffer_cache.h"
 #include "rarekit/cpu_kernels.h"
 #include "rarekit/cross_entropy_op.h"
 #include "rarekit/torch_utils.h"
@@ -137,6 +138,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("set_cpu_isa", &set_cpu_isa, "use the CPU kernels compiled for this ISA");
   module.def("cross_entropy_reduced_cpu", &rarekit::cpu::cross_entropy_reduced_cpu,
              "rarekit::cross_entropy_reduced's CPU kernel, called without the dispatcher (plain CPU tensors only)");
+  module.def("release_cached_buffers", &rarekit::cpu::release_cached_buffers,
+             "free the CPU gradient buffers kept for reuse; returns the bytes freed");
   module.def("advise_huge_pages", &rarekit::advise_huge_pages,
              "back a fresh, untouched CPU tensor with transparent huge pages (contents unchanged)");
 }

@@ -39,12 +39,13 @@ Augmentation (pip install rarekit[augment]):
     augment_rare_tokens               new contexts for rare words
 
 Hugging Face: ``rarekit.integrations.transformers`` (weighted and fused causal-LM losses for ``Trainer``).
-Backend: ``backend_info()``, ``set_backend("reference")``. Command line: ``rarekit count|demo|bench``.
+Backend: ``backend_info()``, ``set_backend("reference")``, ``release_cpu_buffers()``.
+Command line: ``rarekit count|demo|bench``.
 
 Each name has its own help, e.g. ``help(rarekit.cross_entropy)``; ``make docs`` builds the API reference
 site from these docstrings.
 """
-from rarekit._backend import backend_info, set_backend
+from rarekit._backend import backend_info, release_cpu_buffers, set_backend
 from rarekit.augment import RareAugmenter, augment_minority, augment_rare_tokens
 from rarekit.counting import TokenCounter, count, rare_ids
 from rarekit.losses import (AsymmetricLoss, BCEWithLogitsLoss, ClassBalancedLoss, CrossEntropyLoss, FocalLoss,
@@ -58,7 +59,8 @@ from rarekit.weights import class_weights, ldam_margins
 __all__ = ["ClassBalancedLoss", "CrossEntropyLoss", "FocalLoss", "LDAMLoss", "LogitAdjustedLoss", "cross_entropy",
            "LinearCrossEntropyLoss", "linear_cross_entropy",
            "AsymmetricLoss", "BCEWithLogitsLoss", "binary_cross_entropy_with_logits", "sigmoid_focal_loss",
-           "TokenCounter", "backend_info", "class_weights", "count", "ldam_margins", "plot_frequencies", "rare_ids", "set_backend",
+           "TokenCounter", "backend_info", "class_weights", "count", "ldam_margins", "plot_frequencies", "rare_ids", "release_cpu_buffers",
+           "set_backend",
            "BalancedSampler", "RandomOverSampler", "RandomUnderSampler", "oversample_indices", "resolve_sampling_strategy",
            "sequence_weights", "undersample_indices", "RareAugmenter", "augment_minority", "augment_rare_tokens"]
 __version__ = "0.1.0"

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "rarekit/cpu_float_type.h"
+#include "rarekit/cpu_buffer_cache.h"
 #include "rarekit/cpu_kernels.h"
 #include "rarekit/cpu_parallel.h"
 #include "rarekit/cross_entropy_op.h"
@@ -212,8 +213,7 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_losses, const at::T
   const at::Tensor upstream = row_vector(grad_losses, "grad_losses", {rows}, logits);
   const at::Tensor terms = row_vector(row_terms, "row_terms", {rows, kRowTermCount}, logits, true);
   check_targets_cpu(inputs);  // O(rows), as the forward
-  at::Tensor grad = at::empty_like(inputs.logits);
-  advise_huge_pages(grad);
+  at::Tensor grad = empty_reusing_buffers(inputs.logits.sizes(), inputs.logits.scalar_type());
   const auto run = [&](auto zero, auto kernel) {
     using Acc = decltype(zero);
     CrossEntropyArgsT<Acc> args = make_args<Acc>(inputs);
@@ -333,8 +333,8 @@ std::tuple<at::Tensor, at::Tensor> run_reduced(const CrossEntropyInputs& inputs,
   const int64_t bytes = row_bytes(inputs.logits);
   const double divisor = mean ? target_weight_total<Acc>(inputs, block_rows) : 1.0;
   const Acc scale = static_cast<Acc>(1.0 / divisor);  // inf when Σ w_y = 0: NaN gradients, as autograd gives
-  at::Tensor grad = compute_grad ? at::empty_like(inputs.logits) : at::empty({0}, inputs.logits.options());
-  if (compute_grad) advise_huge_pages(grad);
+  at::Tensor grad = compute_grad ? empty_reusing_buffers(inputs.logits.sizes(), inputs.logits.scalar_type())
+                                 : at::empty({0}, inputs.logits.options());
   CrossEntropyArgsT<Acc> args = make_args<Acc>(inputs);
   args.grad_scale = &scale;
   char* grad_rows = compute_grad ? static_cast<char*>(grad.mutable_data_ptr()) : nullptr;

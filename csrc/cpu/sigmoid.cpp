@@ -11,6 +11,7 @@
 #include <tuple>
 #include <vector>
 
+#include "rarekit/cpu_buffer_cache.h"
 #include "rarekit/cpu_float_type.h"
 #include "rarekit/sigmoid_kernels.h"
 #include "rarekit/sigmoid_op.h"
@@ -113,7 +114,8 @@ std::tuple<at::Tensor, at::Tensor> sigmoid_loss_forward_cpu(
   const bool reduced = reduction != kReductionNone;
   const double elements = static_cast<double>(input.numel());
   at::Tensor losses = reduced ? at::Tensor() : at::empty_like(inputs.input);
-  at::Tensor grad_input = reduced && compute_grad ? at::empty_like(inputs.input) : at::Tensor();
+  at::Tensor grad_input = reduced && compute_grad ? empty_reusing_buffers(inputs.input.sizes(), inputs.input.scalar_type())
+                                                 : at::Tensor();
   at::Tensor no_target_grad;
   const double total = run_any(inputs, losses, grad_input, no_target_grad, at::Tensor(),
                                reduction == kReductionMean ? 1.0 / elements : 1.0);
@@ -138,7 +140,8 @@ std::tuple<at::Tensor, at::Tensor> sigmoid_loss_backward_cpu(
     scale = upstream.item<double>() / (reduction == kReductionMean ? static_cast<double>(input.numel()) : 1.0);
   }
   at::Tensor no_losses;
-  at::Tensor grad_input = grad_mask[0] ? at::empty_like(inputs.input) : at::Tensor();
+  at::Tensor grad_input = grad_mask[0] ? empty_reusing_buffers(inputs.input.sizes(), inputs.input.scalar_type())
+                                      : at::Tensor();
   at::Tensor grad_target = grad_mask[1] ? at::empty_like(inputs.input) : at::Tensor();
   run_any(inputs, no_losses, grad_input, grad_target, reduced ? at::Tensor() : upstream, scale);
   return {grad_input.defined() ? grad_input : sigmoid_no_output(input),

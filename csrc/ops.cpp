@@ -136,8 +136,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
              "the CPU kernel ISA in use");
   module.def("supported_cpu_isas", &supported_cpu_isas, "the CPU kernel ISAs this CPU can run");
   module.def("set_cpu_isa", &set_cpu_isa, "use the CPU kernels compiled for this ISA");
+  // the GIL is released while they run, as torch's own ops do (a data-loader thread keeps working)
   module.def("cross_entropy_reduced_cpu", &rarekit::cpu::cross_entropy_reduced_cpu,
-             "rarekit::cross_entropy_reduced's CPU kernel, called without the dispatcher (plain CPU tensors only)");
+             "rarekit::cross_entropy_reduced's CPU kernel, called without the dispatcher (plain CPU tensors only)",
+             pybind11::call_guard<pybind11::gil_scoped_release>());
+  module.def("cross_entropy_reduced_autograd", &rarekit::cpu::cross_entropy_reduced_autograd,
+             "rarekit::cross_entropy_reduced on plain CPU tensors, with its autograd node in C++ (eager only)",
+             pybind11::call_guard<pybind11::gil_scoped_release>());
   module.def("release_cached_buffers", &rarekit::cpu::release_cached_buffers,
              "free the CPU gradient buffers kept for reuse; returns the bytes freed");
   module.def("advise_huge_pages", &rarekit::advise_huge_pages,

@@ -148,12 +148,12 @@ def checked_ignore_index(ignore_index) -> int | None:
 
 def is_integer(value) -> bool:
     """True for Python and numpy ints, False for bools and the rest."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    return type(value) is int or (isinstance(value, numbers.Integral) and not isinstance(value, bool))
 
 
 def is_real_number(value) -> bool:
     """True for Python and numpy ints and floats (NaN and inf included), False for bools and the rest."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    return type(value) in (int, float) or (isinstance(value, numbers.Real) and not isinstance(value, bool))
 
 
 def _check_threshold(value, name: str) -> None:

@@ -107,9 +107,10 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
     rows_logits, rows_target, none_shape = _rows_view(logits, target)
     if rows_logits.shape[1] == 0 and rows_logits.shape[0] > 0:
         raise ValueError(f"logits must have at least one class, got shape {tuple(logits.shape)}")
-    weight = class_vector(weight, "weight", rows_logits.shape[1], logits.device)
-    logit_adjustment = class_vector(logit_adjustment, "logit_adjustment", rows_logits.shape[1], logits.device)
-    target_margin = target_margin_vector(target_margin, rows_logits.shape[1], logits.device)
+    classes, device = rows_logits.shape[1], logits.device
+    weight = class_vector(weight, "weight", classes, device)
+    logit_adjustment = class_vector(logit_adjustment, "logit_adjustment", classes, device)
+    target_margin = target_margin_vector(target_margin, classes, device)
     config = (ignore_index, float(label_smoothing), smoothing_mode == "target_weighted",
               float(focal_gamma), float(z_loss))
     if reduction != "none" and not inplace_backward and _reduced_in_one_pass(rows_logits, sample_weight):

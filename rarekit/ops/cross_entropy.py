@@ -132,11 +132,17 @@ if _backend._C is not None:
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)  # no __torch_dispatch__ of their own
 
 
+def _plain_cpu(logits: torch.Tensor) -> bool:
+    """CPU logits of a plain tensor type with no dispatch mode active: the compiled CPU entries may be
+    called directly, without the dispatcher."""
+    return logits.is_cpu and type(logits) in _PLAIN_TENSORS and not torch._C._len_torch_dispatch_stack()
+
+
 def _reduced_below_autograd(logits, target, weight, logit_adjustment, target_margin, sample_weight, config,
                             reduction: int, compute_grad: bool, check: bool):
     """``rarekit::cross_entropy_reduced`` without its autograd: on plain CPU tensors with no dispatch mode
     active, the CPU kernel itself (the boxed dispatch of a Python op call costs more than a 64 x 2 forward)."""
-    if logits.is_cpu and type(logits) in _PLAIN_TENSORS and not torch._C._len_torch_dispatch_stack():
+    if _plain_cpu(logits):
         return _backend._C.cross_entropy_reduced_cpu(logits, target, weight, logit_adjustment, target_margin,
                                                      sample_weight, *config, reduction, compute_grad, check)
     with torch._C._AutoDispatchBelowAutograd():
@@ -145,7 +151,8 @@ def _reduced_below_autograd(logits, target, weight, logit_adjustment, target_mar
 
 
 class _ReducedCrossEntropy(torch.autograd.Function):
-    """The eager entry to ``rarekit::cross_entropy_reduced`` (no functorch transform active): the forward
+    """The eager entry to ``rarekit::cross_entropy_reduced`` (no functorch transform active) off plain CPU
+    tensors, where ``rarekit._C.cross_entropy_reduced_autograd`` holds the same node in C++: the forward
     writes the gradient of the reduced loss into a fresh buffer, and the backward hands that buffer to
     autograd, times ``grad_output`` in place (skipped where it is a CPU 1, as after ``loss.backward()``;
     on CUDA always multiplied, no host sync). A second backward through a retained graph computes the
@@ -188,6 +195,9 @@ def cross_entropy_reduced(logits, target, weight, logit_adjustment, target_margi
         return torch.ops.rarekit.cross_entropy_reduced(logits, target, weight, logit_adjustment, target_margin,
                                                        sample_weight, *config, code, needs_grad, check)[0]
     if needs_grad:
+        if _plain_cpu(logits):  # the autograd node in C++: a Python Function costs more than a 64 x 2 step
+            return _backend._C.cross_entropy_reduced_autograd(logits, target, weight, logit_adjustment, target_margin,
+                                                              sample_weight, *config, code, check)
         return _ReducedCrossEntropy.apply(logits, target, weight, logit_adjustment, target_margin, sample_weight, code,
                                           config, check)
     return _reduced_below_autograd(logits, target, weight, logit_adjustment, target_margin, sample_weight, config,

@@ -142,6 +142,16 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_reduced_cpu(
     const std::optional<at::Tensor>& sample_weight,
     int64_t ignore_index, double label_smoothing, bool target_weighted, double focal_gamma, double z_loss,
     int64_t reduction, bool compute_grad, bool check);
+
+// The same "mean"/"sum" loss with its autograd node in C++ (csrc/cpu/cross_entropy_eager.cpp), bound as
+// rarekit._C.cross_entropy_reduced_autograd: the eager entry on plain CPU tensors that require grad.
+at::Tensor cross_entropy_reduced_autograd(const at::Tensor& logits, const at::Tensor& target,
+                                          const std::optional<at::Tensor>& weight,
+                                          const std::optional<at::Tensor>& logit_adjustment,
+                                          const std::optional<at::Tensor>& target_margin,
+                                          const std::optional<at::Tensor>& sample_weight, int64_t ignore_index,
+                                          double label_smoothing, bool target_weighted, double focal_gamma,
+                                          double z_loss, int64_t reduction, bool check);
 }  // namespace cpu
 
 }  // namespace rarekit

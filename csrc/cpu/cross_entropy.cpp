@@ -367,7 +367,12 @@ std::tuple<at::Tensor, at::Tensor> run_reduced(const CrossEntropyInputs& inputs,
   double total = 0.0;
   for (const double part : partial) total += part;
   const double loss = !mean ? total : divisor == 0.0 ? std::numeric_limits<double>::quiet_NaN() : total / divisor;
-  return {at::scalar_tensor(loss, inputs.logits.options()), grad};
+  if (inputs.logits.scalar_type() != c10::CppTypeToScalarType<Acc>::value) {  // bf16, fp16: rounded
+    return {at::scalar_tensor(loss, inputs.logits.options()), grad};
+  }
+  at::Tensor result = at::empty({}, inputs.logits.options());  // written here: one dispatcher call, not two
+  *result.mutable_data_ptr<Acc>() = static_cast<Acc>(loss);
+  return {result, grad};
 }
 
 }  // namespace

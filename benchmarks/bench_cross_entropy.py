@@ -103,10 +103,9 @@ def main() -> None:
             case["peak_extra_memory_x_logits"] = {
                 name: cpu_peak_extra(fn, buffer, pristine, target, weight) / logits_bytes
                 for name, fn in contenders(device).items()}
-            case["note"] = ("rarekit without inplace_backward faults in a fresh gradient as large as the logits "
-                            "each step, asking for huge pages: measured 30 ms when they reuse what the previous "
-                            "step freed, up to 600 ms on a VM whose host must back them again; "
-                            "inplace_backward allocates nothing")
+            case["note"] = ("rarekit without inplace_backward writes a gradient as large as the logits, into a "
+                            "buffer a previous step freed (rarekit keeps up to two, see release_cpu_buffers): the "
+                            "peak counts it; inplace_backward writes into the logits and allocates nothing")
         if device.type == "cuda":
             case["bandwidth_GBps"] = {name: 2 * logits_bytes / seconds / 1e9 for name, seconds in times.items()}
             case["rarekit share of copy bandwidth"] = times["copy_ of the logits (floor)"] / fastest_rarekit

@@ -21,6 +21,7 @@ void check_count_arguments(const at::Tensor& ids, int64_t num_bins, const std::o
                    "rarekit.count: ids must have an integer dtype (uint8, int8, int16, int32, int64, uint16, "
                    "uint32), got ", type);
   if (!weights) return;
+  refuse_forward_ad(*weights, "weights", "rarekit.count");
   const at::ScalarType weight_type = weights->scalar_type();
   TORCH_CHECK_TYPE(weight_type == at::kFloat || weight_type == at::kDouble || weight_type == at::kHalf ||
                        weight_type == at::kBFloat16,

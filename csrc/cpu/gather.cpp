@@ -22,6 +22,7 @@
 namespace rarekit {
 
 void check_gather_arguments(const at::Tensor& source, const at::Tensor& indices) {
+  refuse_forward_ad(source, "source", "rarekit.gather_rows");
   TORCH_CHECK_VALUE(source.dim() >= 1, "rarekit.gather_rows: source must have a row dimension, got a 0-d tensor");
   TORCH_CHECK_VALUE(indices.dim() == 1, "rarekit.gather_rows: indices must be 1-D, got shape ", indices.sizes());
   TORCH_CHECK_TYPE(indices.scalar_type() == at::kLong, "rarekit.gather_rows: indices must be int64, got ",
@@ -37,6 +38,7 @@ at::Tensor empty_gather_output(const at::Tensor& source, const at::Tensor& indic
 }
 
 void check_repeat_arguments(const at::Tensor& source, const at::Tensor& repeats, const at::Tensor& out) {
+  refuse_forward_ad(source, "source", "rarekit.repeat_rows_into");
   TORCH_CHECK_VALUE(source.dim() >= 1, "rarekit.repeat_rows_into: source must have a row dimension, got a 0-d tensor");
   TORCH_CHECK_TYPE(repeats.scalar_type() == at::kLong, "rarekit.repeat_rows_into: repeats must be int64, got ",
                    repeats.scalar_type());
@@ -76,6 +78,7 @@ std::vector<int64_t> checked_repeat_ends(const int64_t* repeats, int64_t count, 
 
 void check_segment_arguments(const at::Tensor& values, const at::Tensor& starts, const at::Tensor& out_offsets,
                              const at::Tensor& out) {
+  refuse_forward_ad(values, "values", "rarekit.gather_segments_into");
   constexpr const char* kOp = "rarekit.gather_segments_into: ";
   TORCH_CHECK_VALUE(values.dim() >= 1, kOp, "values must have a row dimension, got a 0-d tensor");
   for (const auto& [tensor, name] : {std::pair{&starts, "starts"}, std::pair{&out_offsets, "out_offsets"}}) {

@@ -7,6 +7,7 @@
 #include <tuple>
 
 #include "rarekit/cross_entropy_math.h"
+#include "rarekit/torch_utils.h"
 
 namespace rarekit {
 
@@ -85,6 +86,8 @@ inline CrossEntropyInputs prepare_cross_entropy(const at::Tensor& logits, const 
                                                 double z_loss) {
   TORCH_CHECK_VALUE(logits.dim() == 2, "rarekit.cross_entropy: logits must be (rows, classes), got ", logits.sizes());
   check_class_targets(target, logits.size(0), logits.device(), "rarekit.cross_entropy");
+  refuse_forward_ad(logits, "logits", "rarekit.cross_entropy");
+  refuse_forward_ad(adjust, "logit_adjustment", "rarekit.cross_entropy");
   const auto type = logits.scalar_type();
   TORCH_CHECK_TYPE(type == at::kFloat || type == at::kBFloat16 || type == at::kHalf || type == at::kDouble,
                    "rarekit.cross_entropy: logits must be float32, float64, bfloat16 or float16, got ", type);

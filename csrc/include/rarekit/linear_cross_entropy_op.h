@@ -39,6 +39,9 @@ inline void check_arguments(const at::Tensor& hidden, const at::Tensor& classifi
                             const std::optional<at::Tensor>& target_margin,
                             const std::optional<at::Tensor>& grad_scale, std::optional<double> softcap,
                             int64_t chunk_rows) {
+  refuse_forward_ad(hidden, "hidden", "rarekit.linear_cross_entropy");
+  refuse_forward_ad(classifier, "classifier", "rarekit.linear_cross_entropy");
+  refuse_forward_ad(bias, "bias", "rarekit.linear_cross_entropy");
   const auto type = hidden.scalar_type();
   TORCH_CHECK_TYPE(type == at::kFloat || type == at::kBFloat16 || type == at::kHalf || type == at::kDouble,
                    "rarekit.linear_cross_entropy: hidden must be float32, bfloat16, float16 or float64, got ", type);

@@ -7,6 +7,7 @@
 #include <optional>
 
 #include "rarekit/sigmoid_math.h"
+#include "rarekit/torch_utils.h"
 
 namespace rarekit {
 
@@ -64,6 +65,10 @@ inline SigmoidInputs prepare_sigmoid(const at::Tensor& input, const at::Tensor& 
                                      const std::optional<at::Tensor>& alpha_tensor, std::optional<double> alpha,
                                      double gamma_pos, double gamma_neg, double clip, bool pt_form,
                                      int64_t reduction) {
+  refuse_forward_ad(input, "input", kSigmoidOpName);
+  refuse_forward_ad(target, "target", kSigmoidOpName);
+  refuse_forward_ad(weight, "weight", kSigmoidOpName);
+  refuse_forward_ad(pos_weight, "pos_weight", kSigmoidOpName);
   const auto type = input.scalar_type();
   TORCH_CHECK_TYPE(type == at::kFloat || type == at::kBFloat16 || type == at::kHalf || type == at::kDouble,
                    kSigmoidOpName, ": input must be float32, float64, bfloat16 or float16, got ", type);

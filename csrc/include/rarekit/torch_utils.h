@@ -33,6 +33,21 @@ inline void advise_huge_pages(const at::Tensor& fresh) {
 #endif
 }
 
+// A dual tensor (forward-mode AD) handed to an op directly: a kernel cannot carry its tangent, so the op
+// raises instead of returning a result whose tangent is silently zero. The rarekit functions that support
+// forward AD (rarekit.cross_entropy, the sigmoid losses) run the ops inside their autograd Functions, where
+// forward grad is off and these checks pass.
+inline void refuse_forward_ad(const at::Tensor& tensor, const char* name, const char* op) {
+  TORCH_CHECK_NOT_IMPLEMENTED(!tensor.defined() || !tensor._fw_grad(/*level=*/0).defined(), op, ": ", name,
+                              " is a dual tensor (forward-mode AD): the torch.ops.rarekit kernels do not propagate "
+                              "tangents; call rarekit.cross_entropy or the sigmoid losses, which do, or pass a "
+                              "plain tensor");
+}
+
+inline void refuse_forward_ad(const std::optional<at::Tensor>& tensor, const char* name, const char* op) {
+  if (tensor) refuse_forward_ad(*tensor, name, op);
+}
+
 // rarekit::count's argument checks, shared by the CPU and CUDA operators (defined in csrc/cpu/count.cpp):
 // num_bins >= 0; ids of an id dtype (RAREKIT_DISPATCH_ID_TYPES); weights, when given, float32, float64,
 // float16 or bfloat16, of the shape of ids and on its device. Dtypes, shapes and devices only: no host sync.

@@ -27,6 +27,8 @@ inline VocabParallelInputs prepare_vocab_parallel(const at::Tensor& logits, cons
                                                   const std::optional<at::Tensor>& adjust, int64_t vocab_start,
                                                   int64_t ignore_index, double label_smoothing, bool target_weighted) {
   constexpr const char* op = "rarekit.vocab_parallel_statistics";
+  refuse_forward_ad(logits, "logits", op);
+  refuse_forward_ad(adjust, "logit_adjustment", op);
   TORCH_CHECK_VALUE(logits.dim() == 2, op, ": logits must be this shard's (rows, classes) slice, got shape ",
                     logits.sizes());
   const auto type = logits.scalar_type();

@@ -9,6 +9,7 @@ they are, and no special token or word piece is ever drawn (the model fills whol
 """
 from __future__ import annotations
 
+import bisect
 import re
 from typing import NamedTuple
 
@@ -50,11 +51,23 @@ def head_end(lm: MaskedLM, text: str, max_tokens: int) -> int:
     try:
         encoded = lm.tokenizer(text, add_special_tokens=False, truncation=True, max_length=max_tokens,
                                return_offsets_mapping=True)
-    except NotImplementedError:  # a slow tokenizer: masks past the model's length simply stay unfilled
-        return len(text)
+    except NotImplementedError:  # a Python ("slow") tokenizer, which gives no offsets
+        return head_end_by_words(lm.tokenizer, text, max_tokens)
     if len(encoded["input_ids"]) < max_tokens:
         return len(text)
     return encoded["offset_mapping"][-1][1]
+
+
+def head_end_by_words(tokenizer, text: str, max_tokens: int) -> int:
+    """:func:`head_end` for a tokenizer without offset mappings: the end of the last word whose prefix of
+    ``text`` takes at most ``max_tokens`` tokens (``len(text)`` when every word fits), found by bisection
+    over the words (the token count of a prefix grows with it), O(log words) tokenizations."""
+    ends = [match.end() for match in WORD_RE.finditer(text)]
+    fitting = bisect.bisect_right(
+        ends, max_tokens, key=lambda end: len(tokenizer(text[:end], add_special_tokens=False)["input_ids"]))
+    if fitting == len(ends):
+        return len(text)
+    return ends[fitting - 1] if fitting else 0
 
 
 def literal_spans(text: str, tokens) -> list[tuple[int, int]]:

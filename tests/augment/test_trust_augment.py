@@ -188,3 +188,35 @@ def test_augment_minority_refuses_a_huge_sampling_strategy(requested):
     from rarekit.augment import augment_minority
     with pytest.raises(ValueError, match=rf"sampling_strategy asks for {requested:,} samples of class 1"):
         augment_minority(["a b c"] * 3 + ["d e"], [0, 0, 0, 1], {0: 3, 1: requested}, "random_swap", progress=False)
+
+
+class _WithoutOffsets:
+    """A tokenizer without offset mappings, as transformers' Python ("slow") tokenizers are: asking for them
+    raises NotImplementedError; plain encoding works."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, text, **options):
+        if options.get("return_offsets_mapping"):
+            raise NotImplementedError("return_offset_mapping is not available when using Python tokenizers")
+        return self.tokenizer(text, **options)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_a_tokenizer_without_offsets_finds_the_same_head(models, model):
+    """The words that fit the model's length are the same with and without offset mappings (a slow tokenizer
+    took every word of a long text, and the masks past the model's length stayed unfilled)."""
+    import types
+
+    from rarekit.augment.contextual import head_words
+    from rarekit.augment.masked_lm import MaskedLM
+
+    lm = MaskedLM(str(models[model]))
+    slow = types.SimpleNamespace(tokenizer=_WithoutOffsets(lm.tokenizer))
+    text = " ".join(["the quick fox jumped over the lazy dog, and zorblax ran!"] * 40)
+    for max_tokens in (1, 7, 50, 128, 10_000):
+        fast_words = [match.span() for match in head_words(lm, text, max_tokens)]
+        slow_words = [match.span() for match in head_words(slow, text, max_tokens)]
+        assert slow_words == fast_words, max_tokens
+    assert 0 < len(head_words(lm, text, 50)) < len(WORD.findall(text))  # the head is a real cut

@@ -1,7 +1,8 @@
 // The eager CPU entry of rarekit::cross_entropy_reduced with its autograd node in C++ (bound as
 // rarekit._C.cross_entropy_reduced_autograd). A training loop on small batches (64 x 2, 256 x 10) spends
-// most of a step outside the kernel: a Python autograd.Function costs ~4 us to apply and its backward
-// ~10 us more in the engine than a C++ node, against a ~3 us kernel. The op's registered autograd
+// most of a step outside the kernel: measured at 64 x 2, applying a Python autograd.Function took ~7 us
+// against ~4 us for this node, around a ~3 us kernel, in a ~47 us step that the autograd engine's own
+// ~20 us dominates. The op's registered autograd
 // (rarekit/ops/cross_entropy.py) still serves torch.compile and the dispatcher; this node computes the
 // same gradient, the one the forward wrote.
 #include <torch/extension.h>

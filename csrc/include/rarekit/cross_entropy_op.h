@@ -51,8 +51,8 @@ inline void check_class_targets(const at::Tensor& target, int64_t rows, const at
                    op, ": target must hold integer class indices, got ", target.scalar_type());
 }
 
-// `tensor` as a contiguous tensor of `type`: itself when it already is one (no dispatcher call, which costs
-// about as much as a 64 x 2 loss).
+// `tensor` as a contiguous tensor of `type`: itself when it already is one, without the dispatcher call of
+// a no-op .to() (a few of them add up against the ~3 us kernel call of a 64 x 2 loss).
 inline at::Tensor contiguous_as(const at::Tensor& tensor, at::ScalarType type) {
   return tensor.scalar_type() == type ? tensor.contiguous() : tensor.to(type).contiguous();
 }

@@ -45,24 +45,39 @@ Command line: ``rarekit count|demo|bench``.
 Each name has its own help, e.g. ``help(rarekit.cross_entropy)``; ``make docs`` builds the API reference
 site from these docstrings.
 """
-from rarekit._backend import backend_info, release_cpu_buffers, set_backend
-from rarekit.augment import RareAugmenter, augment_minority, augment_rare_tokens
-from rarekit.counting import TokenCounter, count, rare_ids
-from rarekit.losses import (AsymmetricLoss, BCEWithLogitsLoss, ClassBalancedLoss, CrossEntropyLoss, FocalLoss,
-                            LDAMLoss, LinearCrossEntropyLoss, LogitAdjustedLoss, binary_cross_entropy_with_logits,
-                            cross_entropy, linear_cross_entropy, sigmoid_focal_loss)
-from rarekit.plots import plot_frequencies
-from rarekit.sampling import (BalancedSampler, oversample_indices, resolve_sampling_strategy, sequence_weights,
-                              undersample_indices)
-from rarekit.weights import class_weights, ldam_margins
+# Re-exported as ``name as name`` (PEP 484's explicit re-export) rather than listed in ``__all__``:
+# pydoc documents every ``__all__`` class in full, and the nn.Module methods each loss inherits made
+# ``help(rarekit)`` some 9,000 lines; without ``__all__`` it is the overview above.
+from rarekit._backend import backend_info as backend_info
+from rarekit._backend import release_cpu_buffers as release_cpu_buffers
+from rarekit._backend import set_backend as set_backend
+from rarekit.augment import RareAugmenter as RareAugmenter
+from rarekit.augment import augment_minority as augment_minority
+from rarekit.augment import augment_rare_tokens as augment_rare_tokens
+from rarekit.counting import TokenCounter as TokenCounter
+from rarekit.counting import count as count
+from rarekit.counting import rare_ids as rare_ids
+from rarekit.losses import AsymmetricLoss as AsymmetricLoss
+from rarekit.losses import BCEWithLogitsLoss as BCEWithLogitsLoss
+from rarekit.losses import ClassBalancedLoss as ClassBalancedLoss
+from rarekit.losses import CrossEntropyLoss as CrossEntropyLoss
+from rarekit.losses import FocalLoss as FocalLoss
+from rarekit.losses import LDAMLoss as LDAMLoss
+from rarekit.losses import LinearCrossEntropyLoss as LinearCrossEntropyLoss
+from rarekit.losses import LogitAdjustedLoss as LogitAdjustedLoss
+from rarekit.losses import binary_cross_entropy_with_logits as binary_cross_entropy_with_logits
+from rarekit.losses import cross_entropy as cross_entropy
+from rarekit.losses import linear_cross_entropy as linear_cross_entropy
+from rarekit.losses import sigmoid_focal_loss as sigmoid_focal_loss
+from rarekit.plots import plot_frequencies as plot_frequencies
+from rarekit.sampling import BalancedSampler as BalancedSampler
+from rarekit.sampling import oversample_indices as oversample_indices
+from rarekit.sampling import resolve_sampling_strategy as resolve_sampling_strategy
+from rarekit.sampling import sequence_weights as sequence_weights
+from rarekit.sampling import undersample_indices as undersample_indices
+from rarekit.weights import class_weights as class_weights
+from rarekit.weights import ldam_margins as ldam_margins
 
-__all__ = ["ClassBalancedLoss", "CrossEntropyLoss", "FocalLoss", "LDAMLoss", "LogitAdjustedLoss", "cross_entropy",
-           "LinearCrossEntropyLoss", "linear_cross_entropy",
-           "AsymmetricLoss", "BCEWithLogitsLoss", "binary_cross_entropy_with_logits", "sigmoid_focal_loss",
-           "TokenCounter", "backend_info", "class_weights", "count", "ldam_margins", "plot_frequencies", "rare_ids", "release_cpu_buffers",
-           "set_backend",
-           "BalancedSampler", "RandomOverSampler", "RandomUnderSampler", "oversample_indices", "resolve_sampling_strategy",
-           "sequence_weights", "undersample_indices", "RareAugmenter", "augment_minority", "augment_rare_tokens"]
 __version__ = "0.1.0"
 
 

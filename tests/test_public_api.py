@@ -1,4 +1,4 @@
-"""The public surface after the layout by role (issue 19): every name of ``rarekit.__all__`` and every
+"""The public surface after the layout by role (issue 19): every public name of ``rarekit`` and every
 documented module path imports, and ``import rarekit`` loads neither the study application nor the heavy
 optional libraries."""
 import importlib
@@ -8,6 +8,7 @@ import sys
 import pytest
 
 import rarekit
+from public_api import LAZY, PUBLIC_NAMES
 
 DOCUMENTED_MODULES = ["rarekit.losses", "rarekit.losses.cross_entropy", "rarekit.losses.linear", "rarekit.losses.sigmoid", "rarekit.sampling",
                       "rarekit.sampling.indices", "rarekit.sampling.strategy", "rarekit.sampling.balanced",
@@ -20,10 +21,17 @@ DOCUMENTED_MODULES = ["rarekit.losses", "rarekit.losses.cross_entropy", "rarekit
 HEAVY = ("matplotlib", "pandas", "sklearn", "imblearn", "transformers", "nlpaug", "scipy")
 
 
-@pytest.mark.parametrize("name", rarekit.__all__)
+@pytest.mark.parametrize("name", PUBLIC_NAMES)
 def test_every_public_name_resolves(name):
     value = getattr(rarekit, name)
     assert callable(value), f"rarekit.{name} is {value!r}"
+
+
+def test_star_import_brings_every_public_name_but_the_lazy_drop_ins():
+    namespace: dict = {}
+    exec("from rarekit import *", namespace)
+    assert set(PUBLIC_NAMES) - set(LAZY) <= set(namespace), set(PUBLIC_NAMES) - set(LAZY) - set(namespace)
+    assert not set(LAZY) & set(namespace)  # importing them would need the rarekit[sampling] extra
 
 
 @pytest.mark.parametrize("module", DOCUMENTED_MODULES)

@@ -154,13 +154,17 @@ def local_header(error: tuple[int, int] | None, rows: int, classes: int, vocab_s
     return torch.cat([torch.tensor(host, dtype=torch.int64, device=device), sums])
 
 
-def all_gather_rows(block: torch.Tensor, group, world: int) -> torch.Tensor:
-    """(world, len) from each rank's 1-D ``block``, in group-rank order: one collective."""
-    gathered = block.new_empty((world, block.numel()))
-    if dist.get_backend(group) == "nccl":
+def all_gather_flat(block: torch.Tensor, group, world: int) -> torch.Tensor:
+    """(world * len,): each rank's 1-D ``block``, in group-rank order, in one collective. torch >= 2.14
+    has ``all_gather_single`` for every backend; before it, gloo has only the list form (into views of
+    one buffer) and nccl ``all_gather_into_tensor``."""
+    gathered = block.new_empty((world * block.numel(),))
+    if hasattr(dist, "all_gather_single"):
+        dist.all_gather_single(gathered, block, group=group)
+    elif dist.get_backend(group) == "nccl":
         dist.all_gather_into_tensor(gathered, block, group=group)
-    else:  # gloo has no _allgather_base: the list form, into views of one buffer
-        dist.all_gather(list(gathered.unbind(0)), block, group=group)
+    else:
+        dist.all_gather(list(gathered.view(world, block.numel()).unbind(0)), block, group=group)
     return gathered
 
 
@@ -177,7 +181,7 @@ class Exchange:
         self.sizes_exchanged = vocab_start is None
         self.shards: Shards  # every rank's: after the size exchange, or set by gather() with vocab_start
         if self.sizes_exchanged:
-            self.shards = self._checked(all_gather_rows(header, group, world).tolist())
+            self.shards = self._checked(self._all_gather(header).tolist())
             self.start, self.size, self.local_error = self.shards.start, self.shards.size, False
         else:
             self.local_error = bool(header[FIELD["error"]])
@@ -191,11 +195,15 @@ class Exchange:
         if statistics is None:
             statistics = torch.zeros((count, rows), dtype=accumulate, device=self.target.device)
         if self.sizes_exchanged:
-            return all_gather_rows(statistics.reshape(-1), self.group, self.world).view(self.world, count, rows)
+            return self._all_gather(statistics.reshape(-1)).view(self.world, count, rows)
         header = self.header.to(statistics.device).view(accumulate)
-        gathered = all_gather_rows(torch.cat([header, statistics.reshape(-1)]), self.group, self.world)
+        gathered = self._all_gather(torch.cat([header, statistics.reshape(-1)]))
         self.shards = self._checked(gathered[:, :header.numel()].contiguous().view(torch.int64).tolist())
         return gathered[:, header.numel():].view(self.world, count, rows)
+
+    def _all_gather(self, block: torch.Tensor) -> torch.Tensor:
+        """(world, len) of every rank's 1-D ``block``."""
+        return all_gather_flat(block, self.group, self.world).view(self.world, block.numel())
 
     def _checked(self, headers: list[list[int]]) -> Shards:
         """The shards the gathered headers describe; raises, identically on every rank, if they

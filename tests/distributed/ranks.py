@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import sys
 import tempfile
 import time
 import traceback
@@ -22,6 +23,9 @@ def free_port() -> int:
 
 
 def _rank_main(rank: int, fn, world: int, port: int, report: str, args: tuple) -> None:
+    """Runs fn, then leaves with os._exit: a process group that something still references (a
+    DeviceMesh, a profiler trace) keeps its gloo worker threads past destroy_process_group, and one of
+    them dropping a tensor while the interpreter finalizes aborts the process (pytorch/pytorch#190489)."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=60))
@@ -32,6 +36,9 @@ def _rank_main(rank: int, fn, world: int, port: int, report: str, args: tuple) -
         raise
     finally:
         dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_ranks(fn, world: int, *args, timeout: float = 120.0) -> None:

@@ -407,8 +407,10 @@ def run_calls(first: int) -> None:
 def results_by_op():
     """Runs every call in children: one child makes them all, and after a crash a new child goes on
     from the next call. {op: [result]}, a crashed call's result holding its exit status."""
-    pytest.importorskip("rarekit._C", reason="the compiled kernels are not built")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    compiled = pytest.importorskip("rarekit._C", reason="the compiled kernels are not built")
+    source = os.path.dirname(os.path.dirname(compiled.__file__))  # the rarekit this test imported
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+           "PYTHONPATH": os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))}
     results, first = [], 0
     while True:
         child = subprocess.run([sys.executable, __file__, str(first)], capture_output=True, text=True, env=env,

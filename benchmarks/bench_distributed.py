@@ -64,21 +64,26 @@ def first_step_growth(step) -> int:
 
 
 class ByteCounter:
-    """Counts the bytes this rank sends through dist.all_gather / all_reduce while active: (W-1) x the
-    block for an all-gather, 2 (W-1)/W x the tensor for a ring all-reduce."""
+    """Counts the bytes this rank sends through torch.distributed's all-gathers (every form: the list
+    form, all_gather_single, all_gather_into_tensor) and all_reduce while active: (W-1) x the block for an
+    all-gather, 2 (W-1)/W x the tensor for a ring all-reduce."""
+
+    GATHERS = ("all_gather", "all_gather_single", "all_gather_into_tensor")
 
     def __init__(self):
         self.sent, self.calls, self.active = 0, 0, False
-        self.gather, self.reduce = dist.all_gather, dist.all_reduce
+        for name in self.GATHERS:
+            if hasattr(dist, name):
+                setattr(dist, name, self.counting(getattr(dist, name), WORLD - 1))
+        dist.all_reduce = self.counting(dist.all_reduce, 2 * (WORLD - 1) / WORLD, position=0)
 
-        def all_gather(outputs, tensor, *args, **kwargs):
-            self.record((WORLD - 1) * tensor.numel() * tensor.element_size())
-            return self.gather(outputs, tensor, *args, **kwargs)
-
-        def all_reduce(tensor, *args, **kwargs):
-            self.record(2 * (WORLD - 1) / WORLD * tensor.numel() * tensor.element_size())
-            return self.reduce(tensor, *args, **kwargs)
-        dist.all_gather, dist.all_reduce = all_gather, all_reduce
+    def counting(self, collective, copies: float, position: int = 1):
+        """``collective`` that first records ``copies`` x the bytes of its argument at ``position``."""
+        def counted(*args, **kwargs):
+            tensor = args[position]
+            self.record(copies * tensor.numel() * tensor.element_size())
+            return collective(*args, **kwargs)
+        return counted
 
     def record(self, sent: float) -> None:
         if self.active:

@@ -1,6 +1,7 @@
 // Cross-entropy row kernels, compiled once per ISA (see setup.py). One pass per row for the
 // statistics (online max and sum-exp over L1-sized blocks), one pass for the gradient.
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "rarekit/cpu_kernels.h"
@@ -123,52 +124,114 @@ struct LaneMath {
   static Floats16 pow(Floats16 x, Floats16 y) { return exp16(y * log16(x)); }  // x in [0, 1] here
 };
 
+typedef int64_t Longs8 __attribute__((vector_size(64)));
+typedef int32_t Ints8 __attribute__((vector_size(32)));
+
+// 16 targets as int32 lanes: `counted` (in [0, classes) and not ignore_index), `bad` (neither in range
+// nor ignore_index), and the targets themselves where counted, -1 elsewhere. Compared as two vectors of
+// 8 int64 (one AVX-512 register each: a 16-lane int64 vector is lowered to scalar compares).
+struct TargetLanes {
+  Ints16 counted, bad, target;
+
+  TargetLanes(const int64_t* targets, int64_t classes, int64_t ignore_index) {
+    Ints8 counted_half[2], bad_half[2], target_half[2];
+    for (int half = 0; half < 2; ++half) {
+      Longs8 y;
+      std::memcpy(&y, targets + 8 * half, sizeof(y));
+      const Longs8 kept = y != Longs8{} + ignore_index;
+      const Longs8 in_range = (y >= 0) & (y < Longs8{} + classes);
+      counted_half[half] = __builtin_convertvector(in_range & kept, Ints8);
+      bad_half[half] = __builtin_convertvector(~in_range & kept, Ints8);
+      target_half[half] = __builtin_convertvector(y, Ints8);
+    }
+    counted = join(counted_half), bad = join(bad_half);
+    target = counted ? join(target_half) : Ints16{} - 1;
+  }
+
+  static Ints16 join(const Ints8* halves) {
+    return __builtin_shufflevector(halves[0], halves[1], 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  }
+};
+
+// Whether any of the 16 lanes is set.
+static inline bool any_lane(Ints16 mask) {
+  mask |= __builtin_shufflevector(mask, mask, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+  mask |= __builtin_shufflevector(mask, mask, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
+  mask |= __builtin_shufflevector(mask, mask, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+  mask |= __builtin_shufflevector(mask, mask, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+  return mask[0] != 0;
+}
+
 // The rows [first, first + count) of a block, count <= 16: their adjusted logits z' by class (the
 // target's with its margin), their targets (-1 where ignored or out of range) and which lanes hold a
-// row with an in-range target.
+// row with an in-range target. A whole block (16 rows) loads its targets as one vector, and with 2 or
+// 4 classes its logits as 2 or 4 vectors regrouped by shuffles (rows_to_columns); a partial block, and
+// the logits of other class counts, go one value at a time. `whole`: the block's per-row results can
+// be stored as vectors (16 rows, each counted or ignored: no target out of range).
 template <int kClasses, typename T>
 struct RowBlock {
   static constexpr int64_t kMaxClasses = kClasses > 0 ? kClasses : kFewClasses;
+  static constexpr bool kShuffled = kClasses == 2 || kClasses == 4;
   Floats16 lanes[kMaxClasses];
   Ints16 target;
   Ints16 valid;
   int64_t classes;
   int count;
+  bool whole = false;
 
   RowBlock(const CrossEntropyArgs& args, int64_t first, int rows) : classes(kClasses > 0 ? kClasses : args.config.num_classes), count(rows) {
     const T* logits = static_cast<const T*>(args.logits) + first * classes;
+    if constexpr (kShuffled) {
+      if (count == kLanes) {
+        Floats16 row_vectors[kClasses];
+        for (int j = 0; j < kClasses; ++j) row_vectors[j] = load16(logits + j * kLanes);
+        rows_to_columns<kClasses>(row_vectors, lanes);
+      } else {
+        load_each(logits);
+      }
+    } else {
+      load_each(logits);
+    }
+    if (args.adjust) {
+      for (int64_t k = 0; k < classes; ++k) lanes[k] += args.adjust[k];
+    }
+    const int64_t ignore_index = args.config.ignore_index;
+    if (count == kLanes) {
+      const TargetLanes lanes_of(args.target + first, classes, ignore_index);
+      valid = lanes_of.counted, target = lanes_of.target;
+      whole = !any_lane(lanes_of.bad);
+    } else {
+      target = Ints16{} - 1;
+      valid = Ints16{};
+      for (int r = 0; r < count; ++r) {
+        const int64_t y = args.target[first + r];
+        if (y >= 0 && y < classes && y != ignore_index) target[r] = static_cast<int32_t>(y), valid[r] = -1;
+      }
+    }
+    if (args.margin) {  // z'_y = z_y + a_y - m_y, on the one element of each row it concerns
+      for (int64_t k = 0; k < classes; ++k) lanes[k] -= target == static_cast<int32_t>(k) ? broadcast16(args.margin[k]) : Floats16{};
+    }
+  }
+
+  void load_each(const T* logits) {
     if (count < kLanes) {
       for (int64_t k = 0; k < classes; ++k) lanes[k] = Floats16{};
     }
     for (int r = 0; r < count; ++r) {
       for (int64_t k = 0; k < classes; ++k) lanes[k][r] = to_float(logits[r * classes + k]);
     }
-    if (args.adjust) {
-      for (int64_t k = 0; k < classes; ++k) lanes[k] += args.adjust[k];
-    }
-    target = Ints16{} - 1;
-    valid = Ints16{};
-    for (int r = 0; r < count; ++r) {
-      const int64_t y = args.target[first + r];
-      if (y >= 0 && y < classes && y != args.config.ignore_index) target[r] = static_cast<int32_t>(y), valid[r] = -1;
-    }
-    if (args.margin) {  // z'_y = z_y + a_y - m_y, on the one element of each row it concerns
-      for (int r = 0; r < count; ++r) {
-        if (target[r] >= 0) lanes[target[r]][r] -= args.margin[target[r]];
-      }
-    }
   }
 
   // z'_y (0 in lanes without a valid target) and w_y (1 without weights)
   Floats16 target_logit() const {
     Floats16 out{};
-    for (int r = 0; r < count; ++r) out[r] = target[r] >= 0 ? lanes[target[r]][r] : 0.0f;
+    for (int64_t k = 0; k < classes; ++k) out = target == static_cast<int32_t>(k) ? lanes[k] : out;
     return out;
   }
   Floats16 target_weight(const float* weight) const {
     Floats16 out = broadcast16(1.0f);
     if (weight) {
-      for (int r = 0; r < count; ++r) out[r] = target[r] >= 0 ? weight[target[r]] : 1.0f;
+      for (int64_t k = 0; k < classes; ++k) out = target == static_cast<int32_t>(k) ? broadcast16(weight[k]) : out;
     }
     return out;
   }
@@ -185,14 +248,26 @@ struct RowBlock {
       g = target == static_cast<int32_t>(k) ? g - coef_y : g;
       grad[k] = valid ? g : Floats16{};
     }
+    if constexpr (kShuffled) {
+      if (count == kLanes) {
+        Floats16 rows[kClasses];
+        columns_to_rows<kClasses>(grad, rows);
+        for (int j = 0; j < kClasses; ++j) store16(out + j * kLanes, rows[j]);
+        return;
+      }
+    }
     for (int r = 0; r < count; ++r) {
       for (int64_t k = 0; k < classes; ++k) store(out + r * classes + k, grad[k][r]);
     }
   }
 };
 
+static_assert(kRowTermCount == 4, "the row terms of 16 rows move as 4 vectors (columns_to_rows<4>)");
+
+// flatten: the row math (cross_entropy_row, exp16, log16) inlined into the block loop, where GCC kept
+// them as calls that pass 16-lane vectors through the stack.
 template <int kClasses, typename T>
-int64_t few_class_forward(const CrossEntropyArgs& args, int64_t begin, int64_t end) {
+__attribute__((flatten)) int64_t few_class_forward(const CrossEntropyArgs& args, int64_t begin, int64_t end) {
   const CrossEntropyConfig& config = args.config;
   const float* smooth_weight = per_class_smoothing(config) ? args.weight : nullptr;
   const bool smoothing = config.label_smoothing > 0.0;
@@ -219,16 +294,24 @@ int64_t few_class_forward(const CrossEntropyArgs& args, int64_t begin, int64_t e
     terms.coef_p = block.valid ? terms.coef_p : Floats16{};
     terms.coef_y = block.valid ? terms.coef_y : Floats16{};
     terms.coef_v = block.valid ? terms.coef_v : Floats16{};
-    for (int r = 0; r < count; ++r) {
-      const int64_t i = first + r, y = args.target[i];
-      float row_loss = block.valid[r] ? loss[r] : 0.0f;
-      if (!block.valid[r] && y != config.ignore_index) {  // reported by the caller; NaN keeps it from passing
-        row_loss = std::numeric_limits<float>::quiet_NaN();
-        if (first_bad_row < 0) first_bad_row = i;
+    if (block.whole) {  // 16 rows, each counted or ignored: the losses and row terms as vectors
+      store16(args.losses + first, block.valid ? loss : Floats16{});
+      const Floats16 columns[kRowTermCount] = {terms.max_logit, terms.coef_p, terms.coef_y, terms.coef_v};
+      Floats16 rows[kRowTermCount];
+      columns_to_rows<kRowTermCount>(columns, rows);
+      for (int j = 0; j < kRowTermCount; ++j) store16(args.row_terms + first * kRowTermCount + j * kLanes, rows[j]);
+    } else {
+      for (int r = 0; r < count; ++r) {
+        const int64_t i = first + r, y = args.target[i];
+        float row_loss = block.valid[r] ? loss[r] : 0.0f;
+        if (!block.valid[r] && y != config.ignore_index) {  // reported by the caller; NaN keeps it from passing
+          row_loss = std::numeric_limits<float>::quiet_NaN();
+          if (first_bad_row < 0) first_bad_row = i;
+        }
+        args.losses[i] = row_loss;
+        float* saved = args.row_terms + i * kRowTermCount;
+        saved[0] = terms.max_logit[r], saved[1] = terms.coef_p[r], saved[2] = terms.coef_y[r], saved[3] = terms.coef_v[r];
       }
-      args.losses[i] = row_loss;
-      float* saved = args.row_terms + i * kRowTermCount;
-      saved[0] = terms.max_logit[r], saved[1] = terms.coef_p[r], saved[2] = terms.coef_y[r], saved[3] = terms.coef_v[r];
     }
     if (args.grad != nullptr) {  // inplace_backward: the gradient overwrites the logits rows
       block.write_gradient(terms, broadcast16(args.grad_scale[0]), smooth_weight,
@@ -239,17 +322,25 @@ int64_t few_class_forward(const CrossEntropyArgs& args, int64_t begin, int64_t e
 }
 
 template <int kClasses, typename T>
-void few_class_backward(const CrossEntropyArgs& args, int64_t begin, int64_t end) {
+__attribute__((flatten)) void few_class_backward(const CrossEntropyArgs& args, int64_t begin, int64_t end) {
   const float* smooth_weight = per_class_smoothing(args.config) ? args.weight : nullptr;
   for (int64_t first = begin; first < end; first += kLanes) {
     const int count = static_cast<int>(end - first < kLanes ? end - first : kLanes);
     const RowBlock<kClasses, T> block(args, first, count);
     CrossEntropyRowTerms<Floats16> terms{Floats16{}, Floats16{}, Floats16{}, Floats16{}};
     Floats16 scale{};
-    for (int r = 0; r < count; ++r) {
-      const float* saved = args.row_terms + (first + r) * kRowTermCount;
-      terms.max_logit[r] = saved[0], terms.coef_p[r] = saved[1], terms.coef_y[r] = saved[2], terms.coef_v[r] = saved[3];
-      scale[r] = args.grad_losses[first + r];
+    if (count == kLanes) {
+      Floats16 rows[kRowTermCount], columns[kRowTermCount];
+      for (int j = 0; j < kRowTermCount; ++j) rows[j] = load16(args.row_terms + first * kRowTermCount + j * kLanes);
+      rows_to_columns<kRowTermCount>(rows, columns);
+      terms.max_logit = columns[0], terms.coef_p = columns[1], terms.coef_y = columns[2], terms.coef_v = columns[3];
+      scale = load16(args.grad_losses + first);
+    } else {
+      for (int r = 0; r < count; ++r) {
+        const float* saved = args.row_terms + (first + r) * kRowTermCount;
+        terms.max_logit[r] = saved[0], terms.coef_p[r] = saved[1], terms.coef_y[r] = saved[2], terms.coef_v[r] = saved[3];
+        scale[r] = args.grad_losses[first + r];
+      }
     }
     block.write_gradient(terms, scale, smooth_weight, static_cast<T*>(args.grad) + first * block.classes);
   }

@@ -51,6 +51,51 @@ static inline float horizontal_sum(Floats16 v) {
 
 static inline Floats16 lane_max(Floats16 a, Floats16 b) { return b > a ? b : a; }
 
+// The even and the odd lanes of the 32 values a then b; interleave_low/high are their inverse (lanes
+// a0 b0 a1 b1 ... a7 b7, and a8 b8 ... a15 b15).
+static inline Floats16 even_lanes(Floats16 a, Floats16 b) {
+  return __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+}
+static inline Floats16 odd_lanes(Floats16 a, Floats16 b) {
+  return __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+}
+static inline Floats16 interleave_low(Floats16 a, Floats16 b) {
+  return __builtin_shufflevector(a, b, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+}
+static inline Floats16 interleave_high(Floats16 a, Floats16 b) {
+  return __builtin_shufflevector(a, b, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+}
+
+// 16 rows of kColumns = 2 or 4 values, stored row after row in kColumns vectors, as one vector per
+// column (lane r: row r), by shuffles; and back.
+template <int kColumns>
+static inline void rows_to_columns(const Floats16* rows, Floats16* columns) {
+  static_assert(kColumns == 2 || kColumns == 4, "rows of 2 or 4 values");
+  if constexpr (kColumns == 2) {
+    columns[0] = even_lanes(rows[0], rows[1]);
+    columns[1] = odd_lanes(rows[0], rows[1]);
+  } else {  // even/odd: columns {0, 2} and {1, 3} of rows 0-7 and 8-15, then split once more
+    const Floats16 low02 = even_lanes(rows[0], rows[1]), low13 = odd_lanes(rows[0], rows[1]);
+    const Floats16 high02 = even_lanes(rows[2], rows[3]), high13 = odd_lanes(rows[2], rows[3]);
+    columns[0] = even_lanes(low02, high02), columns[2] = odd_lanes(low02, high02);
+    columns[1] = even_lanes(low13, high13), columns[3] = odd_lanes(low13, high13);
+  }
+}
+
+template <int kColumns>
+static inline void columns_to_rows(const Floats16* columns, Floats16* rows) {
+  static_assert(kColumns == 2 || kColumns == 4, "rows of 2 or 4 values");
+  if constexpr (kColumns == 2) {
+    rows[0] = interleave_low(columns[0], columns[1]);
+    rows[1] = interleave_high(columns[0], columns[1]);
+  } else {
+    const Floats16 low02 = interleave_low(columns[0], columns[2]), high02 = interleave_high(columns[0], columns[2]);
+    const Floats16 low13 = interleave_low(columns[1], columns[3]), high13 = interleave_high(columns[1], columns[3]);
+    rows[0] = interleave_low(low02, low13), rows[1] = interleave_high(low02, low13);
+    rows[2] = interleave_low(high02, high13), rows[3] = interleave_high(high02, high13);
+  }
+}
+
 static inline float horizontal_max(Floats16 v) {
   v = lane_max(v, __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));
   v = lane_max(v, __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11));

@@ -124,9 +124,6 @@ struct LaneMath {
   static Floats16 pow(Floats16 x, Floats16 y) { return exp16(y * log16(x)); }  // x in [0, 1] here
 };
 
-typedef int64_t Longs8 __attribute__((vector_size(64)));
-typedef int32_t Ints8 __attribute__((vector_size(32)));
-
 // 16 targets as int32 lanes: `counted` (in [0, classes) and not ignore_index), `bad` (neither in range
 // nor ignore_index), and the targets themselves where counted, -1 elsewhere. Compared as two vectors of
 // 8 int64 (one AVX-512 register each: a 16-lane int64 vector is lowered to scalar compares).
@@ -152,15 +149,6 @@ struct TargetLanes {
     return __builtin_shufflevector(halves[0], halves[1], 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   }
 };
-
-// Whether any of the 16 lanes is set.
-static inline bool any_lane(Ints16 mask) {
-  mask |= __builtin_shufflevector(mask, mask, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
-  mask |= __builtin_shufflevector(mask, mask, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
-  mask |= __builtin_shufflevector(mask, mask, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
-  mask |= __builtin_shufflevector(mask, mask, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
-  return mask[0] != 0;
-}
 
 // The rows [first, first + count) of a block, count <= 16: their adjusted logits z' by class (the
 // target's with its margin), their targets (-1 where ignored or out of range) and which lanes hold a

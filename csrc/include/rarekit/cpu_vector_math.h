@@ -29,6 +29,10 @@ static inline uint32_t float_to_bits(float value) {
 typedef float Floats16 __attribute__((vector_size(64)));
 typedef int32_t Ints16 __attribute__((vector_size(64)));
 typedef uint16_t Halfwords16 __attribute__((vector_size(32)));
+// 8 int64 and 8 int32 lanes: a 16-lane int64 vector (128 bytes) is lowered to scalar compares through the
+// stack, so 16 int64 values are handled as two Longs8 (one AVX-512 register each).
+typedef int64_t Longs8 __attribute__((vector_size(64)));
+typedef int32_t Ints8 __attribute__((vector_size(32)));
 constexpr int kFloats16 = 16;
 
 static inline Floats16 load16(const float* values) {
@@ -50,6 +54,15 @@ static inline float horizontal_sum(Floats16 v) {
 }
 
 static inline Floats16 lane_max(Floats16 a, Floats16 b) { return b > a ? b : a; }
+
+// Whether any of the 16 lanes is set, by the same tree of halves.
+static inline bool any_lane(Ints16 mask) {
+  mask |= __builtin_shufflevector(mask, mask, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+  mask |= __builtin_shufflevector(mask, mask, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
+  mask |= __builtin_shufflevector(mask, mask, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+  mask |= __builtin_shufflevector(mask, mask, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+  return mask[0] != 0;
+}
 
 // The even and the odd lanes of the 32 values a then b; interleave_low/high are their inverse (lanes
 // a0 b0 a1 b1 ... a7 b7, and a8 b8 ... a15 b15).

@@ -27,12 +27,16 @@ def numpy_rng(gen) -> np.random.Generator:
 
 def random_labels(rng, n=None, classes=None, values=None):
     """Labels of 2-7 imbalanced classes with arbitrary (negative, sparse) integer values; every class occurs
-    (a draw that missed a rare one gets it once more: a 3-class y must not come out binary)."""
+    (a class the draw missed replaces one label of the most frequent class: a 3-class y must not come out
+    binary, and the length stays n)."""
     classes = classes or int(rng.integers(2, 8))
     values = values if values is not None else rng.choice(np.arange(-50, 50) * 7919, classes, replace=False)
     weights = rng.dirichlet(np.full(classes, 0.7)) + 0.02
     y = rng.choice(values, size=n or int(rng.integers(30, 400)), p=weights / weights.sum())
-    return np.concatenate([y, np.setdiff1d(values, y)])
+    missing = np.setdiff1d(values, y)
+    labels, counts = np.unique(y, return_counts=True)
+    y[np.flatnonzero(y == labels[counts.argmax()])[:len(missing)]] = missing
+    return y
 
 
 def class_counts(labels) -> collections.Counter:
